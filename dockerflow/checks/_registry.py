@@ -1,0 +1,117 @@
+"""python-dockerflow's module-level check registry, kept as a thin compatibility layer.
+
+This is the one place in dockerflow with module-level mutable state: checks registered here with
+:func:`register` are run by every :class:`~dockerflow.flask.Dockerflow` extension in the process,
+as they were in python-dockerflow. New code should register checks on the extension instead.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar, overload
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# The compatibility registry: name -> (function, timeout or None). Mutated by register() and
+# clear_checks() only.
+_REGISTERED: dict[str, tuple[Callable[..., Any], float | None]] = {}
+
+
+@overload
+def register(func: F, name: str | None = None, *, timeout: float | None = None) -> F: ...
+@overload
+def register(
+    func: None = None, name: str | None = None, *, timeout: float | None = None
+) -> Callable[[F], F]: ...
+def register(
+    func: F | None = None, name: str | None = None, *, timeout: float | None = None
+) -> F | Callable[[F], F]:
+    """Register a check that every Dockerflow extension in the process runs.
+
+    Works as ``@register``, ``@register(name="db")`` or ``register(func)``; returns ``func``
+    itself. A later registration under the same name replaces the earlier one.
+
+    :param func: a ``def`` or ``async def`` taking no arguments, returning check messages.
+    :param name: the check's name in the report; defaults to the function's ``__name__``.
+    :param timeout: seconds the check may run; defaults to the extension's check timeout.
+    :raises CheckRegistrationError: if ``func`` is not callable or ``timeout`` is not positive.
+    """
+    if func is None:
+        return functools.partial(register, name=name, timeout=timeout)
+    from ..engine._check import Check, callable_name
+
+    # Validate now, so a bad registration fails where it is made rather than at heartbeat time.
+    check = Check(name or callable_name(func), func, timeout)
+    _REGISTERED[check.name] = (func, check.timeout)
+    return func
+
+
+def register_partial(
+    func: Callable[..., Any], *args: Any, name: str | None = None, timeout: float | None = None
+) -> Callable[[], Any]:
+    """Register ``func(*args)`` as a check, as python-dockerflow's ``register_partial`` does.
+
+    :returns: the partial that was registered.
+    """
+    partial = functools.partial(func, *args)
+    functools.update_wrapper(partial, func)
+    register(partial, name=name, timeout=timeout)
+    return partial
+
+
+def get_checks() -> dict[str, Callable[..., Any]]:
+    """Return a copy of the module-level checks: name → function."""
+    return {name: func for name, (func, _) in _REGISTERED.items()}
+
+
+def clear_checks() -> None:
+    """Remove every check registered at module level."""
+    _REGISTERED.clear()
+
+
+def registered_checks() -> list[tuple[str, Callable[..., Any], float | None]]:
+    """Return the module-level checks as ``(name, function, timeout)`` triples."""
+    return [(name, func, timeout) for name, (func, timeout) in _REGISTERED.items()]
+
+
+@dataclass
+class ChecksResults:
+    """python-dockerflow's result of :func:`run_checks`.
+
+    :param details: check name → ``{"status", "level", "messages"}`` for checks above level 0.
+    :param statuses: check name → status text.
+    :param level: the overall (highest) level.
+    """
+
+    details: dict[str, dict[str, Any]]
+    statuses: dict[str, str]
+    level: int
+
+
+async def run_checks_async(
+    checks: Iterable[tuple[str, Callable[..., Any]]],
+    silenced_check_ids: Iterable[str] | None = None,
+) -> ChecksResults:
+    """Run ``(name, function)`` pairs concurrently on the current loop, each under the default
+    timeout, and return python-dockerflow's :class:`ChecksResults`."""
+    from ..engine import Check, Engine
+
+    engine = Engine(silenced_ids=tuple(silenced_check_ids or ()))
+    report = await engine.run_uncached(Check(name, func) for name, func in checks)
+    return ChecksResults(details=report.details, statuses=report.checks, level=report.level)
+
+
+def run_checks(
+    checks: Iterable[tuple[str, Callable[..., Any]]],
+    silenced_check_ids: Iterable[str] | None = None,
+) -> ChecksResults:
+    """Blocking form of :func:`run_checks_async`; runs the checks on a private loop thread."""
+    from ..engine import LoopThread
+
+    bridge = LoopThread()
+    try:
+        return bridge.call(run_checks_async, list(checks), list(silenced_check_ids or ()))
+    finally:
+        bridge.stop()

@@ -1,0 +1,117 @@
+"""The sync bridge: one long-lived event loop in a daemon thread, for sync callers."""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import threading
+import weakref
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import anyio
+from anyio.from_thread import BlockingPortal
+
+T = TypeVar("T")
+
+
+class LoopThread:
+    """An event loop running in its own daemon thread, started on first use.
+
+    WSGI request threads call coroutines on it through :meth:`call`; because every check runs on
+    this one loop, async clients (asyncpg pools, ``redis.asyncio``, ``AsyncEngine``) keep their
+    connections from one heartbeat to the next. After ``os.fork()`` the child forgets the parent's
+    loop (its thread does not exist there) and starts its own on first use. At interpreter exit the
+    loop is stopped.
+
+    :param backend: the anyio backend to run, ``"asyncio"`` (default) or ``"trio"``.
+    """
+
+    def __init__(self, backend: str = "asyncio") -> None:
+        self.backend = backend
+        self._lock = threading.Lock()
+        self._portal: BlockingPortal | None = None
+        self._thread: threading.Thread | None = None
+        ref = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: _call_if_alive(ref, "_forget"))
+        atexit.register(_call_if_alive, ref, "stop")
+
+    @property
+    def running(self) -> bool:
+        """Whether the loop thread of this process is running."""
+        return self._portal is not None
+
+    @property
+    def thread(self) -> threading.Thread | None:
+        """The loop thread of this process, or ``None`` before first use."""
+        return self._thread
+
+    def portal(self) -> BlockingPortal:
+        """Return the portal into the loop, starting the loop thread if needed."""
+        portal = self._portal
+        if portal is not None:
+            return portal
+        with self._lock:
+            if self._portal is None:
+                self._start()
+            assert self._portal is not None
+            return self._portal
+
+    def call(self, func: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Run ``await func(*args)`` on the loop and return its result; blocks the caller.
+
+        :raises RuntimeError: if called from the loop thread itself.
+        """
+        return self.portal().call(func, *args)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the loop, cancelling what still runs on it, and wait for its thread to end."""
+        with self._lock:
+            portal, thread = self._portal, self._thread
+            self._portal = self._thread = None
+        if portal is None or thread is None:
+            return
+        with contextlib.suppress(RuntimeError):  # the loop already ended
+            portal.call(portal.stop, True)
+        thread.join(timeout)
+
+    def _start(self) -> None:
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        async def serve() -> None:
+            async with BlockingPortal() as portal:
+                self._portal = portal
+                ready.set()
+                await portal.sleep_until_stopped()
+
+        def main() -> None:
+            try:
+                anyio.run(serve, backend=self.backend)
+            except BaseException as exc:  # reported to the thread that asked for the loop
+                failure.append(exc)
+            finally:
+                ready.set()
+
+        # A daemon thread: a check stuck in a worker thread (those inherit daemon status from
+        # this thread) must never keep the process from exiting.
+        thread = threading.Thread(target=main, name="dockerflow-loop", daemon=True)
+        thread.start()
+        ready.wait()
+        if failure:
+            raise RuntimeError("the dockerflow event loop failed to start") from failure[0]
+        self._thread = thread
+
+    def _forget(self) -> None:
+        # In a forked child: the parent's loop thread was not copied, so drop it. The lock may
+        # have been held by another parent thread at fork time, so it is replaced too.
+        self._lock = threading.Lock()
+        self._portal = None
+        self._thread = None
+
+
+def _call_if_alive(ref: weakref.ref[LoopThread], method: str) -> None:
+    bridge = ref()
+    if bridge is not None:
+        getattr(bridge, method)()

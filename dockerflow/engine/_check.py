@@ -1,0 +1,125 @@
+"""What a check is: a name, a function and a timeout."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._exceptions import CheckRegistrationError
+
+#: A check function: takes no arguments, returns a list of check messages (or ``None``),
+#: either directly (``def``) or through an awaitable (``async def``).
+CheckFunction = Callable[[], Any]
+
+#: Timeout of a check that does not set its own.
+DEFAULT_TIMEOUT = 3.0
+
+
+def validate_timeout(value: object, what: str = "timeout") -> float:
+    """Return ``value`` as a float of seconds, or raise if it is not a positive finite number.
+
+    :param value: the number to check.
+    :param what: the name of the setting, used in the error message.
+    :raises CheckRegistrationError: if ``value`` is not a positive finite number.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise CheckRegistrationError(f"{what} must be a number of seconds, got {value!r}")
+    seconds = float(value)
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise CheckRegistrationError(f"{what} must be a positive number of seconds, got {value!r}")
+    return seconds
+
+
+def is_async_callable(func: object) -> bool:
+    """Return whether calling ``func`` gives a coroutine (``async def``, partials, ``__call__``)."""
+    while isinstance(func, functools.partial):
+        func = func.func
+    if inspect.iscoroutinefunction(func):
+        return True
+    call = getattr(func, "__call__", None)  # noqa: B004 - an async __call__ method
+    return call is not None and inspect.iscoroutinefunction(call)
+
+
+def callable_name(func: object) -> str:
+    """Return the name a check gets when none is given: the function's ``__name__``."""
+    while isinstance(func, functools.partial):
+        func = func.func
+    name = getattr(func, "__name__", None)
+    return name if isinstance(name, str) else type(func).__name__
+
+
+@dataclass(frozen=True, eq=False)
+class Check:
+    """A health check: a name, a function and how long it may take.
+
+    :param name: the key of the check in the heartbeat report.
+    :param func: a ``def`` or ``async def`` taking no arguments and returning a list of
+        :class:`~dockerflow.checks.CheckMessage` (``None`` counts as an empty list).
+    :param timeout: seconds the check may run; ``None`` takes the engine's default timeout.
+    :raises CheckRegistrationError: if the name is empty, ``func`` is not callable or the timeout
+        is not a positive number.
+
+    Checks compare by identity: the engine keeps per-check state (the thread a stuck sync check
+    occupies) keyed by the check object.
+    """
+
+    name: str
+    func: CheckFunction
+    timeout: float | None = None
+    is_async: bool = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise CheckRegistrationError(f"a check needs a non-empty name, got {self.name!r}")
+        if not callable(self.func):
+            raise CheckRegistrationError(
+                f"check {self.name!r}: expected a function, got {self.func!r}"
+            )
+        if self.timeout is not None:
+            object.__setattr__(self, "timeout", validate_timeout(self.timeout))
+        object.__setattr__(self, "is_async", is_async_callable(self.func))
+
+
+class CheckRegistry:
+    """An ordered set of checks, keyed by name. Owned by whoever runs the checks.
+
+    Registering a check under a name that is taken replaces the earlier check, as
+    python-dockerflow does.
+    """
+
+    def __init__(self) -> None:
+        self._checks: dict[str, Check] = {}
+
+    def add(self, check: Check) -> Check:
+        """Add ``check``, replacing any check of the same name, and return it."""
+        self._checks[check.name] = check
+        return check
+
+    def remove(self, name: str) -> None:
+        """Remove the check called ``name``; do nothing if there is none."""
+        self._checks.pop(name, None)
+
+    def clear(self) -> None:
+        """Remove every check."""
+        self._checks.clear()
+
+    def get(self, name: str) -> Check | None:
+        """Return the check called ``name``, or ``None``."""
+        return self._checks.get(name)
+
+    def names(self) -> list[str]:
+        """Return the names of the checks, in registration order."""
+        return list(self._checks)
+
+    def __iter__(self) -> Iterator[Check]:
+        return iter(list(self._checks.values()))
+
+    def __len__(self) -> int:
+        return len(self._checks)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._checks

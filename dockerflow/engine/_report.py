@@ -1,0 +1,115 @@
+"""Folding check results into a heartbeat report. Pure functions and frozen data, no I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..checks._messages import CheckMessage, level_to_text
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """What one run of one check gave.
+
+    :param name: the check's name.
+    :param messages: the check messages, including those the engine made for a timeout or crash.
+    :param duration: wall-clock seconds the check took (or was waited for).
+    """
+
+    name: str
+    messages: tuple[CheckMessage, ...] = ()
+    duration: float = 0.0
+
+
+@dataclass(frozen=True)
+class CheckDetail:
+    """One check's part of a report, after silenced messages were dropped.
+
+    :param level: highest message level, ``0`` when there is none.
+    :param messages: message ID → message text.
+    :param duration: seconds the check took.
+    """
+
+    level: int
+    messages: Mapping[str, str]
+    duration: float
+
+    @property
+    def status(self) -> str:
+        """The status text of :attr:`level` (``"ok"``, ``"warning"``, ``"error"`` ...)."""
+        return level_to_text(self.level)
+
+
+@dataclass(frozen=True)
+class Report:
+    """A heartbeat's outcome: overall level and one :class:`CheckDetail` per check."""
+
+    level: int
+    results: Mapping[str, CheckDetail] = field(default_factory=dict)
+
+    @property
+    def status(self) -> str:
+        """The status text of the overall level."""
+        return level_to_text(self.level)
+
+    @property
+    def checks(self) -> dict[str, str]:
+        """Check name → status text, for every check."""
+        return {name: detail.status for name, detail in self.results.items()}
+
+    @property
+    def details(self) -> dict[str, dict[str, Any]]:
+        """Check name → ``{"status", "level", "messages"}`` for each check above level 0."""
+        return {
+            name: {"status": d.status, "level": d.level, "messages": dict(d.messages)}
+            for name, d in self.results.items()
+            if d.level > 0
+        }
+
+    @property
+    def durations(self) -> dict[str, float]:
+        """Check name → seconds the check took."""
+        return {name: detail.duration for name, detail in self.results.items()}
+
+    def is_failure(self, fail_level: int) -> bool:
+        """Return whether the overall level is at or above ``fail_level``."""
+        return self.level >= fail_level
+
+    def as_dict(self, *, details: bool = True) -> dict[str, Any]:
+        """Return the heartbeat body: ``{"status", "checks", "details"}``.
+
+        :param details: when false, ``details`` is an empty object (statuses only).
+        """
+        return {
+            "status": self.status,
+            "checks": self.checks,
+            "details": self.details if details else {},
+        }
+
+
+def message_key(check_name: str, index: int, message: CheckMessage) -> str:
+    """Return the key of a message in a report: its ID, or ``"<check>.<index>"`` without one."""
+    return message.id if message.id else f"{check_name}.{index}"
+
+
+def aggregate(results: Iterable[CheckResult], silenced_ids: Collection[str] = ()) -> Report:
+    """Fold check results into a report.
+
+    Messages whose ID is in ``silenced_ids`` are dropped before any level is computed; a check's
+    level is the highest level among its remaining messages (0 without any) and the report's level
+    the highest among its checks.
+
+    :param results: one result per check; a later result of the same name replaces an earlier one.
+    :param silenced_ids: message IDs to ignore.
+    :returns: the report.
+    """
+    details: dict[str, CheckDetail] = {}
+    for result in results:
+        kept = [m for m in result.messages if m.id not in silenced_ids]
+        level = max((m.level for m in kept), default=0)
+        messages = {message_key(result.name, i, m): m.msg for i, m in enumerate(kept)}
+        details[result.name] = CheckDetail(level, messages, result.duration)
+    overall = max((d.level for d in details.values()), default=0)
+    return Report(overall, details)
