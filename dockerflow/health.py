@@ -10,6 +10,9 @@ from __future__ import annotations
 INFO_CANT_CHECK_MIGRATIONS = "dockerflow.health.I001"
 WARNING_UNAPPLIED_MIGRATION = "dockerflow.health.W001"
 
+#: A failing run of a check with flap damping that is not reported as a failure yet.
+INFO_FAILURE_DAMPED = "dockerflow.health.I002"
+
 # Databases and Redis (python-dockerflow).
 ERROR_CANNOT_CONNECT_DATABASE = "dockerflow.health.E001"
 ERROR_UNUSABLE_DATABASE = "dockerflow.health.E002"
@@ -30,7 +33,7 @@ ERROR_CHECK_TIMEOUT = "dockerflow.health.E011"
 ERROR_CHECK_EXCEPTION = "dockerflow.health.E012"
 #: The check returned something other than a list of check messages (or ``None``).
 ERROR_CHECK_BAD_RESULT = "dockerflow.health.E013"
-#: A background-refreshed check's latest result is older than its allowed age.
+#: A background-refreshed check's latest result is older than its ``max_age``.
 ERROR_CHECK_RESULT_STALE = "dockerflow.health.E014"
 
 __all__ = [name for name in dir() if name.isupper()]

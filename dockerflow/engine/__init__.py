@@ -13,6 +13,7 @@ from ._exceptions import (
     ConfigurationError,
     DockerflowError,
     MissingDependencyError,
+    VersionFileError,
 )
 from ._report import CheckDetail, CheckResult, Report, aggregate
 from ._runner import Engine
@@ -32,5 +33,6 @@ __all__ = [
     "LoopThread",
     "MissingDependencyError",
     "Report",
+    "VersionFileError",
     "aggregate",
 ]

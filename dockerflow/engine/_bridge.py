@@ -7,10 +7,11 @@ import contextlib
 import os
 import threading
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 import anyio
+from anyio.abc import TaskGroup
 from anyio.from_thread import BlockingPortal
 
 T = TypeVar("T")
@@ -33,6 +34,7 @@ class LoopThread:
         self._lock = threading.Lock()
         self._portal: BlockingPortal | None = None
         self._thread: threading.Thread | None = None
+        self._task_group: TaskGroup | None = None
         ref = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: _call_if_alive(ref, "_forget"))
         atexit.register(_call_if_alive, ref, "stop")
@@ -65,6 +67,17 @@ class LoopThread:
         """
         return self.portal().call(func, *args)
 
+    def spawn(self, func: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
+        """Start ``func(*args)`` as a background task on the loop; it runs until it returns or
+        the loop stops. Callable from any thread, the loop thread included."""
+        portal = self.portal()
+        thread = self._thread
+        if thread is not None and thread.ident == threading.get_ident():
+            assert self._task_group is not None
+            self._task_group.start_soon(func, *args)
+        else:
+            portal.start_task_soon(func, *args)
+
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the loop, cancelling what still runs on it, and wait for its thread to end."""
         with self._lock:
@@ -81,10 +94,12 @@ class LoopThread:
         failure: list[BaseException] = []
 
         async def serve() -> None:
-            async with BlockingPortal() as portal:
+            async with anyio.create_task_group() as task_group, BlockingPortal() as portal:
+                self._task_group = task_group
                 self._portal = portal
                 ready.set()
                 await portal.sleep_until_stopped()
+                task_group.cancel_scope.cancel()
 
         def main() -> None:
             try:
@@ -97,11 +112,12 @@ class LoopThread:
         # A daemon thread: a check stuck in a worker thread (those inherit daemon status from
         # this thread) must never keep the process from exiting.
         thread = threading.Thread(target=main, name="dockerflow-loop", daemon=True)
+        self._thread = thread
         thread.start()
         ready.wait()
         if failure:
+            self._thread = self._portal = self._task_group = None
             raise RuntimeError("the dockerflow event loop failed to start") from failure[0]
-        self._thread = thread
 
     def _forget(self) -> None:
         # In a forked child: the parent's loop thread was not copied, so drop it. The lock may
@@ -109,6 +125,7 @@ class LoopThread:
         self._lock = threading.Lock()
         self._portal = None
         self._thread = None
+        self._task_group = None
 
 
 def _call_if_alive(ref: weakref.ref[LoopThread], method: str) -> None:

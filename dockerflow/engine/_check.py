@@ -60,8 +60,17 @@ class Check:
     :param func: a ``def`` or ``async def`` taking no arguments and returning a list of
         :class:`~dockerflow.checks.CheckMessage` (``None`` counts as an empty list).
     :param timeout: seconds the check may run; ``None`` takes the engine's default timeout.
-    :raises CheckRegistrationError: if the name is empty, ``func`` is not callable or the timeout
-        is not a positive number.
+    :param interval: if set, the engine runs the check in the background every ``interval``
+        seconds and heartbeats serve its latest result at once (background refresh).
+    :param max_age: with ``interval``: a latest result older than this many seconds is reported
+        as an error (``dockerflow.health.E014``); default ``2 * interval + timeout``.
+    :param failure_threshold: report a failure only from this many consecutive failing runs on
+        (flap damping); default 1 reports the first failure.
+    :param failure_grace: report a failure only once the check has been failing for this many
+        seconds (flap damping); default 0. With both set, whichever is reached first reports.
+        A failure held back is shown as an Info message (``dockerflow.health.I002``).
+    :raises CheckRegistrationError: if the name is empty, ``func`` is not callable or a number
+        is out of range.
 
     Checks compare by identity: the engine keeps per-check state (the thread a stuck sync check
     occupies) keyed by the check object.
@@ -70,6 +79,10 @@ class Check:
     name: str
     func: CheckFunction
     timeout: float | None = None
+    interval: float | None = None
+    max_age: float | None = None
+    failure_threshold: int = 1
+    failure_grace: float = 0.0
     is_async: bool = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -79,9 +92,29 @@ class Check:
             raise CheckRegistrationError(
                 f"check {self.name!r}: expected a function, got {self.func!r}"
             )
-        if self.timeout is not None:
-            object.__setattr__(self, "timeout", validate_timeout(self.timeout))
+        for attr in ("timeout", "interval", "max_age"):
+            value = getattr(self, attr)
+            if value is not None:
+                object.__setattr__(self, attr, validate_timeout(value, f"{self.name}: {attr}"))
+        if self.max_age is not None and self.interval is None:
+            raise CheckRegistrationError(f"{self.name}: max_age needs an interval")
+        threshold = self.failure_threshold
+        if isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 1:
+            raise CheckRegistrationError(
+                f"{self.name}: failure_threshold must be an integer >= 1, got {threshold!r}"
+            )
+        grace = self.failure_grace
+        if isinstance(grace, bool) or not isinstance(grace, (int, float)) or not grace >= 0:
+            raise CheckRegistrationError(
+                f"{self.name}: failure_grace must be a number of seconds >= 0, got {grace!r}"
+            )
+        object.__setattr__(self, "failure_grace", float(grace))
         object.__setattr__(self, "is_async", is_async_callable(self.func))
+
+    @property
+    def damped(self) -> bool:
+        """Whether failures of this check are held back (flap damping)."""
+        return self.failure_threshold > 1 or self.failure_grace > 0
 
 
 class CheckRegistry:

@@ -6,7 +6,8 @@
     ├── ConfigurationError        (also a ValueError)   a setting or argument has a bad value
     ├── CheckRegistrationError    (also a ValueError)   a check cannot be registered as asked
     ├── AlreadyInitializedError   (also a RuntimeError) the extension is already set up on that app
-    └── MissingDependencyError    (also an ImportError) an optional driver is not installed
+    ├── MissingDependencyError    (also an ImportError) an optional driver is not installed
+    └── VersionFileError          (also a ValueError)   version.json exists but cannot be served
 
 Failures *inside* checks are never raised to the caller: the engine turns them into check messages
 with stable IDs (see :mod:`dockerflow.health`).
@@ -45,3 +46,7 @@ class MissingDependencyError(DockerflowError, ImportError):
         )
         self.package = package
         self.extra = extra
+
+
+class VersionFileError(DockerflowError, ValueError):
+    """``version.json`` exists but is not a regular file, is too large, or is not a JSON object."""

@@ -16,7 +16,7 @@ import anyio.to_thread
 
 from .. import health
 from .._redact import short_error
-from ..checks._messages import ERROR, STATUSES, CheckMessage, Error
+from ..checks._messages import ERROR, STATUSES, CheckMessage, Error, Info
 from ._bridge import LoopThread
 from ._check import DEFAULT_TIMEOUT, Check, validate_timeout
 from ._exceptions import ConfigurationError
@@ -63,6 +63,12 @@ class _ProcessState:
         # worker threads and the loop thread; single dict operations are atomic under the GIL.
         self.busy: dict[Check, float] = {}
         self.limiter: anyio.CapacityLimiter | None = None
+        # Background refresh: checks whose refresh task was started, and their latest result
+        # with the monotonic time it was stored. Written only on the loop thread.
+        self.refreshing: set[Check] = set()
+        self.latest: dict[Check, tuple[CheckResult, float]] = {}
+        # Flap damping: consecutive failing runs and when the current failing streak began.
+        self.streaks: dict[Check, tuple[int, float]] = {}
 
 
 class Engine:
@@ -82,7 +88,7 @@ class Engine:
     :param cache_ttl: seconds a passing report is served again; 0 (default) turns caching off.
     :param cache_failed_ttl: seconds a failing report is served again; 0 (default) is off.
     :param fail_level: the level from which a report counts as failing (for the cache TTL).
-    :param backend: anyio backend of the loop thread.
+    :param bridge: the loop thread to run on; engines may share one. Defaults to a new one.
     :raises ConfigurationError: if a number is negative or not a number.
     """
 
@@ -94,7 +100,7 @@ class Engine:
         cache_ttl: float = 0.0,
         cache_failed_ttl: float = 0.0,
         fail_level: int = ERROR,
-        backend: str = "asyncio",
+        bridge: LoopThread | None = None,
     ) -> None:
         try:
             self.timeout = validate_timeout(timeout)
@@ -106,7 +112,7 @@ class Engine:
             raise ConfigurationError(f"fail_level must be one of 10..50, got {fail_level!r}")
         self.fail_level = fail_level
         self.silenced_ids = frozenset(silenced_ids)
-        self.bridge = LoopThread(backend)
+        self.bridge = bridge if bridge is not None else LoopThread()
         self._state = _ProcessState()
         ref = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: _reset_if_alive(ref))
@@ -155,20 +161,96 @@ class Engine:
         results: list[CheckResult] = [CheckResult("")] * len(checks)
 
         async def run_into(index: int, check: Check) -> None:
-            results[index] = await self.run_check(check)
+            if check.interval is None:
+                results[index] = await self.run_check(check)
+            else:
+                results[index] = await self._latest_result(check)
 
         async with anyio.create_task_group() as tg:
             for index, check in enumerate(checks):
                 tg.start_soon(run_into, index, check)
         return aggregate(results, self.silenced_ids)
 
+    async def _latest_result(self, check: Check) -> CheckResult:
+        """Serve a background-refreshed check's latest result, starting its refresh task."""
+        assert check.interval is not None
+        state = self._state
+        timeout = self._timeout_of(check)
+        if check not in state.refreshing:
+            state.refreshing.add(check)
+            self.bridge.spawn(self._refresh_forever, check, state)
+        # Only the first heartbeat waits, for the first result. Polling, not an Event: the
+        # refresh task runs on the bridge loop, which need not be the caller's loop.
+        deadline = time.monotonic() + timeout + 0.05
+        while check not in state.latest and time.monotonic() < deadline:
+            await anyio.sleep(0.005)
+        entry = state.latest.get(check)
+        if entry is None:
+            message = Error(
+                f"Check timed out after {timeout:g}s waiting for its first background run",
+                id=health.ERROR_CHECK_TIMEOUT,
+            )
+            return CheckResult(check.name, (message,), timeout)
+        result, stored_at = entry
+        age = time.monotonic() - stored_at
+        max_age = check.max_age if check.max_age is not None else 2 * check.interval + timeout
+        if age > max_age:
+            message = Error(
+                f"Latest result is {age:.1f}s old, more than the allowed {max_age:g}s",
+                id=health.ERROR_CHECK_RESULT_STALE,
+            )
+            return CheckResult(check.name, (message,), result.duration)
+        return result
+
+    async def _refresh_forever(self, check: Check, state: _ProcessState) -> None:
+        assert check.interval is not None
+        try:
+            while True:
+                result = await self.run_check(check)
+                state.latest[check] = (result, time.monotonic())
+                await anyio.sleep(check.interval)
+        finally:
+            state.refreshing.discard(check)
+
+    def _timeout_of(self, check: Check) -> float:
+        return check.timeout if check.timeout is not None else self.timeout
+
     async def run_check(self, check: Check) -> CheckResult:
         """Run one check under its timeout; never raises for what the check does.
 
         A timeout, an exception or a return value that is not a list of check messages becomes an
-        :class:`~dockerflow.checks.Error` with a stable ID from :mod:`dockerflow.health`.
+        :class:`~dockerflow.checks.Error` with a stable ID from :mod:`dockerflow.health`. For a
+        check with flap damping, a failure that is not due yet becomes an Info message.
         """
-        timeout = check.timeout if check.timeout is not None else self.timeout
+        result = await self._run_check_once(check)
+        if check.damped:
+            result = self._damp(check, result)
+        return result
+
+    def _damp(self, check: Check, result: CheckResult) -> CheckResult:
+        streaks = self._state.streaks
+        if not any(m.level >= self.fail_level for m in result.messages):
+            streaks.pop(check, None)
+            return result
+        now = time.monotonic()
+        count, since = streaks.get(check, (0, now))
+        count += 1
+        streaks[check] = (count, since)
+        failing_for = now - since
+        due = (check.failure_threshold > 1 and count >= check.failure_threshold) or (
+            check.failure_grace > 0 and failing_for >= check.failure_grace
+        )
+        if due:
+            return result
+        first = next(m for m in result.messages if m.level >= self.fail_level)
+        held = Info(
+            f"Failing for {count} run(s) over {failing_for:.1f}s, not reported yet: {first.msg}",
+            id=health.INFO_FAILURE_DAMPED,
+        )
+        return CheckResult(check.name, (held,), result.duration)
+
+    async def _run_check_once(self, check: Check) -> CheckResult:
+        timeout = self._timeout_of(check)
         started = time.perf_counter()
         messages: tuple[CheckMessage, ...]
         if not check.is_async and check in self._state.busy:

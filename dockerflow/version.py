@@ -1,0 +1,51 @@
+"""Loading the ``version.json`` that CI writes, defensively."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from typing import Any
+
+from .engine._exceptions import VersionFileError
+
+#: Largest ``version.json`` that is read; a real one is a few hundred bytes.
+MAX_VERSION_FILE_SIZE = 1024 * 1024
+
+__all__ = ["MAX_VERSION_FILE_SIZE", "VersionFileError", "get_version"]
+
+
+def get_version(root: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """Return the object in ``<root>/version.json``, or ``None`` when there is no such file.
+
+    A symlink is followed, but only to a regular file: a FIFO or device (``/dev/zero``) is refused
+    rather than read forever.
+
+    :param root: the directory that holds ``version.json``.
+    :returns: the parsed JSON object, or ``None`` if the file does not exist.
+    :raises VersionFileError: if the file is not a regular file, is larger than
+        :data:`MAX_VERSION_FILE_SIZE`, is not UTF-8 JSON, or does not hold a JSON object.
+    """
+    path = os.path.join(os.fspath(root), "version.json")
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise VersionFileError(f"{path}: cannot be read ({exc.strerror})") from exc
+    if not stat.S_ISREG(info.st_mode):
+        raise VersionFileError(f"{path}: not a regular file")
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_VERSION_FILE_SIZE + 1)
+    except OSError as exc:
+        raise VersionFileError(f"{path}: cannot be read ({exc.strerror})") from exc
+    if len(data) > MAX_VERSION_FILE_SIZE:
+        raise VersionFileError(f"{path}: larger than {MAX_VERSION_FILE_SIZE} bytes")
+    try:
+        version = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise VersionFileError(f"{path}: not valid UTF-8 JSON ({exc})") from exc
+    if not isinstance(version, dict):
+        raise VersionFileError(f"{path}: holds a JSON {type(version).__name__}, not an object")
+    return version

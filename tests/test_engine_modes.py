@@ -1,0 +1,121 @@
+"""Background refresh and flap damping."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import anyio
+import pytest
+
+from dockerflow import health
+from dockerflow.checks import Error
+from dockerflow.engine import Check, CheckRegistrationError, Engine
+
+
+@pytest.fixture
+def engine() -> Iterator[Engine]:
+    engine = Engine(timeout=1.0)
+    yield engine
+    engine.close()
+
+
+def test_background_check_is_served_from_its_latest_result(engine: Engine) -> None:
+    runs: list[float] = []
+    state = {"up": True}
+
+    async def probe() -> list[Error]:
+        runs.append(time.monotonic())
+        await anyio.sleep(0.1)
+        return [] if state["up"] else [Error("down", id="x.E1")]
+
+    check = Check("probe", probe, interval=0.15)
+    first = engine.run_sync([check])  # waits for the first background run
+    assert first.checks == {"probe": "ok"}
+    started = time.perf_counter()
+    for _ in range(20):
+        assert engine.run_sync([check]).checks == {"probe": "ok"}
+    assert time.perf_counter() - started < 0.1  # served at once, not run 20 times
+    assert len(runs) <= 2
+    state["up"] = False
+    time.sleep(0.5)
+    report = engine.run_sync([check])
+    assert report.details["probe"]["messages"] == {"x.E1": "down"}
+    assert 3 <= len(runs) <= 6
+
+
+def test_stale_background_result_is_an_error(engine: Engine) -> None:
+    check = Check("slowpoke", lambda: [], interval=30, max_age=0.1)
+    assert engine.run_sync([check]).checks == {"slowpoke": "ok"}
+    time.sleep(0.2)
+    report = engine.run_sync([check])
+    assert list(report.details["slowpoke"]["messages"]) == [health.ERROR_CHECK_RESULT_STALE]
+
+
+def test_first_background_run_is_bounded_by_the_timeout(engine: Engine) -> None:
+    async def never() -> None:
+        await anyio.sleep(60)
+
+    check = Check("never", never, interval=10, timeout=0.2)
+    started = time.perf_counter()
+    report = engine.run_sync([check])
+    assert time.perf_counter() - started < 0.8
+    assert list(report.details["never"]["messages"]) == [health.ERROR_CHECK_TIMEOUT]
+
+
+def test_background_refresh_restarts_after_the_loop_stops(engine: Engine) -> None:
+    calls: list[int] = []
+    check = Check("counted", lambda: calls.append(1), interval=0.05)
+    engine.run_sync([check])
+    engine.close()
+    stopped_at = len(calls)
+    time.sleep(0.2)
+    assert len(calls) == stopped_at  # nothing runs while the loop is stopped
+    engine.run_sync([check])
+    time.sleep(0.2)
+    assert len(calls) > stopped_at + 1
+
+
+def test_failure_threshold_holds_back_the_first_failures(engine: Engine) -> None:
+    state = {"fail": True}
+    check = Check(
+        "flappy",
+        lambda: [Error("boom", id="x.E1")] if state["fail"] else [],
+        failure_threshold=3,
+    )
+    statuses = [engine.run_sync([check]).status for _ in range(4)]
+    assert statuses == ["info", "info", "error", "error"]
+    held = Engine(timeout=1.0)
+    try:
+        report = held.run_sync([check])
+        assert list(report.details["flappy"]["messages"]) == [health.INFO_FAILURE_DAMPED]
+    finally:
+        held.close()
+    state["fail"] = False
+    assert engine.run_sync([check]).status == "ok"
+    state["fail"] = True
+    assert engine.run_sync([check]).status == "info"  # the streak starts over after a pass
+
+
+def test_failure_grace_reports_after_time_in_error(engine: Engine) -> None:
+    check = Check("slowfail", lambda: [Error("boom", id="x.E1")], failure_grace=0.3)
+    assert engine.run_sync([check]).status == "info"
+    time.sleep(0.35)
+    assert engine.run_sync([check]).status == "error"
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"interval": 0},
+        {"interval": -1},
+        {"max_age": 5},
+        {"failure_threshold": 0},
+        {"failure_threshold": 2.5},
+        {"failure_grace": -1},
+        {"failure_grace": "soon"},
+    ],
+)
+def test_bad_mode_options(options: dict[str, object]) -> None:
+    with pytest.raises(CheckRegistrationError):
+        Check("x", lambda: None, **options)  # type: ignore[arg-type]
