@@ -10,7 +10,10 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
+
+if TYPE_CHECKING:
+    from ..engine import Check, Engine
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -94,12 +97,10 @@ async def run_checks_async(
     checks: Iterable[tuple[str, Callable[..., Any]]],
     silenced_check_ids: Iterable[str] | None = None,
 ) -> ChecksResults:
-    """Run ``(name, function)`` pairs concurrently on the current loop, each under the default
-    timeout, and return python-dockerflow's :class:`ChecksResults`."""
-    from ..engine import Check, Engine
-
-    engine = Engine(silenced_ids=tuple(silenced_check_ids or ()))
-    report = await engine.run_uncached(Check(name, func) for name, func in checks)
+    """Run ``(name, function)`` pairs concurrently on the running loop, each under the default
+    timeout (or its registered one), and return python-dockerflow's :class:`ChecksResults`."""
+    engine, pairs = _engine_and_checks(checks, silenced_check_ids)
+    report = await engine.run_uncached(pairs)
     return ChecksResults(details=report.details, statuses=report.checks, level=report.level)
 
 
@@ -107,11 +108,35 @@ def run_checks(
     checks: Iterable[tuple[str, Callable[..., Any]]],
     silenced_check_ids: Iterable[str] | None = None,
 ) -> ChecksResults:
-    """Blocking form of :func:`run_checks_async`; runs the checks on a private loop thread."""
-    from ..engine import LoopThread
+    """Blocking form of :func:`run_checks_async`."""
+    engine, pairs = _engine_and_checks(checks, silenced_check_ids)
+    report = engine.run_sync(pairs)
+    return ChecksResults(details=report.details, statuses=report.checks, level=report.level)
 
-    bridge = LoopThread()
-    try:
-        return bridge.call(run_checks_async, list(checks), list(silenced_check_ids or ()))
-    finally:
-        bridge.stop()
+
+# One engine per silenced-ID set and one Check object per registration, reused by every call,
+# so the engine's one-thread-per-stuck-check rule holds across calls.
+_ENGINES: dict[frozenset[str], Engine] = {}
+_CHECKS: dict[tuple[str, Callable[..., Any]], Check] = {}
+
+
+def _engine_and_checks(
+    checks: Iterable[tuple[str, Callable[..., Any]]], silenced: Iterable[str] | None
+) -> tuple[Engine, list[Check]]:
+    from ..engine import Check, Engine
+
+    key = frozenset(silenced or ())
+    engine = _ENGINES.get(key)
+    if engine is None:
+        engine = _ENGINES[key] = Engine(silenced_ids=key)
+    pairs = []
+    for name, func in checks:
+        check = _CHECKS.get((name, func))
+        if check is None:
+            if len(_CHECKS) >= 1024:  # callers passing new functions every time
+                _CHECKS.clear()
+            registered = _REGISTERED.get(name)
+            timeout = registered[1] if registered and registered[0] is func else None
+            check = _CHECKS[(name, func)] = Check(name, func, timeout)
+        pairs.append(check)
+    return engine, pairs

@@ -6,7 +6,6 @@ import atexit
 import contextlib
 import os
 import threading
-import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -23,8 +22,8 @@ class LoopThread:
     WSGI request threads call coroutines on it through :meth:`call`; because every check runs on
     this one loop, async clients (asyncpg pools, ``redis.asyncio``, ``AsyncEngine``) keep their
     connections from one heartbeat to the next. After ``os.fork()`` the child forgets the parent's
-    loop (its thread does not exist there) and starts its own on first use. At interpreter exit the
-    loop is stopped.
+    loop (its thread does not exist there) and starts its own on first use. At interpreter exit a
+    running loop is stopped.
 
     :param backend: the anyio backend to run, ``"asyncio"`` (default) or ``"trio"``.
     """
@@ -35,9 +34,7 @@ class LoopThread:
         self._portal: BlockingPortal | None = None
         self._thread: threading.Thread | None = None
         self._task_group: TaskGroup | None = None
-        ref = weakref.ref(self)
-        os.register_at_fork(after_in_child=lambda: _call_if_alive(ref, "_forget"))
-        atexit.register(_call_if_alive, ref, "stop")
+        self._pid = os.getpid()
 
     @property
     def running(self) -> bool:
@@ -51,6 +48,8 @@ class LoopThread:
 
     def portal(self) -> BlockingPortal:
         """Return the portal into the loop, starting the loop thread if needed."""
+        if self._pid != os.getpid():
+            self._forget()
         portal = self._portal
         if portal is not None:
             return portal
@@ -80,11 +79,14 @@ class LoopThread:
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the loop, cancelling what still runs on it, and wait for its thread to end."""
+        if self._pid != os.getpid():
+            self._forget()
         with self._lock:
             portal, thread = self._portal, self._thread
             self._portal = self._thread = None
         if portal is None or thread is None:
             return
+        atexit.unregister(self.stop)
         with contextlib.suppress(RuntimeError):  # the loop already ended
             portal.call(portal.stop, True)
         thread.join(timeout)
@@ -118,17 +120,14 @@ class LoopThread:
         if failure:
             self._thread = self._portal = self._task_group = None
             raise RuntimeError("the dockerflow event loop failed to start") from failure[0]
+        # Registered while the loop runs only, so short-lived bridges leave no hook behind.
+        atexit.register(self.stop)
 
     def _forget(self) -> None:
         # In a forked child: the parent's loop thread was not copied, so drop it. The lock may
         # have been held by another parent thread at fork time, so it is replaced too.
+        self._pid = os.getpid()
         self._lock = threading.Lock()
         self._portal = None
         self._thread = None
         self._task_group = None
-
-
-def _call_if_alive(ref: weakref.ref[LoopThread], method: str) -> None:
-    bridge = ref()
-    if bridge is not None:
-        getattr(bridge, method)()

@@ -6,7 +6,6 @@ import logging
 import os
 import threading
 import time
-import weakref
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,19 +20,30 @@ from ._bridge import LoopThread
 from ._check import DEFAULT_TIMEOUT, Check, validate_timeout
 from ._exceptions import ConfigurationError
 from ._report import CheckResult, Report, aggregate
+from ._threads import ThreadCall, WorkerPool
 
 logger = logging.getLogger("dockerflow.engine")
 messages_logger = logging.getLogger("dockerflow.checks")
 
 # Distinct check subsets whose result is kept; beyond this the cache starts over.
 _MAX_CACHE_ENTRIES = 64
+# How often a heartbeat looks whether a result it shares with another run has arrived.
+_POLL = 0.005
 
 
 @dataclass
 class _Flight:
-    """A run in progress that later callers for the same checks wait on."""
+    """A run in progress that later callers for the same checks wait on (loop callers)."""
 
     done: anyio.Event = field(default_factory=anyio.Event)
+    report: Report | None = None
+
+
+@dataclass
+class _ThreadFlight:
+    """A run in progress that later callers for the same checks wait on (thread callers)."""
+
+    done: threading.Event = field(default_factory=threading.Event)
     report: Report | None = None
 
 
@@ -43,25 +53,19 @@ class _Cached:
     expires: float
 
 
-class _ThreadCall:
-    """Tracks one sync check call in a worker thread, so the check is never run twice at once."""
-
-    __slots__ = ("lock", "state")
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.state = "pending"  # -> "running" -> "done", or "pending" -> "abandoned"
-
-
 class _ProcessState:
     """Everything the engine keeps that belongs to one process (rebuilt after fork)."""
 
     def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.lock = threading.Lock()
         self.flights: dict[tuple[Check, ...], _Flight] = {}
+        self.thread_flights: dict[tuple[Check, ...], _ThreadFlight] = {}
         self.cache: dict[tuple[Check, ...], _Cached] = {}
-        # Sync checks whose worker thread has not returned yet, with when it started. Written from
-        # worker threads and the loop thread; single dict operations are atomic under the GIL.
-        self.busy: dict[Check, float] = {}
+        # The running call of each sync check whose function has not returned yet. Guarded by
+        # ``lock``; a call removes itself (from its worker thread) when the function returns.
+        self.busy: dict[Check, ThreadCall] = {}
+        self.pool = WorkerPool()
         self.limiter: anyio.CapacityLimiter | None = None
         # Background refresh: checks whose refresh task was started, and their latest result
         # with the monotonic time it was stored. Written only on the loop thread.
@@ -74,22 +78,26 @@ class _ProcessState:
 class Engine:
     """Runs health checks concurrently, each under its own timeout, and folds them into a report.
 
-    Async checks run on the event loop; sync checks run in worker threads, at most one thread per
-    check: while a sync check is stuck in its thread past its timeout, later runs report it as
-    timed out at once instead of starting another thread. Callers asking for the same checks
-    while a run is in flight share that run (single-flight); an optional cache serves a recent
-    report for ``cache_ttl`` seconds (``cache_failed_ttl`` when it is failing).
+    Async checks run on the event loop of the engine's :class:`LoopThread`; sync checks run in
+    worker threads, at most one thread per check: a heartbeat that finds a sync check still
+    running shares that run, and once the run is older than the check's timeout (stuck) reports
+    the check as timed out at once instead of starting another thread. Callers asking for the
+    same checks while a run is in flight share that run (single-flight); an optional cache serves
+    a recent report for ``cache_ttl`` seconds (``cache_failed_ttl`` when it is failing).
 
-    Await :meth:`run` from the engine's own loop (or from the only loop of an async application);
-    sync callers use :meth:`run_sync`, which goes through the engine's :class:`LoopThread`.
+    Sync callers use :meth:`run_sync`. When every check is a plain sync check it runs them from
+    the calling thread on the engine's worker threads, without a trip through the loop;
+    otherwise it goes through the loop thread. Async callers await :meth:`run` on the engine's
+    own loop (or the only loop of an async application).
 
     :param timeout: seconds a check may run when it sets no timeout of its own.
     :param silenced_ids: message IDs dropped from every report.
     :param cache_ttl: seconds a passing report is served again; 0 (default) turns caching off.
     :param cache_failed_ttl: seconds a failing report is served again; 0 (default) is off.
-    :param fail_level: the level from which a report counts as failing (for the cache TTL).
+    :param fail_level: the level from which a report counts as failing (for the cache TTL and
+        flap damping).
     :param bridge: the loop thread to run on; engines may share one. Defaults to a new one.
-    :raises ConfigurationError: if a number is negative or not a number.
+    :raises ConfigurationError: if a number is out of range or not a number.
     """
 
     def __init__(
@@ -113,13 +121,76 @@ class Engine:
         self.fail_level = fail_level
         self.silenced_ids = frozenset(silenced_ids)
         self.bridge = bridge if bridge is not None else LoopThread()
-        self._state = _ProcessState()
-        ref = weakref.ref(self)
-        os.register_at_fork(after_in_child=lambda: _reset_if_alive(ref))
+        self._process = _ProcessState()
+
+    @property
+    def _state(self) -> _ProcessState:
+        # After fork the child has none of the parent's threads: start over with fresh state.
+        state = self._process
+        if state.pid != os.getpid():
+            state = self._process = _ProcessState()
+        return state
+
+    # -- sync callers ---------------------------------------------------------------------------
 
     def run_sync(self, checks: Iterable[Check]) -> Report:
-        """Run ``checks`` on the engine's loop thread and return the report; blocks the caller."""
-        return self.bridge.call(self.run, tuple(checks))
+        """Run ``checks`` and return the report, sharing an in-flight or cached run; blocks.
+
+        :param checks: the checks to run; the same checks in the same order share runs.
+        """
+        key = tuple(checks)
+        if not all(_plain_sync(check) for check in key):
+            return self.bridge.call(self.run, key)
+        state = self._state
+        while True:
+            cached = self._cached(key, state)
+            if cached is not None:
+                return cached
+            with state.lock:
+                flight = state.thread_flights.get(key)
+                leading = flight is None
+                if flight is None:
+                    flight = state.thread_flights[key] = _ThreadFlight()
+            if leading:
+                try:
+                    flight.report = self._run_in_threads(key, state)
+                    self._store(key, flight.report, state)
+                    return flight.report
+                finally:
+                    with state.lock:
+                        del state.thread_flights[key]
+                    flight.done.set()
+            flight.done.wait()
+            if flight.report is not None:
+                return flight.report
+
+    def _run_in_threads(self, checks: tuple[Check, ...], state: _ProcessState) -> Report:
+        checks = tuple(dict.fromkeys(checks))
+        started = time.monotonic()
+        claims = []
+        for check in checks:
+            timeout = self._timeout_of(check)
+            call, fresh = self._claim(check, timeout, state)
+            if fresh:
+                assert call is not None
+                state.pool.submit(call.execute)
+            claims.append((check, timeout, call))
+        results = []
+        for check, timeout, call in claims:
+            if call is None:
+                result = self._stuck_result(check, state)
+            elif call.done.wait(max(0.0, started + timeout - time.monotonic())):
+                value = call.value
+                if call.error is None and hasattr(value, "__await__"):
+                    value = self.bridge.call(_await, value)
+                duration = call.finished - max(started, call.started)
+                result = self._outcome(check, value, call.error, duration)
+            else:
+                result = self._timed_out(check, timeout, time.monotonic() - started)
+            results.append(self._damp(check, result) if check.damped else result)
+        return aggregate(results, self.silenced_ids)
+
+    # -- async callers --------------------------------------------------------------------------
 
     async def run(self, checks: Iterable[Check]) -> Report:
         """Run ``checks`` concurrently and return the report, sharing an in-flight or cached run.
@@ -129,35 +200,27 @@ class Engine:
         key = tuple(checks)
         state = self._state
         while True:
-            cached = state.cache.get(key)
-            if cached is not None and cached.expires > time.monotonic():
-                return cached.report
+            cached = self._cached(key, state)
+            if cached is not None:
+                return cached
             flight = state.flights.get(key)
             if flight is None:
-                return await self._lead(key, state)
+                flight = state.flights[key] = _Flight()
+                try:
+                    flight.report = await self.run_uncached(key)
+                    self._store(key, flight.report, state)
+                    return flight.report
+                finally:
+                    del state.flights[key]
+                    flight.done.set()
             await flight.done.wait()
             if flight.report is not None:
                 return flight.report
             # The leading caller was cancelled before it finished: go round and lead a new run.
 
-    async def _lead(self, key: tuple[Check, ...], state: _ProcessState) -> Report:
-        flight = state.flights[key] = _Flight()
-        try:
-            report = await self.run_uncached(key)
-            flight.report = report
-            ttl = self.cache_failed_ttl if report.is_failure(self.fail_level) else self.cache_ttl
-            if ttl > 0:
-                if len(state.cache) >= _MAX_CACHE_ENTRIES:
-                    state.cache.clear()
-                state.cache[key] = _Cached(report, time.monotonic() + ttl)
-            return report
-        finally:
-            del state.flights[key]
-            flight.done.set()
-
     async def run_uncached(self, checks: Iterable[Check]) -> Report:
         """Run ``checks`` concurrently now, bypassing single-flight and the cache."""
-        checks = tuple(checks)
+        checks = tuple(dict.fromkeys(checks))
         results: list[CheckResult] = [CheckResult("")] * len(checks)
 
         async def run_into(index: int, check: Check) -> None:
@@ -171,6 +234,63 @@ class Engine:
                 tg.start_soon(run_into, index, check)
         return aggregate(results, self.silenced_ids)
 
+    async def run_check(self, check: Check) -> CheckResult:
+        """Run one check under its timeout; never raises for what the check does.
+
+        A timeout, an exception or a return value that is not a list of check messages becomes an
+        :class:`~dockerflow.checks.Error` with a stable ID from :mod:`dockerflow.health`. For a
+        check with flap damping, a failure that is not due yet becomes an Info message.
+        """
+        result = await self._run_check_once(check)
+        return self._damp(check, result) if check.damped else result
+
+    async def _run_check_once(self, check: Check) -> CheckResult:
+        timeout = self._timeout_of(check)
+        started = time.monotonic()
+        value: Any = None
+        error: BaseException | None = None
+        with anyio.move_on_after(timeout) as scope:
+            try:
+                if check.is_async:
+                    value = await check.func()
+                else:
+                    call = await self._call_in_thread(check, timeout)
+                    if call is None:
+                        return self._stuck_result(check, self._state)
+                    value, error = call.value, call.error
+                if error is None and hasattr(value, "__await__"):
+                    value = await value
+            except Exception as exc:
+                error = exc
+        duration = time.monotonic() - started
+        if scope.cancelled_caught:
+            return self._timed_out(check, timeout, duration)
+        return self._outcome(check, value, error, duration)
+
+    async def _call_in_thread(self, check: Check, timeout: float) -> ThreadCall | None:
+        state = self._state
+        call, fresh = self._claim(check, timeout, state)
+        if call is None:
+            return None
+        if not fresh:
+            # Another heartbeat's run of this check is in its thread: share its result.
+            while not call.done.is_set():
+                await anyio.sleep(_POLL)
+            return call
+        if state.limiter is None:
+            state.limiter = anyio.CapacityLimiter(8)
+        # One token per busy sync check is enough: there is at most one thread per check.
+        state.limiter.total_tokens = max(len(state.busy), int(state.limiter.total_tokens))
+        try:
+            await anyio.to_thread.run_sync(
+                call.execute, abandon_on_cancel=True, limiter=state.limiter
+            )
+        finally:
+            call.abandon_if_pending()
+        return call
+
+    # -- background refresh ---------------------------------------------------------------------
+
     async def _latest_result(self, check: Check) -> CheckResult:
         """Serve a background-refreshed check's latest result, starting its refresh task."""
         assert check.interval is not None
@@ -183,7 +303,7 @@ class Engine:
         # refresh task runs on the bridge loop, which need not be the caller's loop.
         deadline = time.monotonic() + timeout + 0.05
         while check not in state.latest and time.monotonic() < deadline:
-            await anyio.sleep(0.005)
+            await anyio.sleep(_POLL)
         entry = state.latest.get(check)
         if entry is None:
             message = Error(
@@ -212,20 +332,68 @@ class Engine:
         finally:
             state.refreshing.discard(check)
 
+    # -- shared pieces --------------------------------------------------------------------------
+
     def _timeout_of(self, check: Check) -> float:
         return check.timeout if check.timeout is not None else self.timeout
 
-    async def run_check(self, check: Check) -> CheckResult:
-        """Run one check under its timeout; never raises for what the check does.
+    def _cached(self, key: tuple[Check, ...], state: _ProcessState) -> Report | None:
+        cached = state.cache.get(key)
+        if cached is not None and cached.expires > time.monotonic():
+            return cached.report
+        return None
 
-        A timeout, an exception or a return value that is not a list of check messages becomes an
-        :class:`~dockerflow.checks.Error` with a stable ID from :mod:`dockerflow.health`. For a
-        check with flap damping, a failure that is not due yet becomes an Info message.
-        """
-        result = await self._run_check_once(check)
-        if check.damped:
-            result = self._damp(check, result)
-        return result
+    def _store(self, key: tuple[Check, ...], report: Report, state: _ProcessState) -> None:
+        ttl = self.cache_failed_ttl if report.is_failure(self.fail_level) else self.cache_ttl
+        if ttl > 0:
+            if len(state.cache) >= _MAX_CACHE_ENTRIES:
+                state.cache.clear()
+            state.cache[key] = _Cached(report, time.monotonic() + ttl)
+
+    def _claim(
+        self, check: Check, timeout: float, state: _ProcessState
+    ) -> tuple[ThreadCall | None, bool]:
+        """Return ``(call, fresh)``: a new call to start, the running call to share, or
+        ``(None, False)`` when the running call is older than the timeout (stuck)."""
+        with state.lock:
+            call = state.busy.get(check)
+            if call is None:
+                call = state.busy[check] = ThreadCall(check, state.busy)
+                return call, True
+        if time.monotonic() - call.started >= timeout:
+            return None, False
+        return call, False
+
+    def _stuck_result(self, check: Check, state: _ProcessState) -> CheckResult:
+        call = state.busy.get(check)
+        stuck_for = time.monotonic() - call.started if call is not None else 0.0
+        message = Error(
+            f"Check timed out: still running from an earlier heartbeat "
+            f"({stuck_for:.1f}s ago), not started again",
+            id=health.ERROR_CHECK_TIMEOUT,
+        )
+        return self._finish(check, (message,), 0.0)
+
+    def _timed_out(self, check: Check, timeout: float, duration: float) -> CheckResult:
+        logger.warning("Dockerflow check %r timed out after %gs", check.name, timeout)
+        message = Error(f"Check timed out after {timeout:g}s", id=health.ERROR_CHECK_TIMEOUT)
+        return self._finish(check, (message,), duration)
+
+    def _outcome(
+        self, check: Check, value: Any, error: BaseException | None, duration: float
+    ) -> CheckResult:
+        if error is not None:
+            logger.error("Dockerflow check %r raised an exception", check.name, exc_info=error)
+            message = Error(f"Check raised {short_error(error)}", id=health.ERROR_CHECK_EXCEPTION)
+            return self._finish(check, (message,), duration)
+        return self._finish(check, _to_messages(check, value), duration)
+
+    def _finish(
+        self, check: Check, messages: tuple[CheckMessage, ...], duration: float
+    ) -> CheckResult:
+        for message in messages:
+            messages_logger.log(message.level, "%s: %s: %s", check.name, message.id, message.msg)
+        return CheckResult(check.name, messages, duration)
 
     def _damp(self, check: Check, result: CheckResult) -> CheckResult:
         streaks = self._state.streaks
@@ -249,83 +417,21 @@ class Engine:
         )
         return CheckResult(check.name, (held,), result.duration)
 
-    async def _run_check_once(self, check: Check) -> CheckResult:
-        timeout = self._timeout_of(check)
-        started = time.perf_counter()
-        messages: tuple[CheckMessage, ...]
-        if not check.is_async and check in self._state.busy:
-            stuck_for = time.monotonic() - self._state.busy[check]
-            messages = (
-                Error(
-                    f"Check timed out: still running from an earlier heartbeat "
-                    f"({stuck_for:.1f}s ago), not started again",
-                    id=health.ERROR_CHECK_TIMEOUT,
-                ),
-            )
-            return CheckResult(check.name, messages, 0.0)
-        with anyio.move_on_after(timeout) as scope:
-            try:
-                if check.is_async:
-                    value = await check.func()
-                else:
-                    value = await self._call_in_thread(check)
-                messages = _to_messages(check, value)
-            except Exception as exc:
-                logger.error("Dockerflow check %r raised an exception", check.name, exc_info=exc)
-                messages = (
-                    Error(f"Check raised {short_error(exc)}", id=health.ERROR_CHECK_EXCEPTION),
-                )
-        duration = time.perf_counter() - started
-        if scope.cancelled_caught:
-            logger.warning("Dockerflow check %r timed out after %gs", check.name, timeout)
-            messages = (
-                Error(f"Check timed out after {timeout:g}s", id=health.ERROR_CHECK_TIMEOUT),
-            )
-        for message in messages:
-            messages_logger.log(message.level, "%s: %s: %s", check.name, message.id, message.msg)
-        return CheckResult(check.name, messages, duration)
-
-    async def _call_in_thread(self, check: Check) -> Any:
-        state = self._state
-        if state.limiter is None:
-            state.limiter = anyio.CapacityLimiter(8)
-        # One token per sync check at most: at most one thread per check is ever busy.
-        sync_checks = max(len(state.busy) + 1, int(state.limiter.total_tokens))
-        state.limiter.total_tokens = sync_checks
-        call = _ThreadCall()
-        state.busy[check] = time.monotonic()
-
-        def work() -> Any:  # runs in a worker thread
-            with call.lock:
-                if call.state == "abandoned":
-                    return None
-                call.state = "running"
-            try:
-                return check.func()
-            finally:
-                call.state = "done"
-                state.busy.pop(check, None)
-
-        try:
-            value = await anyio.to_thread.run_sync(
-                work, abandon_on_cancel=True, limiter=state.limiter
-            )
-        finally:
-            with call.lock:
-                if call.state == "pending":  # cancelled before the thread picked it up
-                    call.state = "abandoned"
-                    state.busy.pop(check, None)
-        if hasattr(value, "__await__"):  # a sync callable that returned an awaitable
-            value = await value
-        return value
-
     def reset(self) -> None:
-        """Forget in-flight runs, cached reports and stuck-thread records (used after fork)."""
-        self._state = _ProcessState()
+        """Forget in-flight runs, cached reports, stuck-thread records and damping streaks."""
+        self._process = _ProcessState()
 
     def close(self) -> None:
         """Stop the engine's loop thread. It starts again if the engine is used later."""
         self.bridge.stop()
+
+
+def _plain_sync(check: Check) -> bool:
+    return not check.is_async and check.interval is None
+
+
+async def _await(value: Any) -> Any:
+    return await value
 
 
 def _to_messages(check: Check, value: object) -> tuple[CheckMessage, ...]:
@@ -349,9 +455,3 @@ def _non_negative(value: object, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
         raise ConfigurationError(f"{name} must be a number of seconds >= 0, got {value!r}")
     return float(value)
-
-
-def _reset_if_alive(ref: weakref.ref[Engine]) -> None:
-    engine = ref()
-    if engine is not None:
-        engine.reset()
