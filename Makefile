@@ -17,8 +17,8 @@ $(STAMP): $(BIN)/python pyproject.toml
 install: $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check dockerflow tests benchmarks
-	$(BIN)/ruff format --check dockerflow tests benchmarks
+	$(BIN)/ruff check dockerflow tests benchmarks examples docs
+	$(BIN)/ruff format --check dockerflow tests benchmarks examples docs
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -29,7 +29,12 @@ pytest: $(STAMP)
 test: lint typecheck pytest
 
 demo: $(STAMP)
-	PORT=$(PORT) $(BIN)/python -m examples.demo
+	@echo "Serving the demo on http://localhost:$(PORT)/ (logs: mozlog JSON on stdout)" >&2
+	@PORT=$(PORT) $(BIN)/gunicorn -c examples/gunicorn.conf.py 'examples.demo.app:create_app()'
+
+.PHONY: docs
+docs: $(STAMP)
+	$(BIN)/sphinx-build -W --keep-going -b html docs docs/_build/html
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/engine_bench.py

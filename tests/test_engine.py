@@ -1056,3 +1056,36 @@ def test_run_checks_does_not_leak_exit_hooks(registry: None) -> None:
     for _ in range(10):
         run_checks(checks)
     assert atexit._ncallbacks() <= before + 1
+
+
+def test_def_returning_a_coroutine_is_awaited_within_its_timeout(engine: Engine) -> None:
+    async def nap(seconds: float) -> list[CheckMessage]:
+        await anyio.sleep(seconds)
+        return [Info("napped", id="x.I1")]
+
+    checks = [
+        Check("quick", lambda: nap(0.05)),
+        Check("sleepy", lambda: nap(5), timeout=0.2),
+    ]
+    started = time.perf_counter()
+    report = engine.run_sync(checks)
+    assert time.perf_counter() - started < 0.6
+    assert report.checks == {"quick": "info", "sleepy": "error"}
+    assert message_ids(report, "sleepy") == [health.ERROR_CHECK_TIMEOUT]
+
+
+def test_sync_checks_see_the_callers_context_variables(engine: Engine) -> None:
+    import contextvars
+
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
+    seen: list[str] = []
+    var.set("caller")
+    engine.run_sync([Check("reads", lambda: seen.append(var.get()))])
+
+    async def reads_async() -> None:
+        seen.append(var.get())
+
+    engine.run_sync(
+        [Check("reads_async", reads_async), Check("reads_too", lambda: seen.append(var.get()))]
+    )
+    assert seen.count("caller") == 3

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -173,22 +174,26 @@ class Engine:
             call, fresh = self._claim(check, timeout, state)
             if fresh:
                 assert call is not None
+                call.resolve = functools.partial(self._await_on_loop, started + timeout)
                 state.pool.submit(call.execute)
             claims.append((check, timeout, call))
         results = []
         for check, timeout, call in claims:
             if call is None:
                 result = self._stuck_result(check, state)
-            elif call.done.wait(max(0.0, started + timeout - time.monotonic())):
-                value = call.value
-                if call.error is None and hasattr(value, "__await__"):
-                    value = self.bridge.call(_await, value)
+            elif call.done.wait(max(0.0, started + timeout - time.monotonic())) and not isinstance(
+                call.error, _DeadlinePassed
+            ):
                 duration = call.finished - max(started, call.started)
-                result = self._outcome(check, value, call.error, duration)
+                result = self._outcome(check, call.value, call.error, duration)
             else:
                 result = self._timed_out(check, timeout, time.monotonic() - started)
             results.append(self._damp(check, result) if check.damped else result)
         return aggregate(results, self.silenced_ids)
+
+    def _await_on_loop(self, deadline: float, awaitable: Any) -> Any:
+        """Await what a sync check returned on the loop, until ``deadline`` (worker thread)."""
+        return self.bridge.call(_await_until, awaitable, deadline)
 
     # -- async callers --------------------------------------------------------------------------
 
@@ -430,8 +435,14 @@ def _plain_sync(check: Check) -> bool:
     return not check.is_async and check.interval is None
 
 
-async def _await(value: Any) -> Any:
-    return await value
+class _DeadlinePassed(Exception):
+    """The awaitable a sync check returned did not finish by the check's deadline."""
+
+
+async def _await_until(awaitable: Any, deadline: float) -> Any:
+    with anyio.move_on_after(max(0.0, deadline - time.monotonic())):
+        return await awaitable
+    raise _DeadlinePassed
 
 
 def _to_messages(check: Check, value: object) -> tuple[CheckMessage, ...]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import queue
 import threading
 import time
@@ -23,12 +24,14 @@ class ThreadCall:
 
     __slots__ = (
         "_busy",
+        "_context",
         "_lock",
         "_state",
         "check",
         "done",
         "error",
         "finished",
+        "resolve",
         "started",
         "value",
     )
@@ -36,6 +39,9 @@ class ThreadCall:
     def __init__(self, check: Check, busy: dict[Check, ThreadCall]) -> None:
         self.check = check
         self._busy = busy
+        # The creating caller's context variables (Flask's app context among them) go with the
+        # check into its worker thread, as they would if the check ran in the caller's thread.
+        self._context = contextvars.copy_context()
         self._lock = threading.Lock()
         self._state = "pending"  # -> "running" -> "done", or "pending" -> "abandoned"
         self.started = time.monotonic()
@@ -43,6 +49,9 @@ class ThreadCall:
         self.done = threading.Event()
         self.value: Any = None
         self.error: BaseException | None = None
+        #: Called in the worker thread with an awaitable the function returned (a ``def`` that
+        #: returns a coroutine); gives the awaited value. ``None`` leaves the awaitable as is.
+        self.resolve: Callable[[Any], Any] | None = None
 
     def execute(self) -> None:
         """Run the check; called in a worker thread. Never raises."""
@@ -51,7 +60,10 @@ class ThreadCall:
                 return
             self._state = "running"
         try:
-            self.value = self.check.func()
+            value = self._context.run(self.check.func)
+            if self.resolve is not None and hasattr(value, "__await__"):
+                value = self.resolve(value)
+            self.value = value
         except BaseException as exc:  # a check's SystemExit must not end the worker thread
             self.error = exc
         finally:

@@ -1,0 +1,13 @@
+"""Dockerflow for Flask: ``/__version__``, ``/__heartbeat__``, ``/__lbheartbeat__``, request logs.
+
+::
+
+    from dockerflow.flask import Dockerflow, checks
+"""
+
+from __future__ import annotations
+
+from . import checks, signals
+from ._extension import Dockerflow, UnknownCheckError
+
+__all__ = ["Dockerflow", "UnknownCheckError", "checks", "signals"]

@@ -1,0 +1,246 @@
+"""The ``DOCKERFLOW_*`` settings: parsing, defaults and validation, done once in ``init_app``."""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from collections.abc import Callable, Mapping, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..checks._messages import STATUSES
+from ..engine._exceptions import ConfigurationError
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off", ""})
+_LEVELS = {text: level for level, text in STATUSES.items() if level > 0}
+DETAILS_MODES = ("always", "debug", "never")
+
+
+def _parse_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    raise ValueError("expected a boolean (true/false, 1/0, yes/no, on/off)")
+
+
+def _parse_seconds(value: Any, *, allow_zero: bool) -> float:
+    if isinstance(value, bool):
+        raise ValueError("expected a number of seconds")
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise ValueError("expected a number of seconds") from None
+    if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not allow_zero):
+        raise ValueError("expected a positive number of seconds" + (" or 0" if allow_zero else ""))
+    return seconds
+
+
+def _parse_timeout(value: Any) -> float:
+    return _parse_seconds(value, allow_zero=False)
+
+
+def _parse_ttl(value: Any) -> float:
+    return _parse_seconds(value, allow_zero=True)
+
+
+def _parse_status_code(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError("expected an HTTP status code")
+    try:
+        code = int(str(value).strip())
+    except ValueError:
+        raise ValueError("expected an HTTP status code") from None
+    if not 400 <= code <= 599:
+        raise ValueError("expected an HTTP error status code between 400 and 599")
+    return code
+
+
+def _parse_level(value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and value in STATUSES and value > 0:
+        return value
+    if isinstance(value, str) and value.strip().lower() in _LEVELS:
+        return _LEVELS[value.strip().lower()]
+    raise ValueError(f"expected one of {', '.join(_LEVELS)}")
+
+
+def _parse_details(value: Any) -> str:
+    if isinstance(value, str) and value.strip().lower() in DETAILS_MODES:
+        return value.strip().lower()
+    raise ValueError(f"expected one of {', '.join(DETAILS_MODES)}")
+
+
+def _parse_header_name(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("expected a header name")
+    name = value.strip()
+    if not all(c.isascii() and (c.isalnum() or c in "-_") for c in name):
+        raise ValueError("a header name may hold only ASCII letters, digits, '-' and '_'")
+    return name
+
+
+def _parse_id_list(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        items = [item.strip() for item in value.split(",")]
+    elif isinstance(value, (list, tuple, set, frozenset)):
+        items = [str(item).strip() for item in value]
+    else:
+        raise ValueError("expected a comma-separated string or a list of message IDs")
+    return tuple(item for item in items if item)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One ``DOCKERFLOW_*`` key: its name, attribute in :class:`Settings`, default, parser and
+    meaning (for the docs)."""
+
+    key: str
+    attr: str
+    default: Any
+    parse: Callable[[Any], Any]
+    kind: str
+    help: str
+
+
+#: Every setting the Flask extension reads, in the order the docs list them.
+SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "DOCKERFLOW_CHECK_TIMEOUT",
+        "check_timeout",
+        3.0,
+        _parse_timeout,
+        "float > 0",
+        "Seconds each check may run, unless the check sets its own timeout.",
+    ),
+    Setting(
+        "DOCKERFLOW_HEARTBEAT_FAIL_LEVEL",
+        "fail_level",
+        "error",
+        _parse_level,
+        "debug | info | warning | error | critical",
+        "Lowest overall level that makes /__heartbeat__ fail. 'warning' is strict mode.",
+    ),
+    Setting(
+        "DOCKERFLOW_HEARTBEAT_FAILED_STATUS_CODE",
+        "failed_status_code",
+        500,
+        _parse_status_code,
+        "int 400-599",
+        "HTTP status of a failing heartbeat.",
+    ),
+    Setting(
+        "DOCKERFLOW_HEARTBEAT_DETAILS",
+        "details",
+        "always",
+        _parse_details,
+        "always | debug | never",
+        "When the heartbeat body carries 'details': always, only when app.debug, or never.",
+    ),
+    Setting(
+        "DOCKERFLOW_HEARTBEAT_CACHE_TTL",
+        "cache_ttl",
+        0.0,
+        _parse_ttl,
+        "float >= 0",
+        "Seconds a passing heartbeat report is served again without running checks (0: off).",
+    ),
+    Setting(
+        "DOCKERFLOW_HEARTBEAT_CACHE_FAILED_TTL",
+        "cache_failed_ttl",
+        0.0,
+        _parse_ttl,
+        "float >= 0",
+        "Seconds a failing heartbeat report is served again without running checks (0: off).",
+    ),
+    Setting(
+        "DOCKERFLOW_SILENCED_CHECKS",
+        "silenced_checks",
+        (),
+        _parse_id_list,
+        "comma-separated message IDs",
+        "Message IDs to ignore, added to the extension's silenced_checks argument.",
+    ),
+    Setting(
+        "DOCKERFLOW_ERROR_ENDPOINT",
+        "error_endpoint",
+        False,
+        _parse_bool,
+        "bool",
+        "Serve /__error__, which logs an error and raises, to test error reporting.",
+    ),
+    Setting(
+        "DOCKERFLOW_REQUEST_ID_HEADER_NAME",
+        "request_id_header",
+        "X-Request-ID",
+        _parse_header_name,
+        "header name",
+        "Request header that carries the request id; the id is echoed in the same header.",
+    ),
+    Setting(
+        "DOCKERFLOW_SUMMARY_LOG_QUERYSTRING",
+        "summary_log_querystring",
+        False,
+        _parse_bool,
+        "bool",
+        "Add the query string to request.summary records as 'querystring'.",
+    ),
+    Setting(
+        "DOCKERFLOW_SUMMARY_LOG_DOCKERFLOW_ENDPOINTS",
+        "summary_log_dockerflow_endpoints",
+        True,
+        _parse_bool,
+        "bool",
+        "Write request.summary records for /__version__, /__heartbeat__ and /__lbheartbeat__.",
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The parsed settings of one application."""
+
+    check_timeout: float
+    fail_level: int
+    failed_status_code: int
+    details: str
+    cache_ttl: float
+    cache_failed_ttl: float
+    silenced_checks: tuple[str, ...]
+    error_endpoint: bool
+    request_id_header: str
+    summary_log_querystring: bool
+    summary_log_dockerflow_endpoints: bool
+
+    @functools.cached_property
+    def request_id_environ_key(self) -> str:
+        """The WSGI environ key of the request id header, e.g. ``HTTP_X_REQUEST_ID``."""
+        return "HTTP_" + self.request_id_header.upper().replace("-", "_")
+
+
+def load_settings(
+    config: MutableMapping[str, Any], environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Read every ``DOCKERFLOW_*`` key from ``config``, falling back to ``environ``, then default.
+
+    Each parsed value is stored back with ``config.setdefault`` so the app's config shows what
+    is in effect.
+
+    :param config: the Flask app's config.
+    :param environ: the environment; defaults to ``os.environ``.
+    :raises ConfigurationError: naming the key and the bad value, if a value cannot be used.
+    """
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        raw = config.get(setting.key, environ.get(setting.key, setting.default))
+        try:
+            parsed = setting.parse(raw)
+        except ValueError as exc:
+            raise ConfigurationError(f"{setting.key}={raw!r} is not valid: {exc}") from None
+        config.setdefault(setting.key, parsed)
+        values[setting.attr] = parsed
+    return Settings(**values)

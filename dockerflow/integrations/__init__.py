@@ -1,0 +1,82 @@
+"""Built-in checks for the services a Dockerflow application usually depends on.
+
+One module per integration, each importing its driver only when a check is made or run, so that
+importing this package needs none of them; a missing driver raises
+:class:`~dockerflow.engine.MissingDependencyError`, naming the extra to install.
+
+========================  =====================================================================
+module                    checks
+========================  =====================================================================
+:mod:`.sqlalchemy`        ``SELECT 1`` through a SQLAlchemy ``Engine`` or ``AsyncEngine``
+:mod:`.asyncpg`           ``SELECT 1`` through an asyncpg pool
+:mod:`.redis`             ``PING`` through ``redis.Redis`` or ``redis.asyncio.Redis``
+:mod:`.alembic`           the database's migration heads against the scripts'
+========================  =====================================================================
+"""
+
+from __future__ import annotations
+
+from ..engine._check import CheckFunction
+from .alembic import check_migrations_applied, migrations_check
+from .asyncpg import AsyncpgCheck
+from .redis import check_redis_connected, check_redis_connected_async, redis_check
+from .sqlalchemy import (
+    AsyncCheckEngine,
+    CheckEngine,
+    check_database_connected,
+    check_database_connected_async,
+    check_engine,
+    database_check,
+)
+
+__all__ = [
+    "AsyncCheckEngine",
+    "AsyncpgCheck",
+    "CheckEngine",
+    "builtin_checks",
+    "check_database_connected",
+    "check_database_connected_async",
+    "check_engine",
+    "check_migrations_applied",
+    "check_redis_connected",
+    "check_redis_connected_async",
+    "database_check",
+    "migrations_check",
+    "redis_check",
+]
+
+
+def builtin_checks(
+    *, db: object = None, redis: object = None, migrate: object = None
+) -> list[tuple[str, CheckFunction]]:
+    """Return the built-in checks for the given services, under python-dockerflow's names.
+
+    ``check_database_connected`` for ``db`` (:func:`database_check`), ``check_redis_connected``
+    for ``redis`` (:func:`redis_check`) and ``check_migrations_applied`` for ``migrate``
+    (:func:`migrations_check`); a service left ``None`` gets no check. When ``migrate.db`` is
+    ``db``, both database checks share one :class:`CheckEngine`, so one pool of the checks' own.
+
+    The checks of a Flask-SQLAlchemy ``db`` or a Flask-Migrate ``migrate`` need an application
+    context when they run (``db.engine``, ``migrate.get_config()``).
+
+    :param db: a Flask-SQLAlchemy ``SQLAlchemy`` object, or a SQLAlchemy ``Engine`` or
+        ``AsyncEngine``.
+    :param redis: a ``redis.Redis`` or ``redis.asyncio.Redis``, or a Flask-Redis store.
+    :param migrate: a ``flask_migrate.Migrate``.
+    :returns: ``(name, function)`` pairs, in that order.
+    :raises TypeError: if a service is of a type that no check takes.
+    :raises MissingDependencyError: if a service's driver is not installed.
+    """
+    checks: list[tuple[str, CheckFunction]] = []
+    engine = None
+    if db is not None:
+        engine = check_engine(db)
+        checks.append(("check_database_connected", database_check(engine)))
+    if redis is not None:
+        checks.append(("check_redis_connected", redis_check(redis)))
+    if migrate is not None:
+        shared = engine if db is not None and getattr(migrate, "db", None) is db else None
+        checks.append(
+            ("check_migrations_applied", migrations_check(migrate=migrate, engine=shared))
+        )
+    return checks

@@ -1,0 +1,251 @@
+"""Migration checks through Alembic: are the database's migrations those of the code?
+
+Message IDs, those of python-dockerflow:
+
+* the database's heads differ from the migration scripts' heads →
+  :data:`~dockerflow.health.WARNING_UNAPPLIED_MIGRATION` (``W001``), a warning naming the
+  revisions not applied yet, in upgrade order (or the database's revisions that the scripts do not
+  know, when the database runs ahead of the code);
+* the database cannot be reached to find out → :data:`~dockerflow.health.INFO_CANT_CHECK_MIGRATIONS`
+  (``I001``), only informative: the database check reports that failure.
+
+The migration scripts are read on the first check and kept: they do not change while the process
+runs. The database's heads are read on every check, through a
+:class:`~dockerflow.integrations.sqlalchemy.CheckEngine` (a pool of the checks' own).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import anyio.to_thread
+
+from .. import health
+from ..checks._messages import CheckMessage, Info, Warning
+from ..engine._check import CheckFunction
+from ._support import failure, requires
+from .sqlalchemy import (
+    AsyncCheckEngine,
+    CheckEngine,
+    check_engine,
+    run_on_connection,
+    run_on_connection_sync,
+    sync_engine_of,
+)
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+    from sqlalchemy.engine import Connection, Engine
+
+# Unapplied revisions named in the message; the rest are counted.
+_SHOWN = 10
+
+
+def check_migrations_applied(migrate: Any) -> list[CheckMessage]:
+    """Check that a Flask-Migrate application's migrations are applied: python-dockerflow's check.
+
+    Blocking; it reads the migration scripts on every call and uses the application's engine and
+    pool. Call it in an application context: ``migrate.get_config()`` reads ``flask.g`` and
+    ``migrate.db.engine`` the current application.
+
+    :param migrate: a ``flask_migrate.Migrate`` set up with a Flask-SQLAlchemy ``db``.
+    :returns: no message if the database is at the scripts' heads, else one
+        :class:`~dockerflow.checks.Warning` (``W001``) or :class:`~dockerflow.checks.Info`
+        (``I001``).
+    :raises MissingDependencyError: if Alembic or SQLAlchemy is not installed.
+    """
+    with requires("alembic", extra="alembic"):
+        from alembic.script import ScriptDirectory
+    script = ScriptDirectory.from_config(migrate.get_config(directory=migrate.directory))
+    return _migrations_applied(lambda: script, sync_engine_of(migrate.db), _version_opts(migrate))
+
+
+def migrations_check(
+    *,
+    migrate: Any = None,
+    config: Config | None = None,
+    script_location: str | os.PathLike[str] | None = None,
+    engine: object = None,
+    version_table: str | None = None,
+    version_table_schema: str | None = None,
+) -> CheckFunction:
+    """Return a migrations check: the scripts' heads against the database's.
+
+    Give the scripts as one of ``migrate``, ``config`` or ``script_location``, and the database as
+    ``engine`` (taken from ``migrate.db`` when not given).
+
+    :param migrate: a ``flask_migrate.Migrate``; unless ``engine`` is given, the check then needs
+        an application context for ``migrate.db.engine``.
+    :param config: an ``alembic.config.Config`` whose ``script_location`` is set.
+    :param script_location: the directory of the migration scripts (with its ``env.py``).
+    :param engine: a SQLAlchemy ``Engine`` or ``AsyncEngine``, a Flask-SQLAlchemy object, or a
+        :class:`~dockerflow.integrations.sqlalchemy.CheckEngine` or
+        :class:`~dockerflow.integrations.sqlalchemy.AsyncCheckEngine` to share with the database
+        check.
+    :param version_table: the table of applied revisions, if ``env.py`` renames it; taken from
+        ``Migrate(..., version_table=...)`` when not given, else Alembic's ``alembic_version``.
+    :param version_table_schema: the schema of that table, likewise.
+    :returns: a function of no arguments, ``async`` for an ``AsyncEngine``.
+    :raises TypeError: unless exactly one source of scripts and a database are given.
+    :raises MissingDependencyError: if Alembic or SQLAlchemy is not installed.
+    """
+    with requires("alembic", extra="alembic"):
+        from alembic.config import Config
+    sources = [migrate, config, script_location]
+    if sum(source is not None for source in sources) != 1:
+        raise TypeError("give exactly one of migrate, config or script_location")
+    if engine is None:
+        if migrate is None:
+            raise TypeError("give the engine of the migrated database")
+        engine = migrate.db
+    database = check_engine(engine)
+
+    load_config: Callable[[], Config]
+    if migrate is not None:
+        load_config = functools.partial(_flask_migrate_config, Config, migrate)
+    elif config is not None:
+        load_config = functools.partial(_same, config)
+    else:
+        assert script_location is not None  # exactly one source, counted above
+        load_config = functools.partial(_config_for, Config, os.fspath(script_location))
+
+    opts = _version_opts(migrate, version_table, version_table_schema)
+    scripts = _Scripts(load_config)
+    if isinstance(database, AsyncCheckEngine):
+        return functools.partial(_migrations_applied_async, scripts, database, opts)
+    return functools.partial(_migrations_applied, scripts, database, opts)
+
+
+class _Scripts:
+    """The migration scripts, read on first use and kept."""
+
+    def __init__(self, load_config: Callable[[], Config]) -> None:
+        self._load_config = load_config
+        self._script: ScriptDirectory | None = None
+
+    @property
+    def loaded(self) -> bool:
+        return self._script is not None
+
+    def __call__(self) -> ScriptDirectory:
+        from alembic.script import ScriptDirectory
+
+        # Two threads may both read the scripts the first time; both get the same heads.
+        if self._script is None:
+            self._script = ScriptDirectory.from_config(self._load_config())
+        return self._script
+
+
+def _migrations_applied(
+    scripts: Callable[[], ScriptDirectory],
+    engine: Engine | CheckEngine,
+    opts: Mapping[str, Any],
+) -> list[CheckMessage]:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    script = scripts()
+    try:
+        db_heads = run_on_connection_sync(
+            sync_engine_of(engine), functools.partial(_current_heads, opts=opts)
+        )
+    except (SQLAlchemyError, OSError, asyncio.TimeoutError) as exc:
+        return [_cannot_check(exc)]
+    return _compare(script, db_heads)
+
+
+async def _migrations_applied_async(
+    scripts: _Scripts, engine: AsyncCheckEngine, opts: Mapping[str, Any]
+) -> list[CheckMessage]:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    # Reading the scripts parses every revision file: not on the event loop.
+    script = scripts() if scripts.loaded else await anyio.to_thread.run_sync(scripts)
+    try:
+        db_heads = await run_on_connection(
+            engine.engine, functools.partial(_current_heads, opts=opts)
+        )
+    except (SQLAlchemyError, OSError, asyncio.TimeoutError) as exc:
+        return [_cannot_check(exc)]
+    return _compare(script, db_heads)
+
+
+def _current_heads(connection: Connection, opts: Mapping[str, Any]) -> tuple[str, ...]:
+    from alembic.migration import MigrationContext
+
+    return MigrationContext.configure(connection, opts=dict(opts)).get_current_heads()
+
+
+def _compare(script: ScriptDirectory, db_heads: Iterable[str]) -> list[CheckMessage]:
+    from alembic.script.revision import RevisionError
+    from alembic.util import CommandError
+
+    db_heads = set(db_heads)
+    if db_heads == set(script.get_heads()):
+        return []
+    applied: set[str] = set()
+    unknown: list[str] = []
+    for head in sorted(db_heads):
+        try:
+            applied.update(s.revision for s in script.iterate_revisions(head, "base"))
+        except (RevisionError, CommandError):
+            unknown.append(head)
+    if unknown:
+        text = f"Database has migrations that the scripts do not know: {', '.join(unknown)}"
+        return [Warning(text, id=health.WARNING_UNAPPLIED_MIGRATION)]
+    pending = [
+        s.revision for s in reversed(list(script.walk_revisions())) if s.revision not in applied
+    ]
+    shown = ", ".join(pending[:_SHOWN])
+    more = f" and {len(pending) - _SHOWN} more" if len(pending) > _SHOWN else ""
+    return [
+        Warning(f"Unapplied migrations found: {shown}{more}", id=health.WARNING_UNAPPLIED_MIGRATION)
+    ]
+
+
+def _cannot_check(exc: BaseException) -> CheckMessage:
+    return failure(
+        "Can't connect to database to check migrations",
+        exc,
+        health.INFO_CANT_CHECK_MIGRATIONS,
+        cls=Info,
+    )
+
+
+def _flask_migrate_config(config_class: type[Config], migrate: Any) -> Config:
+    # Migrate.get_config() without its reading of flask.g (for the CLI's -x arguments), so that
+    # the scripts can be read outside of an application context.
+    directory = os.fspath(migrate.directory)
+    config = config_class(os.path.join(directory, "alembic.ini"))
+    config.set_main_option("script_location", directory)
+    configured: Config = migrate.call_configure_callbacks(config)
+    return configured
+
+
+def _same(config: Config) -> Config:
+    return config
+
+
+def _config_for(config_class: type[Config], script_location: str) -> Config:
+    config = config_class()
+    config.set_main_option("script_location", script_location)
+    return config
+
+
+def _version_opts(
+    migrate: Any, version_table: str | None = None, version_table_schema: str | None = None
+) -> dict[str, Any]:
+    # Flask-Migrate passes Migrate(..., **kwargs) to context.configure() in its env.py.
+    given = getattr(migrate, "alembic_ctx_kwargs", None) or {}
+    opts: dict[str, Any] = {}
+    table = version_table or given.get("version_table")
+    schema = version_table_schema or given.get("version_table_schema")
+    if table:
+        opts["version_table"] = table
+    if schema:
+        opts["version_table_schema"] = schema
+    return opts

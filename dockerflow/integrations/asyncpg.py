@@ -1,0 +1,189 @@
+"""A PostgreSQL check straight through asyncpg: does the server answer ``SELECT 1``?
+
+Message IDs. Whether the check could reach a usable session decides between the two:
+
+* :data:`~dockerflow.health.ERROR_CANNOT_CONNECT_DATABASE` (``E001``), the connection failed: the
+  server refused or did not answer in time (``OSError``, a timeout), it rejected the role or
+  password (SQLSTATE class ``28``), the database does not exist (``3D000``), too many connections
+  (``53300``), the server is starting or shutting down (``57P01`` to ``57P05``), or the connection
+  broke (class ``08``);
+* :data:`~dockerflow.health.ERROR_MISCONFIGURED_DATABASE` (``E003``), asyncpg rejected the DSN or
+  the connection options (``ValueError``, such as ``ClientConfigurationError``);
+* :data:`~dockerflow.health.ERROR_DB_API_EXCEPTION` (``E008``), connected but the query failed:
+  any other PostgreSQL error or asyncpg interface error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import weakref
+from collections.abc import Mapping
+from typing import Any
+
+from .. import health
+from .._redact import mask_secrets
+from ..checks._messages import CheckMessage
+from ..engine._check import validate_timeout
+from ._support import DRIVER_TIMEOUT, failure, requires
+
+# SQLSTATEs (and classes of two characters) that mean "could not get a usable connection".
+_CONNECTION_SQLSTATES = frozenset(
+    {"08", "28", "3D000", "53300", "57P01", "57P02", "57P03", "57P04", "57P05"}
+)
+
+
+class AsyncpgCheck:
+    """An async check that runs ``SELECT 1`` on PostgreSQL through an asyncpg pool.
+
+    Built from a DSN, it makes one small pool (``min_size=1``, ``max_size=2``) on the running event
+    loop the first time it runs, and uses it heartbeat after heartbeat. asyncpg connections belong
+    to the loop that opened them, so on another loop (such as the one a forked child starts) it
+    makes a fresh pool for that loop and never touches the old one. A pool that fails to open is
+    not kept: the next heartbeat tries again. A pooled connection that the server dropped (after a
+    restart or failover) is discarded and the query retried once on a fresh one.
+
+    Built from a pool, it uses that pool as it is, which must belong to the loop the checks run on
+    (create it there: ``engine.bridge.call(asyncpg.create_pool, dsn)``); :meth:`close` leaves it
+    open.
+
+    :param dsn: a ``postgresql://`` DSN.
+    :param pool: an ``asyncpg.Pool`` to use instead of a DSN.
+    :param timeout: seconds to connect, to wait for a pooled connection and to run the query
+        (default 2.5); keep it under the check's timeout (default 3) so that a slow server is
+        reported as ``E001`` with asyncpg's message, rather than as the engine's timeout.
+    :param connect_kwargs: more arguments for ``asyncpg.create_pool``, such as
+        ``server_settings={"application_name": "web-heartbeat"}``.
+    :raises TypeError: unless exactly one of ``dsn`` and ``pool`` is given.
+    :raises CheckRegistrationError: if ``timeout`` is not a positive number.
+    :raises MissingDependencyError: if asyncpg is not installed.
+    """
+
+    def __init__(
+        self,
+        dsn: str | None = None,
+        *,
+        pool: Any = None,
+        timeout: float = DRIVER_TIMEOUT,
+        **connect_kwargs: Any,
+    ) -> None:
+        if (dsn is None) == (pool is None):
+            raise TypeError("AsyncpgCheck takes either a dsn or a pool")
+        if pool is not None and connect_kwargs:
+            raise TypeError("connection arguments apply to a dsn, not to a given pool")
+        with requires("asyncpg", extra="postgres"):
+            import asyncpg  # noqa: F401 - fail here, where the check is made, not at a heartbeat
+        self.dsn = dsn
+        self.timeout = validate_timeout(timeout)
+        self._pool = pool
+        self._connect_kwargs: Mapping[str, Any] = connect_kwargs
+        self._pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    async def __call__(self) -> list[CheckMessage]:
+        """Run ``SELECT 1`` and return no message, or one :class:`~dockerflow.checks.Error`."""
+        with requires("asyncpg", extra="postgres"):
+            import asyncpg
+        try:
+            await self._select_one(await self.get_pool())
+        except ValueError as exc:  # a bad DSN or option (ClientConfigurationError is one)
+            return [failure("Database misconfigured", exc, health.ERROR_MISCONFIGURED_DATABASE)]
+        except (OSError, asyncio.TimeoutError) as exc:
+            return [
+                failure("Cannot connect to database", exc, health.ERROR_CANNOT_CONNECT_DATABASE)
+            ]
+        except asyncpg.PostgresError as exc:
+            if _is_connection_error(exc):
+                return [
+                    failure("Cannot connect to database", exc, health.ERROR_CANNOT_CONNECT_DATABASE)
+                ]
+            return [failure("Database error", exc, health.ERROR_DB_API_EXCEPTION)]
+        except (asyncpg.InterfaceError, asyncpg.exceptions.InternalClientError) as exc:
+            return [failure("Database error", exc, health.ERROR_DB_API_EXCEPTION)]
+        return []
+
+    async def _select_one(self, pool: Any) -> None:
+        import asyncpg
+
+        for attempt in (1, 2):
+            async with pool.acquire(timeout=self.timeout) as connection:
+                try:
+                    await connection.fetchval("SELECT 1", timeout=self.timeout)
+                    return
+                except Exception as exc:
+                    if attempt == 2 or not _is_dropped_connection(exc):
+                        raise
+                    # The server dropped this pooled connection (restart, failover, idle
+                    # timeout) and asyncpg may notice only now: discard it, try a fresh one.
+                    # asyncpg may have handed a lost connection back to the pool already.
+                    with contextlib.suppress(asyncpg.InterfaceError):
+                        connection.terminate()
+
+    async def get_pool(self) -> Any:
+        """Return the pool for the running event loop, opening it first if needed.
+
+        :raises OSError, asyncio.TimeoutError, asyncpg.PostgresError: if the pool cannot open.
+        """
+        if self._pool is not None:
+            return self._pool
+        # asyncpg connections belong to the loop that opened them: one pool per loop.
+        loop = asyncio.get_running_loop()
+        pool = self._pools.get(loop)
+        if pool is not None:
+            return pool
+        # Heartbeats that arrive together on a new loop must open one pool, not one each.
+        lock = self._locks.setdefault(loop, asyncio.Lock())
+        async with lock:
+            pool = self._pools.get(loop)
+            if pool is None:
+                pool = self._pools[loop] = await self._open_pool()
+        return pool
+
+    async def close(self) -> None:
+        """Close the running loop's pool, if this check opened it.
+
+        Run it on the loop the checks run on: ``engine.bridge.call(check.close)``. A later heartbeat
+        opens a new pool.
+        """
+        # Only the loop that opened a pool may close it; other loops' pools are left alone.
+        pool = self._pools.pop(asyncio.get_running_loop(), None)
+        if pool is not None:
+            await pool.close()
+
+    async def _open_pool(self) -> Any:
+        import asyncpg
+
+        # On failure (or cancellation) asyncpg closes the pool's connections itself.
+        return await asyncpg.create_pool(
+            self.dsn,
+            min_size=1,
+            max_size=2,
+            timeout=self.timeout,
+            command_timeout=self.timeout,
+            **self._connect_kwargs,
+        )
+
+    def __repr__(self) -> str:
+        target = (
+            f"dsn={mask_secrets(repr(self.dsn))}"
+            if self.dsn is not None
+            else f"pool={self._pool!r}"
+        )
+        return f"AsyncpgCheck({target}, timeout={self.timeout!r})"
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    sqlstate = getattr(exc, "sqlstate", None) or ""
+    return sqlstate in _CONNECTION_SQLSTATES or sqlstate[:2] in _CONNECTION_SQLSTATES
+
+
+def _is_dropped_connection(exc: BaseException) -> bool:
+    import asyncpg
+
+    if isinstance(exc, (asyncpg.InterfaceError, asyncpg.exceptions.InternalClientError)):
+        return True
+    return isinstance(exc, asyncpg.PostgresError) and _is_connection_error(exc)

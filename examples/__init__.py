@@ -1,0 +1,1 @@
+"""Examples for dockerflow-async: the demo service and deployment files."""

@@ -1,0 +1,1 @@
+"""The demo service: ``create_app()`` in :mod:`examples.demo.app`; ``make demo`` serves it."""

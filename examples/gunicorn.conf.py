@@ -1,0 +1,56 @@
+"""gunicorn settings for a Dockerflow service (used by ``make demo``).
+
+    gunicorn -c examples/gunicorn.conf.py 'examples.demo.app:create_app()'
+
+Every line on stdout is mozlog JSON: the app's ``request.summary`` records, the checks' messages
+and gunicorn's own log all go through ``dockerflow.logging.JsonLogFormatter``.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Dockerflow: listen on $PORT, on every interface (inside a container, 127.0.0.1 is unreachable).
+bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
+
+workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+# Threads per worker: a heartbeat waiting on a slow check does not hold up other requests.
+worker_class = "gthread"
+threads = int(os.environ.get("GUNICORN_THREADS", "4"))
+
+# A heartbeat answers within about its largest check timeout (DOCKERFLOW_CHECK_TIMEOUT, 3 s by
+# default; 1 s for the demo's slow check). The worker timeout must be well above that, or gunicorn
+# kills the worker before the heartbeat can report which check is failing.
+timeout = 30
+graceful_timeout = 10
+
+# request.summary is the access log; gunicorn's own would repeat every request in another format.
+accesslog = None
+
+_LOGGER_NAME = os.environ.get("DOCKERFLOW_LOGGER_NAME", "dockerflow-demo")
+
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "json": {"()": "dockerflow.logging.JsonLogFormatter", "logger_name": _LOGGER_NAME},
+    },
+    "filters": {
+        "request_id": {"()": "dockerflow.logging.RequestIdLogFilter"},
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "stream": "ext://sys.stdout",
+            "formatter": "json",
+            "filters": ["request_id"],
+        },
+    },
+    "loggers": {
+        "request.summary": {"handlers": ["console"], "level": "INFO", "propagate": False},
+        "dockerflow": {"handlers": ["console"], "level": "INFO", "propagate": False},
+        "gunicorn.error": {"handlers": ["console"], "level": "INFO", "propagate": False},
+        "gunicorn.access": {"handlers": [], "level": "WARNING", "propagate": False},
+    },
+    "root": {"handlers": ["console"], "level": "WARNING"},
+}

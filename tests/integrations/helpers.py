@@ -1,0 +1,182 @@
+"""Helpers for the built-in checks' tests: server URLs, counting connections, fault servers."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dockerflow.engine import Check, Engine, Report
+
+POSTGRES_URL = os.environ.get(
+    "DOCKERFLOW_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+REDIS_URL = os.environ.get("DOCKERFLOW_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+ALEMBIC_APP = Path(__file__).parent / "alembic_app"
+
+#: A password that must never show up in a report or a log line.
+SECRET = "s3cr3t-pw"
+
+#: Seconds of slack allowed on top of a check's timeout before the heartbeat answers.
+SLACK = 0.5
+
+
+def unreachable(what: str, variable: str, url: str, how: str, error: BaseException) -> None:
+    """Skip the test because a server is down, or fail it under ``CI=true``."""
+    message = f"{what} not reachable at {url}; set {variable} or start one: {how} ({error})"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def url_with(url: str, **parts: Any) -> str:
+    """Return ``url`` with some parts replaced (``port=``, ``database=``, ``drivername=``)."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).set(**parts).render_as_string(hide_password=False)
+
+
+def asyncpg_dsn(url: str) -> str:
+    """Return a SQLAlchemy URL as a DSN for asyncpg (no ``+driver``)."""
+    return url_with(url, drivername="postgresql")
+
+
+def unique_name(prefix: str = "dockerflow-test") -> str:
+    """Return a name no other test (or test run) uses, for application_name and client names."""
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def count_backends(postgres_url: str, application_name: str) -> int:
+    """Return how many server connections carry ``application_name`` right now."""
+    import psycopg2
+
+    with contextlib.closing(psycopg2.connect(postgres_url)) as conn, conn.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+            (application_name,),
+        )
+        (count,) = cursor.fetchone()
+    return int(count)
+
+
+def terminate_backends(postgres_url: str, application_name: str) -> int:
+    """Kill the server connections that carry ``application_name``; return how many."""
+    import psycopg2
+
+    with contextlib.closing(psycopg2.connect(postgres_url)) as conn, conn.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE application_name = %s",
+            (application_name,),
+        )
+        (count,) = cursor.fetchone()
+    return int(count)
+
+
+def timed(engine: Engine, *checks: Check) -> tuple[Report, float]:
+    """Run a heartbeat of ``checks`` and return the report and how long it took."""
+    started = time.monotonic()
+    report = engine.run_sync(checks)
+    return report, time.monotonic() - started
+
+
+def only_message(report: Report, name: str) -> tuple[str, str]:
+    """Return the one ``(id, text)`` message that check ``name`` gave."""
+    messages = report.results[name].messages
+    assert len(messages) == 1, messages
+    return next(iter(messages.items()))
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Poll ``predicate`` until it holds; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"still not true after {timeout}s: {predicate}")
+        time.sleep(0.05)
+
+
+class BlackHole:
+    """A local server that accepts connections and never answers, until :meth:`close`."""
+
+    def __init__(self) -> None:
+        self._listener = socket.socket()
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(64)
+        self._listener.settimeout(0.05)
+        self.port = int(self._listener.getsockname()[1])
+        self.accepted: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="black-hole", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                connection, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            self.accepted.append(connection)
+
+    def close(self) -> None:
+        """Stop listening and hang up on every client, so whatever waits on them wakes up."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        self._thread.join()
+        self._listener.close()
+        for connection in self.accepted:
+            connection.close()
+
+
+class PrivateRedis:
+    """A redis-server subprocess of a test's own, on a free port, that the test may stop."""
+
+    def __init__(self, port: int, *args: str) -> None:
+        self.port = port
+        self.url = f"redis://127.0.0.1:{port}/0"
+        self._args = args
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self._process = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                *self._args,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), 0.2),
+            ):
+                return
+            if time.monotonic() > deadline:
+                pytest.fail("the private redis-server did not start")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            self._process.wait(10)
+            self._process = None

@@ -1,0 +1,230 @@
+"""The demo service, run as ``make demo`` runs it: gunicorn with examples/gunicorn.conf.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO_CHECKS = {
+    "check_database_connected",
+    "check_migrations_applied",
+    "event_loop_lag",
+    "slow_dependency",
+}
+START_TIMEOUT = 20.0
+
+
+@dataclass
+class Demo:
+    url: str
+    process: subprocess.Popen[bytes]
+    stdout_path: Path
+    stderr_path: Path
+    files: tuple[IO[bytes], ...]
+
+    def stdout_lines(self) -> list[str]:
+        return [line for line in self.stdout_path.read_text().splitlines() if line.strip()]
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _child_env(directory: Path, port: int, **extra: str) -> dict[str, str]:
+    # Nothing from the caller's environment may add checks or change settings.
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in {"REDIS_URL", "DATABASE_URL", "WEB_CONCURRENCY", "DEMO_SLOW_CHECK_SECONDS"}
+        and not key.startswith("DOCKERFLOW_")
+    }
+    env.update(
+        PORT=str(port),
+        DEMO_DATA_DIR=str(directory / "data"),
+        # gunicorn >= 25 opens a control socket there; each instance gets its own.
+        XDG_RUNTIME_DIR=str(directory),
+        PYTHONUNBUFFERED="1",
+        **extra,
+    )
+    return env
+
+
+def _start(directory: Path, **extra: str) -> Demo:
+    port = _free_port()
+    stdout_path, stderr_path = directory / "stdout.log", directory / "stderr.log"
+    stdout, stderr = stdout_path.open("wb"), stderr_path.open("wb")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-c",
+            "examples/gunicorn.conf.py",
+            "examples.demo.app:create_app()",
+        ],
+        cwd=REPO,
+        env=_child_env(directory, port, **extra),
+        stdin=subprocess.DEVNULL,
+        stdout=stdout,
+        stderr=stderr,
+    )
+    return Demo(f"http://127.0.0.1:{port}", process, stdout_path, stderr_path, (stdout, stderr))
+
+
+def _wait_until_serving(demo: Demo, deadline: float) -> None:
+    while time.monotonic() < deadline:
+        if demo.process.poll() is not None:
+            pytest.fail(
+                f"the demo exited with status {demo.process.returncode}:\n"
+                f"{demo.stderr_path.read_text()}\n{demo.stdout_path.read_text()}"
+            )
+        try:
+            status, _, _ = _get(demo.url + "/__lbheartbeat__", timeout=1.0)
+        except OSError:
+            time.sleep(0.1)
+            continue
+        if status == 200:
+            return
+    pytest.fail(
+        f"the demo did not answer within {START_TIMEOUT:g}s:\n{demo.stderr_path.read_text()}"
+    )
+
+
+def _stop(demo: Demo) -> None:
+    if demo.process.poll() is None:
+        demo.process.terminate()
+        try:
+            demo.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            demo.process.kill()
+            demo.process.wait(timeout=5)
+    for handle in demo.files:
+        handle.close()
+
+
+def _get(
+    url: str, *, timeout: float = 5.0, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], Any]:
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, dict(response.headers), json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, dict(exc.headers), json.loads(exc.read())
+
+
+@pytest.fixture(scope="module")
+def demos(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Demo]]:
+    # Both instances start at once: start-up is most of this module's run time.
+    started = {
+        "default": _start(tmp_path_factory.mktemp("demo")),
+        "slow": _start(
+            tmp_path_factory.mktemp("demo-slow"), DEMO_SLOW_CHECK_SECONDS="2", WEB_CONCURRENCY="1"
+        ),
+    }
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        for demo in started.values():
+            _wait_until_serving(demo, deadline)
+        yield started
+    finally:
+        for demo in started.values():
+            _stop(demo)
+
+
+@pytest.fixture
+def demo(demos: dict[str, Demo]) -> Demo:
+    return demos["default"]
+
+
+def test_lbheartbeat_answers_an_empty_object(demo: Demo) -> None:
+    status, headers, body = _get(demo.url + "/__lbheartbeat__")
+    assert status == 200
+    assert headers["Content-Type"] == "application/json"
+    assert body == {}
+
+
+def test_version_serves_the_shipped_version_json(demo: Demo) -> None:
+    shipped = json.loads((REPO / "examples" / "demo" / "version.json").read_text())
+    status, _, body = _get(demo.url + "/__version__")
+    assert status == 200
+    assert body == shipped
+
+
+def test_heartbeat_passes_with_every_demo_check(demo: Demo) -> None:
+    status, _, body = _get(demo.url + "/__heartbeat__")
+    assert status == 200, body
+    assert body["status"] == "ok"
+    assert body["checks"] == dict.fromkeys(DEMO_CHECKS, "ok")
+    assert body["details"] == {}
+
+
+def test_heartbeat_subset_leaves_the_slow_check_out(demo: Demo) -> None:
+    status, _, body = _get(demo.url + "/__heartbeat__?exclude=slow_dependency")
+    assert status == 200
+    assert set(body["checks"]) == DEMO_CHECKS - {"slow_dependency"}
+
+
+def test_slow_check_times_out_and_the_heartbeat_still_answers(demos: dict[str, Demo]) -> None:
+    demo = demos["slow"]
+    # Warm up the worker (its event loop thread, the database pools) without the slow check.
+    status, _, _ = _get(demo.url + "/__heartbeat__?exclude=slow_dependency")
+    assert status == 200
+
+    started = time.monotonic()
+    status, _, body = _get(demo.url + "/__heartbeat__", timeout=10.0)
+    elapsed = time.monotonic() - started
+
+    assert status == 500, body
+    assert elapsed < 1.5, f"the heartbeat took {elapsed:.2f}s; the slow check's timeout is 1s"
+    assert body["status"] == "error"
+    assert body["checks"] == {**dict.fromkeys(DEMO_CHECKS, "ok"), "slow_dependency": "error"}
+    messages = body["details"]["slow_dependency"]["messages"]
+    assert list(messages) == ["dockerflow.health.E011"]
+
+
+def test_stdout_is_mozlog_json_with_request_summaries(demo: Demo) -> None:
+    rid = f"test-demo-{uuid.uuid4()}"
+    status, headers, _ = _get(demo.url + "/__lbheartbeat__", headers={"X-Request-ID": rid})
+    assert status == 200
+    assert headers["X-Request-ID"] == rid
+
+    deadline = time.monotonic() + 5.0
+    summary = None
+    while summary is None and time.monotonic() < deadline:
+        records = [json.loads(line) for line in demo.stdout_lines()]
+        summary = next(
+            (r for r in records if r["Type"] == "request.summary" and r["Fields"]["rid"] == rid),
+            None,
+        )
+        if summary is None:
+            time.sleep(0.05)
+
+    assert summary is not None, demo.stdout_path.read_text()
+    assert summary["Logger"] == "dockerflow-demo"
+    assert summary["Severity"] == 6
+    fields = summary["Fields"]
+    assert fields["path"] == "/__lbheartbeat__"
+    assert fields["method"] == "GET"
+    assert fields["code"] == 200
+    assert fields["errno"] == 0
+    assert {"agent", "lang", "uid", "t"} <= set(fields)
+    # Every line gunicorn and the app write to stdout is JSON (json.loads above raised otherwise).
+    assert all(line.startswith("{") for line in demo.stdout_lines())
