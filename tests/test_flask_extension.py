@@ -619,3 +619,25 @@ def test_checks_run_with_the_app_context(app: Flask, dockerflow: Dockerflow) -> 
 
     assert app.test_client().get("/__heartbeat__").status_code == 200
     assert sorted(seen) == ["testapp", "testapp"]
+
+
+def test_generated_request_ids_are_uuid4(app: Flask, dockerflow: Dockerflow) -> None:
+    import uuid
+
+    client = app.test_client()
+    ids = {client.get("/__lbheartbeat__").headers["X-Request-ID"] for _ in range(50)}
+    assert len(ids) == 50
+    for rid in ids:
+        parsed = uuid.UUID(rid)
+        assert (parsed.version, parsed.variant, str(parsed)) == (4, uuid.RFC_4122, rid)
+
+
+def test_request_id_does_not_outlive_the_request(app: Flask, dockerflow: Dockerflow) -> None:
+    from dockerflow.logging import request_id_context
+
+    app.config["PROPAGATE_EXCEPTIONS"] = False
+    client = app.test_client()
+    client.get("/", headers={"X-Request-ID": "kept-1"})
+    assert request_id_context.get() is None
+    client.get("/boom", headers={"X-Request-ID": "kept-2"})
+    assert request_id_context.get() is None

@@ -8,7 +8,6 @@ import logging
 import os
 import threading
 import time
-import uuid
 import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -157,7 +156,6 @@ class Dockerflow:
         bp.add_url_rule("/__error__", "error", self._error_view)
         bp.before_app_request(self._before_request)
         bp.after_app_request(self._after_request)
-        bp.teardown_app_request(self._teardown_request)
         return bp
 
     def _state(self, app: Flask | None = None) -> _AppState:
@@ -328,7 +326,7 @@ class Dockerflow:
         environ = flask.request.environ
         rid = sanitize_request_id(environ.get(state.settings.request_id_environ_key))
         if rid is None:
-            rid = str(uuid.uuid4())
+            rid = _new_request_id()
         g._dockerflow_rid_token = request_id_context.set(rid)
         g._request_id = rid
         if "request_id" not in g.__dict__:
@@ -342,21 +340,16 @@ class Dockerflow:
             return response
         settings = started[1].settings
         response.headers[settings.request_id_header] = g._request_id
-        if not self.summary_logger.isEnabledFor(logging.INFO) or "_dockerflow_failed" in g.__dict__:
-            return response
-        if not settings.summary_log_dockerflow_endpoints and _is_own_endpoint():
-            return response
-        extra = self.summary_extra()
-        extra["code"] = response.status_code
-        _log_fast(self.summary_logger, logging.INFO, "", extra)
+        if (
+            self.summary_logger.isEnabledFor(logging.INFO)
+            and "_dockerflow_failed" not in g.__dict__
+            and (settings.summary_log_dockerflow_endpoints or not _is_own_endpoint())
+        ):
+            extra = self.summary_extra()
+            extra["code"] = response.status_code
+            _log_fast(self.summary_logger, logging.INFO, "", extra)
+        _forget_request_id(g)
         return response
-
-    def _teardown_request(self, exc: BaseException | None) -> None:
-        # Worker threads serve many requests: do not leave this request's id behind.
-        token = flask.g.__dict__.get("_dockerflow_rid_token")
-        if token is not None:
-            with contextlib.suppress(ValueError):  # set in another context (async view)
-                request_id_context.reset(token)
 
     def _got_request_exception(self, sender: Flask, exception: BaseException, **_: Any) -> None:
         flask.g._dockerflow_failed = True
@@ -365,6 +358,7 @@ class Dockerflow:
             extra["errno"] = 500
             extra["code"] = 500
             self.summary_logger.error(str(exception), extra=extra)
+        _forget_request_id(flask.g._get_current_object())
 
     def summary_extra(self) -> dict[str, Any]:
         """Return the fields of the current request's ``request.summary`` record.
@@ -422,6 +416,24 @@ def _log_fast(logger: logging.Logger, level: int, msg: str, extra: dict[str, Any
         logger.log(level, msg, extra=extra)
         return
     logger.handle(logger.makeRecord(logger.name, level, "", 0, msg, (), None, None, extra))
+
+
+def _forget_request_id(g: Any) -> None:
+    # Worker threads serve many requests: do not leave this request's id behind for log lines
+    # written between requests. Done once: after the summary record, or on an exception.
+    token = g.__dict__.pop("_dockerflow_rid_token", None)
+    if token is not None:
+        with contextlib.suppress(ValueError):  # set in another context (an async view's)
+            request_id_context.reset(token)
+
+
+def _new_request_id() -> str:
+    """Return a random (version 4) UUID string; a quicker ``str(uuid.uuid4())``."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def _split_names(value: str | None) -> list[str]:
