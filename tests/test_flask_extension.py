@@ -641,3 +641,17 @@ def test_request_id_does_not_outlive_the_request(app: Flask, dockerflow: Dockerf
     assert request_id_context.get() is None
     client.get("/boom", headers={"X-Request-ID": "kept-2"})
     assert request_id_context.get() is None
+
+
+def test_close_stops_the_loop_and_heartbeats_still_work(app: Flask, dockerflow: Dockerflow) -> None:
+    @dockerflow.check
+    async def on_loop() -> None:
+        return None
+
+    client = app.test_client()
+    assert client.get("/__heartbeat__").status_code == 200
+    thread = dockerflow._bridge.thread
+    assert thread is not None and thread.is_alive()
+    dockerflow.close()
+    assert not thread.is_alive()
+    assert client.get("/__heartbeat__").status_code == 200

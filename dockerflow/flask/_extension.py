@@ -234,6 +234,20 @@ class Dockerflow:
             checks.append(check)
         return checks
 
+    def close(self) -> None:
+        """Close the connections the built-in checks opened and stop the loop thread.
+
+        Call it when the app shuts down (tests, or a worker exit hook). The extension stays
+        usable: the next heartbeat starts the loop again and reconnects.
+        """
+        checks = list(self.registry)
+        if checks:
+            from ..integrations import release
+
+            for check in checks:
+                self._bridge.call(release, check.func)
+        self._bridge.stop()
+
     # -- running --------------------------------------------------------------------------------
 
     def run_checks(

@@ -43,6 +43,7 @@ __all__ = [
     "database_check",
     "migrations_check",
     "redis_check",
+    "release",
 ]
 
 
@@ -80,3 +81,24 @@ def builtin_checks(
             ("check_migrations_applied", migrations_check(migrate=migrate, engine=shared))
         )
     return checks
+
+
+async def release(func: object) -> None:
+    """Close the connections a built-in check keeps open (its own pools); a no-op otherwise.
+
+    Run it on the loop the checks ran on, e.g. ``engine.bridge.call(release, func)``:
+    connections of async drivers may only be closed by the loop that opened them. A check that
+    runs again afterwards opens new connections.
+
+    :param func: a check function, as returned by :func:`builtin_checks`, or any other.
+    """
+    import functools
+
+    parts = [func, *func.args] if isinstance(func, functools.partial) else [func]
+    for part in parts:
+        if isinstance(part, CheckEngine):
+            part.dispose()
+        elif isinstance(part, AsyncCheckEngine):
+            await part.dispose()
+        elif isinstance(part, AsyncpgCheck):
+            await part.close()
