@@ -9,7 +9,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, overload
 
@@ -33,6 +33,7 @@ from ._config import Settings, load_settings
 from .signals import heartbeat_failed, heartbeat_passed, heartbeat_status_changed
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 VersionCallback = Callable[[str], "dict[str, Any] | None"]
 
 #: Query parameter of ``/__heartbeat__`` naming checks to leave out, comma-separated.
@@ -234,6 +235,14 @@ class Dockerflow:
             checks.append(check)
         return checks
 
+    def call_in_loop(self, func: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Run ``await func(*args)`` on the loop the async checks run on; return its result.
+
+        For setting up or closing async clients that the checks use (``redis.asyncio``,
+        asyncpg pools): they must be used on that loop only. Blocks the calling thread.
+        """
+        return self._bridge.call(func, *args)
+
     def close(self) -> None:
         """Close the connections the built-in checks opened and stop the loop thread.
 
@@ -317,12 +326,13 @@ class Dockerflow:
         state = self._state()
         try:
             version = self._version_callback(state.version_path)
+            if version is None:
+                return _json_response({"error": "version.json not found"}, 404)
+            # Encoded here, inside the try: a callback may return what JSON cannot encode.
+            return _json_response(version, 200)
         except Exception:
             self.logger.exception("version.json in %s could not be served", state.version_path)
             return _json_response({"error": "version.json could not be read"}, 500)
-        if version is None:
-            return _json_response({"error": "version.json not found"}, 404)
-        return _json_response(version, 200)
 
     def _error_view(self) -> flask.Response:
         if not self._state().settings.error_endpoint:

@@ -95,5 +95,5 @@ def test_async_clients_and_a_broken_database(
         ]
         assert SECRET not in response.get_data(as_text=True)
     finally:
-        ext._bridge.call(client.aclose)
-        ext._bridge.call(engine.dispose)
+        ext.call_in_loop(client.aclose)
+        ext.call_in_loop(engine.dispose)
