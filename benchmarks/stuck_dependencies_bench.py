@@ -41,6 +41,8 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 E011 = "dockerflow.health.E011"
+#: Heartbeats after which the worker's threads and memory are measured a second time.
+WARM_UP = 100
 CHECKS = ("asyncpg", "check_redis_connected", "check_database_connected", "blocked_forever")
 
 
@@ -107,8 +109,9 @@ class BlackHole:
 
 
 def proc_status(pid: int) -> dict[str, int]:
-    """Return ``Threads`` and the ``Vm*`` sizes (kB) of process ``pid``."""
-    out = {}
+    """Return ``Threads``, the ``Vm*`` sizes (kB) and the open file descriptors (``fds``) of
+    process ``pid``."""
+    out = {"fds": len(os.listdir(f"/proc/{pid}/fd"))}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         key, _, value = line.partition(":")
         if key == "Threads" or key in {"VmRSS", "VmHWM"}:
@@ -163,14 +166,16 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     holes = [BlackHole(), BlackHole(), BlackHole()]
     port = free_port()
-    with tempfile.TemporaryDirectory(prefix="dockerflow-stuck-") as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix="dockerflow-stuck-") as tmp,
+        Path(tmp, "gunicorn.log").open("wb") as log,
+    ):
         env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKERFLOW_")}
         env.update(
             STUCK_BENCH_PORTS=json.dumps([hole.port for hole in holes]),
             STUCK_BENCH_TIMEOUT=str(args.timeout),
             XDG_RUNTIME_DIR=tmp,  # gunicorn >= 25 opens a control socket there
         )
-        log = Path(tmp, "gunicorn.log").open("wb")
         server = subprocess.Popen(
             [
                 *(sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}"),
@@ -187,11 +192,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             deadline = time.monotonic() + 30
             while True:
                 try:
-                    status, body = get(port, "/_bench/pid", timeout=1)
+                    body = get(port, "/_bench/pid", timeout=1)[1]
                     break
                 except OSError:
                     if time.monotonic() > deadline or server.poll() is not None:
-                        sys.exit(f"gunicorn did not start:\n{Path(tmp, 'gunicorn.log').read_text()}")
+                        sys.exit(
+                            f"gunicorn did not start:\n{Path(tmp, 'gunicorn.log').read_text()}"
+                        )
                     time.sleep(0.1)
             pid = int(body["pid"])
             before = proc_status(pid)
@@ -203,9 +210,12 @@ def main(argv: Sequence[str] | None = None) -> None:
                 status, body = get(port, "/__heartbeat__")
                 return time.monotonic() - started, status, body
 
+            warm_up = min(WARM_UP, args.heartbeats)
             started = time.monotonic()
             with ThreadPoolExecutor(args.clients) as pool:
-                results = list(pool.map(heartbeat, range(args.heartbeats)))
+                results = list(pool.map(heartbeat, range(warm_up)))
+                warmed = proc_status(pid)
+                results += pool.map(heartbeat, range(args.heartbeats - warm_up))
             wall = time.monotonic() - started
             after = proc_status(pid)
             peak = sampler.stop()
@@ -216,7 +226,6 @@ def main(argv: Sequence[str] | None = None) -> None:
             except subprocess.TimeoutExpired:
                 server.kill()
                 server.wait()
-            log.close()
             for hole in holes:
                 hole.close()
 
@@ -243,8 +252,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"{wall:.1f} s ({args.heartbeats / wall:.0f}/s)"
     )
     print()
-    print("| latency p50 | p99 | max | over timeout+0.2s | statuses | all 4 checks E011 | "
-          "sync checks 'still running' |")
+    print(
+        "| latency p50 | p99 | max | over timeout+0.2s | statuses | all 4 checks E011 | "
+        "sync checks 'still running' |"
+    )
     print("|---|---|---|---|---|---|---|")
     print(
         f"| {statistics.median(latencies) * 1000:.0f} ms | {p99 * 1000:.0f} ms "
@@ -252,15 +263,25 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"| {all_e011}/{len(results)} | {still_running}/{2 * len(results)} |"
     )
     print()
-    print("| worker (pid %d) | threads | VmRSS | |" % pid)
-    print("|---|---|---|---|")
-    print(f"| before the first heartbeat | {before['Threads']} | {before['VmRSS'] / 1024:.1f} MiB | |")
-    print(f"| after the last heartbeat | {after['Threads']} | {after['VmRSS'] / 1024:.1f} MiB | |")
+    print(f"| worker (pid {pid}) | threads | open fds | VmRSS | |")
+    print("|---|---|---|---|---|")
     print(
-        f"| peak (sampled; VmHWM) | {peak['Threads']} | {peak['VmRSS'] / 1024:.1f} MiB "
+        f"| before the first heartbeat | {before['Threads']} | {before['fds']} | {before['VmRSS'] / 1024:.1f} MiB | |"
+    )
+    print(
+        f"| after {warm_up} heartbeats | {warmed['Threads']} | {warmed['fds']} | {warmed['VmRSS'] / 1024:.1f} MiB | |"
+    )
+    print(
+        f"| after {len(results)} heartbeats | {after['Threads']} | {after['fds']} | {after['VmRSS'] / 1024:.1f} MiB | |"
+    )
+    print(
+        f"| peak (sampled; VmHWM) | {peak['Threads']} | {peak['fds']} | {peak['VmRSS'] / 1024:.1f} MiB "
         f"| VmHWM {after['VmHWM'] / 1024:.1f} MiB |"
     )
-    print()
+    print(
+        f"\nthreads: 1 main + up to {args.threads} gthread request threads + 1 dockerflow-loop + "
+        "1 per stuck sync check (2) + idle anyio workers"
+    )
     print(
         f"target: every heartbeat within {limit:g} s with E011 for each check: "
         f"{'met' if over == 0 and all_e011 == len(results) else 'MISSED'}"

@@ -21,6 +21,7 @@ server as ``E004`` within the timeout instead.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 from typing import Any
@@ -95,8 +96,10 @@ def redis_check(client: Any) -> CheckFunction:
     :param client: a ``redis.Redis`` or ``redis.asyncio.Redis`` (or a cluster client), a
         Flask-Redis store (its client is looked up at each check, so ``init_app`` may come
         later), or anything with a blocking ``ping()``.
-    :returns: a partial of :func:`check_redis_connected_async` or of
-        :func:`check_redis_connected`, taking no arguments.
+    :returns: a function taking no arguments: :func:`check_redis_connected` for a blocking
+        client; for an asyncio client, :func:`check_redis_connected_async` that first drops
+        the client's pooled connections when it runs on another loop than last time (a forked
+        worker, a restarted loop), as they belong to the loop that opened them.
     :raises TypeError: if ``client`` has no ``ping()``.
     :raises MissingDependencyError: if redis-py is not installed.
     """
@@ -107,10 +110,30 @@ def redis_check(client: Any) -> CheckFunction:
     if client is None:
         raise TypeError(f"a Redis check takes {_ACCEPTED}; got None")
     if isinstance(target, (redis.asyncio.Redis, redis.asyncio.RedisCluster)):
-        return functools.partial(check_redis_connected_async, client)
+        return functools.partial(_check_on_current_loop, _LastLoop(), client)
     if target is not None and not callable(getattr(target, "ping", None)):
         raise TypeError(f"a Redis check takes {_ACCEPTED}; got {shown(client)}")
     return functools.partial(check_redis_connected, client)
+
+
+class _LastLoop:
+    """The event loop a check last ran its client on."""
+
+    def __init__(self) -> None:
+        # A strong reference: the id of a collected loop may be reused by the next loop.
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+
+async def _check_on_current_loop(last: _LastLoop, client: Any) -> list[CheckMessage]:
+    loop = asyncio.get_running_loop()
+    if last.loop is not None and last.loop is not loop:
+        # The pooled connections belong to the loop the client last ran on (a forked child's
+        # parent's, or a stopped one): drop them untouched, their loop does not run here.
+        pool = getattr(_client_of(client), "connection_pool", None)
+        if pool is not None:
+            pool.reset()
+    last.loop = loop
+    return await check_redis_connected_async(client)
 
 
 def _client_of(client: Any) -> Any:

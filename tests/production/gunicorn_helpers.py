@@ -13,7 +13,7 @@ import os
 import socket
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -187,17 +187,3 @@ def start_gunicorn(
         stderr=stderr,
     )
     return Gunicorn(port, process, directory, [stdout, stderr])
-
-
-@contextlib.contextmanager
-def serving(servers: Sequence[Gunicorn]) -> Iterator[Sequence[Gunicorn]]:
-    """Wait until every server answers (started together: start-up is most of the time);
-    stop them all on the way out."""
-    try:
-        deadline = time.monotonic() + START_TIMEOUT
-        for server in servers:
-            server.wait_until_serving(deadline)
-        yield servers
-    finally:
-        for server in servers:
-            server.stop()

@@ -20,7 +20,7 @@ import threading
 from typing import Any
 
 import redis.asyncio
-from flask import Flask, jsonify
+from flask import Flask, jsonify, request
 
 from dockerflow.flask import Dockerflow
 from dockerflow.integrations import AsyncpgCheck
@@ -52,6 +52,16 @@ def create_app() -> Flask:
         seen["native_id"] = threading.get_native_id()
         return []
 
+    # Heartbeats served, by process: a forked child starts from its own pid's count, zero.
+    served: dict[int, int] = {}
+    served_lock = threading.Lock()
+
+    @app.before_request
+    def count_heartbeats() -> None:
+        if request.path == "/__heartbeat__":
+            with served_lock:
+                served[os.getpid()] = served.get(os.getpid(), 0) + 1
+
     @app.get("/_debug/loop")
     def loop_info() -> Any:
         loop_threads = [
@@ -59,7 +69,12 @@ def create_app() -> Flask:
             for thread in threading.enumerate()
             if thread.name == LOOP_THREAD_NAME
         ]
-        return jsonify(pid=os.getpid(), loop_threads=loop_threads, probe=dict(seen))
+        return jsonify(
+            pid=os.getpid(),
+            loop_threads=loop_threads,
+            probe=dict(seen),
+            heartbeats=served.get(os.getpid(), 0),
+        )
 
     if os.environ.get("FORK_APP_HEARTBEAT_AT_IMPORT") == "1":
         response = app.test_client().get("/__heartbeat__")
