@@ -142,6 +142,17 @@ class Dockerflow:
         version_path = self.version_path or os.path.dirname(app.root_path)
         self._apps[app] = _AppState(settings, engine, version_path)
         app.register_blueprint(self._blueprint)
+        state = self._apps[app]
+
+        # Per-app hooks that know their app's state: no lookup of it on every request.
+        def before_request() -> None:
+            self._before_request(state)
+
+        def after_request(response: flask.Response) -> flask.Response:
+            return self._after_request(state, response)
+
+        app.before_request(before_request)
+        app.after_request(after_request)
         flask.got_request_exception.connect(self._got_request_exception, app)
         from ._cli import dockerflow_cli
 
@@ -155,8 +166,6 @@ class Dockerflow:
         bp.add_url_rule("/__heartbeat__", "heartbeat", self._heartbeat_view)
         bp.add_url_rule("/__lbheartbeat__", "lbheartbeat", self._lbheartbeat_view)
         bp.add_url_rule("/__error__", "error", self._error_view)
-        bp.before_app_request(self._before_request)
-        bp.after_app_request(self._after_request)
         return bp
 
     def _state(self, app: Flask | None = None) -> _AppState:
@@ -344,9 +353,8 @@ class Dockerflow:
     # These hooks run on every request of the app: each resolves a context proxy at most once
     # and finds the app's state once, in _before_request, for the rest of the request.
 
-    def _before_request(self) -> None:
+    def _before_request(self, state: _AppState) -> None:
         g = flask.g._get_current_object()
-        state = self._state()
         environ = flask.request.environ
         rid = sanitize_request_id(environ.get(state.settings.request_id_environ_key))
         if rid is None:
@@ -357,12 +365,12 @@ class Dockerflow:
             g.request_id = rid
         g._dockerflow = (time.monotonic_ns(), state)
 
-    def _after_request(self, response: flask.Response) -> flask.Response:
+    def _after_request(self, state: _AppState, response: flask.Response) -> flask.Response:
         g = flask.g._get_current_object()
-        started = g.__dict__.get("_dockerflow")
-        if started is None:  # a before_request hook that ran ahead of ours returned a response
+        if "_dockerflow" not in g.__dict__:
+            # A before_request hook that ran ahead of ours returned a response.
             return response
-        settings = started[1].settings
+        settings = state.settings
         response.headers[settings.request_id_header] = g._request_id
         if (
             self.summary_logger.isEnabledFor(logging.INFO)
