@@ -655,3 +655,57 @@ def test_close_stops_the_loop_and_heartbeats_still_work(app: Flask, dockerflow: 
     dockerflow.close()
     assert not thread.is_alive()
     assert client.get("/__heartbeat__").status_code == 200
+
+
+def test_empty_check_selection_is_refused(app: Flask, dockerflow: Dockerflow) -> None:
+    dockerflow.check(lambda: [Error("down", id="x.E1")], name="down")
+    response = app.test_client().get("/__heartbeat__?check=")
+    assert response.status_code == 400
+    assert response.json == {"error": "?check= names no check"}
+
+
+def test_subset_heartbeats_do_not_change_the_tracked_status(
+    app: Flask, dockerflow: Dockerflow
+) -> None:
+    dockerflow.check(lambda: [Error("down", id="x.E1")], name="down")
+    dockerflow.check(lambda: None, name="up")
+    changes: list[tuple[str | None, str]] = []
+
+    @signals.heartbeat_status_changed.connect_via(app)
+    def changed(sender: Flask, previous_status: str | None, report: Any, **extra: Any) -> None:
+        changes.append((previous_status, report.status))
+
+    client = app.test_client()
+    client.get("/__heartbeat__")
+    client.get("/__heartbeat__?check=up")
+    client.get("/__heartbeat__?exclude=down")
+    client.get("/__heartbeat__")
+    assert changes == [(None, "error")]
+
+
+def test_flask_exception_log_keeps_the_request_id(
+    app: Flask, dockerflow: Dockerflow, caplog: pytest.LogCaptureFixture
+) -> None:
+    from dockerflow.logging import RequestIdLogFilter
+
+    app.config["PROPAGATE_EXCEPTIONS"] = False
+    rid_filter = RequestIdLogFilter()
+    app.logger.addFilter(rid_filter)
+    try:
+        with caplog.at_level(logging.ERROR):
+            app.test_client().get("/boom", headers={"X-Request-ID": "boom-1"})
+    finally:
+        app.logger.removeFilter(rid_filter)
+    (flask_record,) = [r for r in caplog.records if r.name == app.logger.name]
+    assert flask_record.__dict__["rid"] == "boom-1"
+
+
+def test_reregistered_compat_check_uses_its_new_timeout(app: Flask, dockerflow: Dockerflow) -> None:
+    def slow() -> None:
+        time.sleep(0.3)
+
+    compat_checks.register(slow, timeout=0.1)
+    assert app.test_client().get("/__heartbeat__").json["checks"] == {"slow": "error"}
+    time.sleep(0.3)  # let the timed-out run finish
+    compat_checks.register(slow, timeout=2.0)
+    assert app.test_client().get("/__heartbeat__").json["checks"] == {"slow": "ok"}

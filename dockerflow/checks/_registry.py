@@ -17,9 +17,9 @@ if TYPE_CHECKING:
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-# The compatibility registry: name -> (function, timeout or None). Mutated by register() and
-# clear_checks() only.
-_REGISTERED: dict[str, tuple[Callable[..., Any], float | None]] = {}
+# The compatibility registry: name -> Check. Mutated by register() and clear_checks() only. The
+# same Check object serves every heartbeat, as the engine keys stuck threads by check identity.
+_REGISTERED: dict[str, Check] = {}
 
 
 @overload
@@ -45,9 +45,9 @@ def register(
         return functools.partial(register, name=name, timeout=timeout)
     from ..engine._check import Check, callable_name
 
-    # Validate now, so a bad registration fails where it is made rather than at heartbeat time.
+    # Made now, so a bad registration fails where it is made rather than at heartbeat time.
     check = Check(name or callable_name(func), func, timeout)
-    _REGISTERED[check.name] = (func, check.timeout)
+    _REGISTERED[check.name] = check
     return func
 
 
@@ -66,7 +66,7 @@ def register_partial(
 
 def get_checks() -> dict[str, Callable[..., Any]]:
     """Return a copy of the module-level checks: name → function."""
-    return {name: func for name, (func, _) in _REGISTERED.items()}
+    return {name: check.func for name, check in _REGISTERED.items()}
 
 
 def clear_checks() -> None:
@@ -74,9 +74,9 @@ def clear_checks() -> None:
     _REGISTERED.clear()
 
 
-def registered_checks() -> list[tuple[str, Callable[..., Any], float | None]]:
-    """Return the module-level checks as ``(name, function, timeout)`` triples."""
-    return [(name, func, timeout) for name, (func, timeout) in _REGISTERED.items()]
+def registered_checks() -> list[Check]:
+    """Return the module-level checks, in registration order."""
+    return list(_REGISTERED.values())
 
 
 @dataclass
@@ -114,10 +114,8 @@ def run_checks(
     return ChecksResults(details=report.details, statuses=report.checks, level=report.level)
 
 
-# One engine per silenced-ID set and one Check object per registration, reused by every call,
-# so the engine's one-thread-per-stuck-check rule holds across calls.
+# One engine per silenced-ID set, reused by every call.
 _ENGINES: dict[frozenset[str], Engine] = {}
-_CHECKS: dict[tuple[str, Callable[..., Any]], Check] = {}
 
 
 def _engine_and_checks(
@@ -131,12 +129,7 @@ def _engine_and_checks(
         engine = _ENGINES[key] = Engine(silenced_ids=key)
     pairs = []
     for name, func in checks:
-        check = _CHECKS.get((name, func))
-        if check is None:
-            if len(_CHECKS) >= 1024:  # callers passing new functions every time
-                _CHECKS.clear()
-            registered = _REGISTERED.get(name)
-            timeout = registered[1] if registered and registered[0] is func else None
-            check = _CHECKS[(name, func)] = Check(name, func, timeout)
-        pairs.append(check)
+        registered = _REGISTERED.get(name)
+        # A registered check keeps its identity (and timeout); another pair is a new check.
+        pairs.append(registered if registered and registered.func is func else Check(name, func))
     return engine, pairs

@@ -13,6 +13,8 @@ from ._exceptions import (
     ConfigurationError,
     DockerflowError,
     MissingDependencyError,
+    NotInitializedError,
+    UnknownCheckError,
     VersionFileError,
 )
 from ._report import CheckDetail, CheckResult, Report, aggregate
@@ -32,7 +34,9 @@ __all__ = [
     "Engine",
     "LoopThread",
     "MissingDependencyError",
+    "NotInitializedError",
     "Report",
+    "UnknownCheckError",
     "VersionFileError",
     "aggregate",
 ]

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import logging
 import os
 import threading
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -14,6 +16,8 @@ from anyio.abc import TaskGroup
 from anyio.from_thread import BlockingPortal
 
 T = TypeVar("T")
+
+logger = logging.getLogger("dockerflow.engine")
 
 
 class LoopThread:
@@ -73,23 +77,38 @@ class LoopThread:
         thread = self._thread
         if thread is not None and thread.ident == threading.get_ident():
             assert self._task_group is not None
-            self._task_group.start_soon(func, *args)
+            self._task_group.start_soon(_logged, func, *args)
         else:
-            portal.start_task_soon(func, *args)
+            portal.start_task_soon(_logged, func, *args)
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop the loop, cancelling what still runs on it, and wait for its thread to end."""
+        """Stop the loop, cancelling what still runs on it, and wait for its thread to end.
+
+        Waits at most ``timeout`` seconds: a loop blocked by a check that never yields is left
+        behind (its thread is a daemon) rather than holding up the caller or interpreter exit.
+        """
         if self._pid != os.getpid():
             self._forget()
         with self._lock:
             portal, thread = self._portal, self._thread
-            self._portal = self._thread = None
+            self._portal = self._thread = self._task_group = None
         if portal is None or thread is None:
             return
-        atexit.unregister(self.stop)
-        with contextlib.suppress(RuntimeError):  # the loop already ended
-            portal.call(portal.stop, True)
-        thread.join(timeout)
+        atexit.unregister(self._stop_at_exit)
+        deadline = time.monotonic() + timeout
+
+        def ask_to_stop() -> None:
+            with contextlib.suppress(RuntimeError):  # the loop already ended
+                portal.call(portal.stop, True)
+
+        # From a helper thread: portal.call waits for the loop, which may be blocked.
+        stopper = threading.Thread(target=ask_to_stop, name="dockerflow-loop-stop", daemon=True)
+        stopper.start()
+        stopper.join(timeout)
+        thread.join(max(0.0, deadline - time.monotonic()))
+
+    def _stop_at_exit(self) -> None:
+        self.stop(timeout=1.0)
 
     def _start(self) -> None:
         ready = threading.Event()
@@ -106,9 +125,16 @@ class LoopThread:
         def main() -> None:
             try:
                 anyio.run(serve, backend=self.backend)
-            except BaseException as exc:  # reported to the thread that asked for the loop
-                failure.append(exc)
+            except BaseException as exc:
+                if ready.is_set():  # the loop ran, then died
+                    logger.error("the dockerflow event loop stopped", exc_info=exc)
+                failure.append(exc)  # reported to the thread that asked for the loop
             finally:
+                # A loop that ended on its own must not leave a dead portal behind: the next
+                # call starts a new loop. (No lock: _start holds it while waiting for ready.)
+                if self._thread is threading.current_thread():
+                    self._portal = self._task_group = None
+                    self._thread = None
                 ready.set()
 
         # A daemon thread: a check stuck in a worker thread (those inherit daemon status from
@@ -117,11 +143,12 @@ class LoopThread:
         self._thread = thread
         thread.start()
         ready.wait()
-        if failure:
+        if failure or self._portal is None:
             self._thread = self._portal = self._task_group = None
-            raise RuntimeError("the dockerflow event loop failed to start") from failure[0]
+            cause = failure[0] if failure else None
+            raise RuntimeError("the dockerflow event loop failed to start") from cause
         # Registered while the loop runs only, so short-lived bridges leave no hook behind.
-        atexit.register(self.stop)
+        atexit.register(self._stop_at_exit)
 
     def _forget(self) -> None:
         # In a forked child: the parent's loop thread was not copied, so drop it. The lock may
@@ -131,3 +158,12 @@ class LoopThread:
         self._portal = None
         self._thread = None
         self._task_group = None
+
+
+async def _logged(func: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
+    # A background task's error must not reach the task group: it would end the loop that every
+    # heartbeat of the process relies on.
+    try:
+        await func(*args)
+    except Exception:
+        logger.exception("a dockerflow background task failed")

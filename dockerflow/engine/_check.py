@@ -18,19 +18,25 @@ CheckFunction = Callable[[], Any]
 #: Timeout of a check that does not set its own.
 DEFAULT_TIMEOUT = 3.0
 
+#: Largest number of seconds a duration setting takes (a day); larger ones are surely mistakes,
+#: and past about 9e9 seconds the standard library's waits overflow.
+MAX_SECONDS = 86400.0
+
 
 def validate_timeout(value: object, what: str = "timeout") -> float:
-    """Return ``value`` as a float of seconds, or raise if it is not a positive finite number.
+    """Return ``value`` as a float of seconds, or raise if it is not in (0, :data:`MAX_SECONDS`].
 
     :param value: the number to check.
     :param what: the name of the setting, used in the error message.
-    :raises CheckRegistrationError: if ``value`` is not a positive finite number.
+    :raises CheckRegistrationError: if ``value`` is not a number of seconds in that range.
     """
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise CheckRegistrationError(f"{what} must be a number of seconds, got {value!r}")
     seconds = float(value)
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise CheckRegistrationError(f"{what} must be a positive number of seconds, got {value!r}")
+    if not math.isfinite(seconds) or not 0 < seconds <= MAX_SECONDS:
+        raise CheckRegistrationError(
+            f"{what} must be a number of seconds above 0 and at most {MAX_SECONDS:g}, got {value!r}"
+        )
     return seconds
 
 
@@ -104,9 +110,14 @@ class Check:
                 f"{self.name}: failure_threshold must be an integer >= 1, got {threshold!r}"
             )
         grace = self.failure_grace
-        if isinstance(grace, bool) or not isinstance(grace, (int, float)) or not grace >= 0:
+        if (
+            isinstance(grace, bool)
+            or not isinstance(grace, (int, float))
+            or not 0 <= grace <= MAX_SECONDS
+        ):
             raise CheckRegistrationError(
-                f"{self.name}: failure_grace must be a number of seconds >= 0, got {grace!r}"
+                f"{self.name}: failure_grace must be a number of seconds from 0 to "
+                f"{MAX_SECONDS:g}, got {grace!r}"
             )
         object.__setattr__(self, "failure_grace", float(grace))
         object.__setattr__(self, "is_async", is_async_callable(self.func))

@@ -6,6 +6,8 @@
     ├── ConfigurationError        (also a ValueError)   a setting or argument has a bad value
     ├── CheckRegistrationError    (also a ValueError)   a check cannot be registered as asked
     ├── AlreadyInitializedError   (also a RuntimeError) the extension is already set up on that app
+    ├── NotInitializedError       (also a RuntimeError) the extension is not set up on that app
+    ├── UnknownCheckError         (also a LookupError)  a heartbeat named a check not registered
     ├── MissingDependencyError    (also an ImportError) an optional driver is not installed
     └── VersionFileError          (also a ValueError)   version.json exists but cannot be served
 
@@ -30,6 +32,14 @@ class CheckRegistrationError(DockerflowError, ValueError):
 
 class AlreadyInitializedError(DockerflowError, RuntimeError):
     """The Dockerflow extension was set up twice on the same application."""
+
+
+class NotInitializedError(DockerflowError, RuntimeError):
+    """The Dockerflow extension is used with an application it was not set up on."""
+
+
+class UnknownCheckError(DockerflowError, LookupError):
+    """A heartbeat asked to run a check name that is not registered."""
 
 
 class MissingDependencyError(DockerflowError, ImportError):

@@ -15,10 +15,11 @@ import anyio
 import anyio.to_thread
 
 from .. import health
+from .._logjson import safe_repr
 from .._redact import short_error
 from ..checks._messages import ERROR, STATUSES, CheckMessage, Error, Info
 from ._bridge import LoopThread
-from ._check import DEFAULT_TIMEOUT, Check, validate_timeout
+from ._check import DEFAULT_TIMEOUT, MAX_SECONDS, Check, validate_timeout
 from ._exceptions import ConfigurationError
 from ._report import CheckResult, Report, aggregate
 from ._threads import ThreadCall, WorkerPool
@@ -63,17 +64,20 @@ class _ProcessState:
         self.flights: dict[tuple[Check, ...], _Flight] = {}
         self.thread_flights: dict[tuple[Check, ...], _ThreadFlight] = {}
         self.cache: dict[tuple[Check, ...], _Cached] = {}
-        # The running call of each sync check whose function has not returned yet. Guarded by
-        # ``lock``; a call removes itself (from its worker thread) when the function returns.
+        # The running call of each sync check whose function has not returned yet. Entries are
+        # added under ``lock``; a call removes its own entry (from its worker thread) when the
+        # function returns, which needs no lock: nothing else adds one while it is there.
         self.busy: dict[Check, ThreadCall] = {}
         self.pool = WorkerPool()
         self.limiter: anyio.CapacityLimiter | None = None
-        # Background refresh: checks whose refresh task was started, and their latest result
-        # with the monotonic time it was stored. Written only on the loop thread.
+        # Background refresh: checks with a running refresh task; when a heartbeat last asked
+        # for each (a task ends once nobody asks); their latest result and when it was stored.
         self.refreshing: set[Check] = set()
+        self.wanted: dict[Check, float] = {}
         self.latest: dict[Check, tuple[CheckResult, float]] = {}
-        # Flap damping: consecutive failing runs and when the current failing streak began.
-        self.streaks: dict[Check, tuple[int, float]] = {}
+        # Flap damping, guarded by ``lock``: per check, the failing streak's length, when it
+        # began and the last run counted in it (heartbeats sharing one run count it once).
+        self.streaks: dict[Check, tuple[int, float, object]] = {}
 
 
 class Engine:
@@ -121,6 +125,7 @@ class Engine:
             raise ConfigurationError(f"fail_level must be one of 10..50, got {fail_level!r}")
         self.fail_level = fail_level
         self.silenced_ids = frozenset(silenced_ids)
+        self._owns_bridge = bridge is None
         self.bridge = bridge if bridge is not None else LoopThread()
         self._process = _ProcessState()
 
@@ -174,7 +179,6 @@ class Engine:
             call, fresh = self._claim(check, timeout, state)
             if fresh:
                 assert call is not None
-                call.resolve = functools.partial(self._await_on_loop, started + timeout)
                 state.pool.submit(call.execute)
             claims.append((check, timeout, call))
         results = []
@@ -188,7 +192,7 @@ class Engine:
                 result = self._outcome(check, call.value, call.error, duration)
             else:
                 result = self._timed_out(check, timeout, time.monotonic() - started)
-            results.append(self._damp(check, result) if check.damped else result)
+            results.append(self._damp(check, result, call) if check.damped else result)
         return aggregate(results, self.silenced_ids)
 
     def _await_on_loop(self, deadline: float, awaitable: Any) -> Any:
@@ -246,10 +250,11 @@ class Engine:
         :class:`~dockerflow.checks.Error` with a stable ID from :mod:`dockerflow.health`. For a
         check with flap damping, a failure that is not due yet becomes an Info message.
         """
-        result = await self._run_check_once(check)
-        return self._damp(check, result) if check.damped else result
+        run: object = object()  # an async check's run is never shared
+        result = await self._run_check_once(check, run)
+        return self._damp(check, result, run) if check.damped else result
 
-    async def _run_check_once(self, check: Check) -> CheckResult:
+    async def _run_check_once(self, check: Check, run: object) -> CheckResult:
         timeout = self._timeout_of(check)
         started = time.monotonic()
         value: Any = None
@@ -263,12 +268,19 @@ class Engine:
                     if call is None:
                         return self._stuck_result(check, self._state)
                     value, error = call.value, call.error
-                if error is None and hasattr(value, "__await__"):
-                    value = await value
             except Exception as exc:
                 error = exc
         duration = time.monotonic() - started
         if scope.cancelled_caught:
+            return self._timed_out(check, timeout, duration)
+        if duration > timeout:
+            # Only an async check that never awaited gets here: the timeout could not fire.
+            logger.warning(
+                "Dockerflow check %r blocked the event loop for %.1fs; use a def check for "
+                "blocking code",
+                check.name,
+                duration,
+            )
             return self._timed_out(check, timeout, duration)
         return self._outcome(check, value, error, duration)
 
@@ -301,9 +313,10 @@ class Engine:
         assert check.interval is not None
         state = self._state
         timeout = self._timeout_of(check)
+        state.wanted[check] = time.monotonic()
         if check not in state.refreshing:
+            self.bridge.spawn(self._refresh_while_wanted, check, state)
             state.refreshing.add(check)
-            self.bridge.spawn(self._refresh_forever, check, state)
         # Only the first heartbeat waits, for the first result. Polling, not an Event: the
         # refresh task runs on the bridge loop, which need not be the caller's loop.
         deadline = time.monotonic() + timeout + 0.05
@@ -327,11 +340,23 @@ class Engine:
             return CheckResult(check.name, (message,), result.duration)
         return result
 
-    async def _refresh_forever(self, check: Check, state: _ProcessState) -> None:
+    async def _refresh_while_wanted(self, check: Check, state: _ProcessState) -> None:
+        """Run ``check`` every ``interval`` while heartbeats ask for it.
+
+        Ends when the engine's state is replaced (:meth:`reset`, fork) or when no heartbeat asked
+        for the check for ``max(10 * interval, 60)`` seconds (a re-registered or removed check).
+        """
         assert check.interval is not None
+        unwanted_after = max(10 * check.interval, 60.0)
         try:
-            while True:
-                result = await self.run_check(check)
+            while self._process is state:
+                if time.monotonic() - state.wanted.get(check, 0.0) > unwanted_after:
+                    state.latest.pop(check, None)
+                    return
+                try:
+                    result = await self.run_check(check)
+                except Exception as exc:  # run_check reports failures; this is a safety net
+                    result = self._outcome(check, None, exc, 0.0)
                 state.latest[check] = (result, time.monotonic())
                 await anyio.sleep(check.interval)
         finally:
@@ -364,6 +389,9 @@ class Engine:
             call = state.busy.get(check)
             if call is None:
                 call = state.busy[check] = ThreadCall(check, state.busy)
+                # A def that returns a coroutine: awaited on the loop by the worker thread, so
+                # every heartbeat sharing this call gets the awaited value.
+                call.resolve = functools.partial(self._await_on_loop, call.started + timeout)
                 return call, True
         if time.monotonic() - call.started >= timeout:
             return None, False
@@ -380,7 +408,6 @@ class Engine:
         return self._finish(check, (message,), 0.0)
 
     def _timed_out(self, check: Check, timeout: float, duration: float) -> CheckResult:
-        logger.warning("Dockerflow check %r timed out after %gs", check.name, timeout)
         message = Error(f"Check timed out after {timeout:g}s", id=health.ERROR_CHECK_TIMEOUT)
         return self._finish(check, (message,), duration)
 
@@ -400,15 +427,17 @@ class Engine:
             messages_logger.log(message.level, "%s: %s: %s", check.name, message.id, message.msg)
         return CheckResult(check.name, messages, duration)
 
-    def _damp(self, check: Check, result: CheckResult) -> CheckResult:
-        streaks = self._state.streaks
-        if not any(m.level >= self.fail_level for m in result.messages):
-            streaks.pop(check, None)
-            return result
+    def _damp(self, check: Check, result: CheckResult, run: object) -> CheckResult:
+        state = self._state
         now = time.monotonic()
-        count, since = streaks.get(check, (0, now))
-        count += 1
-        streaks[check] = (count, since)
+        with state.lock:
+            if not any(m.level >= self.fail_level for m in result.messages):
+                state.streaks.pop(check, None)
+                return result
+            count, since, counted = state.streaks.get(check, (0, now, None))
+            if counted is not run:
+                count += 1
+            state.streaks[check] = (count, since, run)
         failing_for = now - since
         due = (check.failure_threshold > 1 and count >= check.failure_threshold) or (
             check.failure_grace > 0 and failing_for >= check.failure_grace
@@ -427,8 +456,10 @@ class Engine:
         self._process = _ProcessState()
 
     def close(self) -> None:
-        """Stop the engine's loop thread. It starts again if the engine is used later."""
-        self.bridge.stop()
+        """Stop the engine's loop thread, unless it was given one to share (its owner stops
+        that). The loop starts again if the engine is used later."""
+        if self._owns_bridge:
+            self.bridge.stop()
 
 
 def _plain_sync(check: Check) -> bool:
@@ -450,7 +481,7 @@ def _to_messages(check: Check, value: object) -> tuple[CheckMessage, ...]:
         return ()
     if isinstance(value, (list, tuple)) and all(isinstance(m, CheckMessage) for m in value):
         return tuple(value)
-    shown = repr(value)
+    shown = safe_repr(value)
     if len(shown) > 80:
         shown = shown[:79] + "…"
     logger.error("Dockerflow check %r returned %s, not a list of check messages", check.name, shown)
@@ -463,6 +494,12 @@ def _to_messages(check: Check, value: object) -> tuple[CheckMessage, ...]:
 
 
 def _non_negative(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise ConfigurationError(f"{name} must be a number of seconds >= 0, got {value!r}")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not 0 <= value <= MAX_SECONDS
+    ):
+        raise ConfigurationError(
+            f"{name} must be a number of seconds from 0 to {MAX_SECONDS:g}, got {value!r}"
+        )
     return float(value)

@@ -74,6 +74,8 @@ class ThreadCall:
         with self._lock:
             if self._state != "pending":
                 return
+            # Marked inside the lock: a worker entering execute() now finds it abandoned.
+            self._state = "abandoned"
         self.error = TimeoutError("the check timed out before a worker thread could start it")
         self._finish("abandoned")
 

@@ -7,7 +7,8 @@
 
 from __future__ import annotations
 
+from ..engine import UnknownCheckError
 from . import checks, signals
-from ._extension import Dockerflow, UnknownCheckError
+from ._extension import Dockerflow
 
 __all__ = ["Dockerflow", "UnknownCheckError", "checks", "signals"]

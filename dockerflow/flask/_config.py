@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..checks._messages import STATUSES
+from ..engine._check import MAX_SECONDS
 from ..engine._exceptions import ConfigurationError
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
@@ -37,6 +38,8 @@ def _parse_seconds(value: Any, *, allow_zero: bool) -> float:
         raise ValueError("expected a number of seconds") from None
     if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not allow_zero):
         raise ValueError("expected a positive number of seconds" + (" or 0" if allow_zero else ""))
+    if seconds > MAX_SECONDS:
+        raise ValueError(f"expected at most {MAX_SECONDS:g} seconds")
     return seconds
 
 

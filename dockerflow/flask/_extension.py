@@ -16,7 +16,6 @@ from typing import Any, TypeVar, overload
 import flask
 from flask import Flask
 
-from ..checks._messages import CheckMessage
 from ..checks._registry import registered_checks
 from ..engine import (
     AlreadyInitializedError,
@@ -24,7 +23,9 @@ from ..engine import (
     CheckRegistry,
     Engine,
     LoopThread,
+    NotInitializedError,
     Report,
+    UnknownCheckError,
 )
 from ..engine._check import callable_name
 from ..logging import request_id_context, sanitize_request_id
@@ -51,10 +52,6 @@ class _AppState:
     version_path: str
     status_lock: threading.Lock = field(default_factory=threading.Lock)
     last_status: str | None = None
-
-
-class UnknownCheckError(LookupError):
-    """A heartbeat asked to run a check name that is not registered."""
 
 
 class Dockerflow:
@@ -105,7 +102,6 @@ class Dockerflow:
         # One loop thread per extension, shared by the engines of all its apps.
         self._bridge = LoopThread()
         self._apps: weakref.WeakKeyDictionary[Flask, _AppState] = weakref.WeakKeyDictionary()
-        self._compat_checks: dict[tuple[str, int, float | None], Check] = {}
         self._version_callback: VersionCallback = get_version
         self._blueprint = self._make_blueprint()
         if db is not None or redis is not None or migrate is not None:
@@ -174,7 +170,7 @@ class Dockerflow:
         try:
             return self._apps[app]
         except KeyError:
-            raise RuntimeError(
+            raise NotInitializedError(
                 f"Dockerflow is not initialised on app {app.name!r}; call init_app(app) first"
             ) from None
 
@@ -232,16 +228,7 @@ class Dockerflow:
 
     def _all_checks(self) -> list[Check]:
         checks = list(self.registry)
-        for name, func, timeout in registered_checks():
-            if name in self.registry:
-                continue
-            key = (name, id(func), timeout)
-            check = self._compat_checks.get(key)
-            if check is None:
-                # Keep one Check object per registration: the engine tracks stuck threads and
-                # shares in-flight runs by check identity.
-                check = self._compat_checks[key] = Check(name, func, timeout)
-            checks.append(check)
+        checks.extend(c for c in registered_checks() if c.name not in self.registry)
         return checks
 
     def call_in_loop(self, func: Callable[..., Awaitable[T]], *args: Any) -> T:
@@ -285,7 +272,11 @@ class Dockerflow:
         if app is None:
             app = flask.current_app._get_current_object()  # type: ignore[attr-defined]
         assert app is not None
-        state = self._state(app)
+        return self._run(app, self._state(app), exclude, only)
+
+    def _run(
+        self, app: Flask, state: _AppState, exclude: Iterable[str], only: Iterable[str] | None
+    ) -> Report:
         checks = self._all_checks()
         if only is not None:
             wanted = set(only)
@@ -297,12 +288,15 @@ class Dockerflow:
         if excluded:
             checks = [check for check in checks if check.name not in excluded]
         report = state.engine.run_sync(checks)
-        self._send_signals(app, state, report)
+        whole = only is None and not excluded
+        self._send_signals(app, state, report, whole)
         return report
 
-    def _send_signals(self, app: Flask, state: _AppState, report: Report) -> None:
+    def _send_signals(self, app: Flask, state: _AppState, report: Report, whole: bool) -> None:
         signal = heartbeat_failed if report.level >= state.settings.fail_level else heartbeat_passed
         signal.send(app, level=report.level, report=report)
+        if not whole:  # a subset's status says nothing about the service's status
+            return
         with state.status_lock:
             previous, state.last_status = state.last_status, report.status
         if previous != report.status:
@@ -313,17 +307,18 @@ class Dockerflow:
     # -- views ----------------------------------------------------------------------------------
 
     def _heartbeat_view(self) -> flask.Response:
-        state = self._state()
+        app = flask.current_app._get_current_object()  # type: ignore[attr-defined]
+        state = self._state(app)
         args = flask.request.args
         only = _split_names(args.get(ONLY_PARAM)) if ONLY_PARAM in args else None
+        if only == []:
+            return _json_response({"error": f"?{ONLY_PARAM}= names no check"}, 400)
         try:
-            report = self.run_checks(exclude=_split_names(args.get(EXCLUDE_PARAM)), only=only)
+            report = self._run(app, state, _split_names(args.get(EXCLUDE_PARAM)), only)
         except UnknownCheckError as exc:
             return _json_response({"error": f"unknown check: {exc}"}, 400)
         settings = state.settings
-        show = settings.details == "always" or (
-            settings.details == "debug" and flask.current_app.debug
-        )
+        show = settings.details == "always" or (settings.details == "debug" and app.debug)
         failed = report.level >= settings.fail_level
         status = settings.failed_status_code if failed else 200
         return _json_response(report.as_dict(details=show), status)
@@ -390,7 +385,8 @@ class Dockerflow:
             extra["errno"] = 500
             extra["code"] = 500
             self.summary_logger.error(str(exception), extra=extra)
-        _forget_request_id(flask.g._get_current_object())
+        # The request id is forgotten later, in _after_request: Flask logs the exception
+        # after this signal, and that record should carry it too.
 
     def summary_extra(self) -> dict[str, Any]:
         """Return the fields of the current request's ``request.summary`` record.
@@ -452,7 +448,8 @@ def _log_fast(logger: logging.Logger, level: int, msg: str, extra: dict[str, Any
 
 def _forget_request_id(g: Any) -> None:
     # Worker threads serve many requests: do not leave this request's id behind for log lines
-    # written between requests. Done once: after the summary record, or on an exception.
+    # written between requests. (With PROPAGATE_EXCEPTIONS, a failed request skips the
+    # after_request hooks; the next request's id then replaces it.)
     token = g.__dict__.pop("_dockerflow_rid_token", None)
     if token is not None:
         with contextlib.suppress(ValueError):  # set in another context (an async view's)
@@ -486,4 +483,4 @@ def _json_response(body: Any, status: int) -> flask.Response:
     return response
 
 
-__all__ = ["CheckMessage", "Dockerflow", "UnknownCheckError"]
+__all__ = ["Dockerflow"]

@@ -1,0 +1,196 @@
+"""Checks that misbehave in ways that must not take the engine (or its loop) down."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+
+import anyio
+import pytest
+
+from dockerflow import health
+from dockerflow.checks import Error
+from dockerflow.engine import Check, CheckRegistrationError, ConfigurationError, Engine, LoopThread
+
+
+class Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("cannot print me")
+
+
+class BadRepr:
+    def __repr__(self) -> str:
+        raise RuntimeError("cannot repr me")
+
+
+@pytest.fixture
+def engine() -> Iterator[Engine]:
+    engine = Engine(timeout=1.0)
+    yield engine
+    engine.close()
+
+
+def raise_unprintable() -> None:
+    raise Unprintable
+
+
+def test_unprintable_exception_and_unrepresentable_result(engine: Engine) -> None:
+    report = engine.run_sync([Check("raises", raise_unprintable), Check("bad", BadRepr)])
+    assert list(report.details["raises"]["messages"]) == [health.ERROR_CHECK_EXCEPTION]
+    assert list(report.details["bad"]["messages"]) == [health.ERROR_CHECK_BAD_RESULT]
+
+
+def test_a_failing_background_check_does_not_stop_the_loop(engine: Engine) -> None:
+    async def explodes() -> None:
+        raise Unprintable
+
+    background = Check("explodes", explodes, interval=0.05)
+    for _ in range(3):
+        report = engine.run_sync([background])
+        assert list(report.details["explodes"]["messages"]) == [health.ERROR_CHECK_EXCEPTION]
+        time.sleep(0.1)
+
+    async def fine() -> None:
+        return None
+
+    assert engine.run_sync([Check("fine", fine)]).status == "ok"
+
+
+def test_async_check_that_blocks_the_loop_is_reported_as_timed_out(engine: Engine) -> None:
+    async def blocks() -> None:
+        time.sleep(0.4)  # never awaits: the timeout cannot fire while it runs
+
+    report = engine.run_sync([Check("blocks", blocks, timeout=0.1)])
+    assert list(report.details["blocks"]["messages"]) == [health.ERROR_CHECK_TIMEOUT]
+
+
+def test_stop_does_not_wait_for_a_blocked_loop() -> None:
+    bridge = LoopThread()
+    release = threading.Event()
+
+    async def block() -> None:
+        release.wait(10)
+
+    bridge.portal().start_task_soon(block)
+    time.sleep(0.1)
+    started = time.perf_counter()
+    bridge.stop(timeout=0.3)
+    assert time.perf_counter() - started < 1.0
+    release.set()
+
+
+def test_interpreter_exit_is_not_held_by_a_blocked_loop() -> None:
+    code = textwrap.dedent(
+        """
+        import time
+        from dockerflow.engine import LoopThread
+
+        async def block():
+            time.sleep(60)
+
+        bridge = LoopThread()
+        bridge.portal().start_task_soon(block)
+        time.sleep(0.1)
+        """
+    )
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=30)
+    assert time.perf_counter() - started < 10
+
+
+def test_reset_ends_the_old_refresh_tasks(engine: Engine) -> None:
+    runs: list[float] = []
+
+    async def counted() -> None:
+        runs.append(time.monotonic())
+
+    check = Check("counted", counted, interval=0.1)
+    for _ in range(4):
+        engine.run_sync([check])
+        engine.reset()
+    engine.run_sync([check])
+    time.sleep(0.2)
+    before = len(runs)
+    time.sleep(1.0)
+    assert len(runs) - before <= 13  # one task (about 10 runs a second), not five
+
+
+def test_damping_counts_a_shared_run_once(engine: Engine) -> None:
+    release = threading.Event()
+
+    def slow_failure() -> list[Error]:
+        release.wait(5)
+        return [Error("down", id="x.E1")]
+
+    damped = Check("damped", slow_failure, failure_threshold=3)
+    others = [Check(f"other{i}", lambda: None) for i in range(3)]
+    reports = []
+
+    def heartbeat(extra: Check) -> None:
+        reports.append(engine.run_sync([damped, extra]))
+
+    threads = [threading.Thread(target=heartbeat, args=(other,)) for other in others]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.2)
+    release.set()
+    for thread in threads:
+        thread.join()
+    # Three heartbeats shared one failing run: that is one failure, not three.
+    assert [report.checks["damped"] for report in reports] == ["info"] * 3
+
+
+def test_def_returning_a_coroutine_shared_by_two_heartbeats(engine: Engine) -> None:
+    async def nap() -> list[Error]:
+        await anyio.sleep(0.2)
+        return [Error("napped", id="x.E1")]
+
+    shared = Check("shared", lambda: nap())
+    reports = []
+
+    def heartbeat(extra: Check) -> None:
+        reports.append(engine.run_sync([shared, extra]))
+
+    async def on_loop() -> None:
+        return None
+
+    threads = [
+        threading.Thread(target=heartbeat, args=(Check("plain", lambda: None),)),
+        threading.Thread(target=heartbeat, args=(Check("async", on_loop),)),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [list(r.details["shared"]["messages"]) for r in reports] == [["x.E1"], ["x.E1"]]
+
+
+@pytest.mark.parametrize("seconds", [1e10, 86401, float("inf")])
+def test_absurd_durations_are_refused(seconds: float) -> None:
+    with pytest.raises(CheckRegistrationError, match="at most"):
+        Check("x", lambda: None, timeout=seconds)
+    with pytest.raises(ConfigurationError):
+        Engine(timeout=seconds)
+    with pytest.raises(ConfigurationError):
+        Engine(cache_ttl=seconds)
+
+
+def test_close_leaves_a_shared_loop_running() -> None:
+    bridge = LoopThread()
+    first, second = Engine(bridge=bridge), Engine(bridge=bridge)
+
+    async def on_loop() -> None:
+        await asyncio.sleep(0)
+
+    try:
+        assert first.run_sync([Check("a", on_loop)]).status == "ok"
+        first.close()
+        assert bridge.running
+        assert second.run_sync([Check("b", on_loop)]).status == "ok"
+    finally:
+        bridge.stop()
