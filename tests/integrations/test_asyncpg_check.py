@@ -294,5 +294,5 @@ def test_takes_a_dsn_or_a_pool() -> None:
 
 
 def test_timeout_must_be_positive() -> None:
-    with pytest.raises(CheckRegistrationError, match="positive"):
+    with pytest.raises(CheckRegistrationError, match="above 0"):
         AsyncpgCheck("postgresql://localhost/db", timeout=0)
