@@ -116,7 +116,7 @@ SETTINGS: tuple[Setting, ...] = (
         "check_timeout",
         3.0,
         _parse_timeout,
-        "float > 0",
+        "float in (0, 86400]",
         "Seconds each check may run, unless the check sets its own timeout.",
     ),
     Setting(
@@ -148,7 +148,7 @@ SETTINGS: tuple[Setting, ...] = (
         "cache_ttl",
         0.0,
         _parse_ttl,
-        "float >= 0",
+        "float in [0, 86400]",
         "Seconds a passing heartbeat report is served again without running checks (0: off).",
     ),
     Setting(
@@ -156,7 +156,7 @@ SETTINGS: tuple[Setting, ...] = (
         "cache_failed_ttl",
         0.0,
         _parse_ttl,
-        "float >= 0",
+        "float in [0, 86400]",
         "Seconds a failing heartbeat report is served again without running checks (0: off).",
     ),
     Setting(
