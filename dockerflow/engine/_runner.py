@@ -143,6 +143,7 @@ class Engine:
         """Run ``checks`` and return the report, sharing an in-flight or cached run; blocks.
 
         :param checks: the checks to run; the same checks in the same order share runs.
+        :returns: the report; failures of the checks are in it, never raised.
         """
         key = tuple(checks)
         if not all(_plain_sync(check) for check in key):
@@ -205,6 +206,7 @@ class Engine:
         """Run ``checks`` concurrently and return the report, sharing an in-flight or cached run.
 
         :param checks: the checks to run; the same checks in the same order share runs.
+        :returns: the report; failures of the checks are in it, never raised.
         """
         key = tuple(checks)
         state = self._state
@@ -228,7 +230,10 @@ class Engine:
             # The leading caller was cancelled before it finished: go round and lead a new run.
 
     async def run_uncached(self, checks: Iterable[Check]) -> Report:
-        """Run ``checks`` concurrently now, bypassing single-flight and the cache."""
+        """Run ``checks`` concurrently now, bypassing single-flight and the cache.
+
+        :returns: the report.
+        """
         checks = tuple(dict.fromkeys(checks))
         results: list[CheckResult] = [CheckResult("")] * len(checks)
 

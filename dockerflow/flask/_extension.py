@@ -392,6 +392,9 @@ class Dockerflow:
         """Return the fields of the current request's ``request.summary`` record.
 
         Override to add fields. ``code`` is added by the caller.
+
+        :returns: ``errno``, ``agent``, ``lang``, ``method``, ``path``, ``uid``, ``rid``, ``t``
+            and, with ``DOCKERFLOW_SUMMARY_LOG_QUERYSTRING``, ``querystring``.
         """
         request = flask.request._get_current_object()  # type: ignore[attr-defined]
         environ = request.environ
