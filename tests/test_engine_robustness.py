@@ -76,7 +76,7 @@ def test_stop_does_not_wait_for_a_blocked_loop() -> None:
     async def block() -> None:
         release.wait(10)
 
-    bridge.portal().start_task_soon(block)
+    bridge.submit(block)
     time.sleep(0.1)
     started = time.perf_counter()
     bridge.stop(timeout=0.3)
@@ -94,7 +94,7 @@ def test_interpreter_exit_is_not_held_by_a_blocked_loop() -> None:
             time.sleep(60)
 
         bridge = LoopThread()
-        bridge.portal().start_task_soon(block)
+        bridge.submit(block)
         time.sleep(0.1)
         """
     )

@@ -15,6 +15,7 @@ from ._check import (
     callable_name,
     validate_timeout,
 )
+from ._engine import Engine
 from ._exceptions import (
     AlreadyInitializedError,
     CheckRegistrationError,
@@ -24,7 +25,6 @@ from ._exceptions import (
     UnknownCheckError,
 )
 from ._report import CheckDetail, CheckResult, Report, aggregate
-from ._runner import Engine
 
 __all__ = [
     "DEFAULT_TIMEOUT",

@@ -3,31 +3,43 @@
 from __future__ import annotations
 
 import atexit
-import contextlib
+import contextvars
 import logging
 import os
 import threading
-import time
+import weakref
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import anyio
+import anyio.from_thread
+import anyio.lowlevel
 from anyio.abc import TaskGroup
-from anyio.from_thread import BlockingPortal
 
 T = TypeVar("T")
 
 logger = logging.getLogger("dockerflow.engine")
 
 
+@dataclass
+class _Running:
+    """A started loop: its thread, the token to reach it from other threads, its task group."""
+
+    thread: threading.Thread
+    token: anyio.lowlevel.EventLoopToken
+    task_group: TaskGroup
+
+
 class LoopThread:
     """An event loop running in its own daemon thread, started on first use.
 
-    WSGI request threads call coroutines on it through :meth:`call`; because every check runs on
-    this one loop, async clients (asyncpg pools, ``redis.asyncio``, ``AsyncEngine``) keep their
-    connections from one heartbeat to the next. After ``os.fork()`` the child forgets the parent's
-    loop (its thread does not exist there) and starts its own on first use. At interpreter exit a
-    running loop is stopped.
+    WSGI request threads call coroutines on it through :meth:`call` and start tasks on it with
+    :meth:`submit`; because every async check of a sync caller runs on this one loop, async
+    clients (asyncpg pools, ``redis.asyncio``, ``AsyncEngine``) keep their connections from one
+    heartbeat to the next. After ``os.fork()`` the child forgets the parent's loop (its thread
+    does not exist there) and starts its own on first use. At interpreter exit a running loop is
+    stopped.
 
     :param backend: the anyio backend to run, ``"asyncio"`` (default) or ``"trio"``.
     """
@@ -35,129 +47,142 @@ class LoopThread:
     def __init__(self, backend: str = "asyncio") -> None:
         self.backend = backend
         self._lock = threading.Lock()
-        self._portal: BlockingPortal | None = None
-        self._thread: threading.Thread | None = None
-        self._task_group: TaskGroup | None = None
-        self._pid = os.getpid()
+        self._running: _Running | None = None
+        _forget_in_forked_child(self)
 
     @property
     def running(self) -> bool:
         """Whether the loop thread of this process is running."""
-        return self._portal is not None
+        return self._running is not None
 
     @property
     def thread(self) -> threading.Thread | None:
         """The loop thread of this process, or ``None`` before first use."""
-        return self._thread
+        running = self._running
+        return running.thread if running is not None else None
 
-    def portal(self) -> BlockingPortal:
-        """Return the portal into the loop, starting the loop thread if needed."""
-        if self._pid != os.getpid():
-            self._forget()
-        portal = self._portal
-        if portal is not None:
-            return portal
+    def _get(self) -> _Running:
+        running = self._running
+        if running is not None:
+            return running
         with self._lock:
-            if self._portal is None:
-                self._start()
-            assert self._portal is not None
-            return self._portal
+            if self._running is None:
+                self._running = self._start()
+            return self._running
 
     def call(self, func: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Run ``await func(*args)`` on the loop and return its result; blocks the caller.
 
         :raises RuntimeError: if called from the loop thread itself.
         """
-        return self.portal().call(func, *args)
+        running = self._get()
+        if running.thread is threading.current_thread():
+            raise RuntimeError("LoopThread.call() cannot be used from the loop's own thread")
+        return anyio.from_thread.run(func, *args, token=running.token)  # type: ignore[arg-type]
+
+    def submit(self, func: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
+        """Start ``func(*args)`` as a task on the loop, without waiting for the loop.
+
+        Callable from any thread, the loop thread included; it returns at once even while the
+        loop is blocked (the task starts when the loop runs again). The task runs until it
+        returns or the loop stops; an exception it raises is logged, never propagated.
+        """
+        running = self._get()
+        # From an empty context: the task copies the context it is started from, and the
+        # caller's (a Flask request's, say) must not travel to the loop thread.
+        contextvars.Context().run(
+            _call_soon, running, running.task_group.start_soon, _logged, func, *args
+        )
 
     def spawn(self, func: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
-        """Start ``func(*args)`` as a background task on the loop; it runs until it returns or
-        the loop stops. Callable from any thread, the loop thread included."""
-        portal = self.portal()
-        thread = self._thread
-        if thread is not None and thread.ident == threading.get_ident():
-            assert self._task_group is not None
-            self._task_group.start_soon(_logged, func, *args)
-        else:
-            portal.start_task_soon(_logged, func, *args)
+        """Same as :meth:`submit` (kept for callers of the earlier name)."""
+        self.submit(func, *args)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the loop, cancelling what still runs on it, and wait for its thread to end.
 
         Waits at most ``timeout`` seconds: a loop blocked by a check that never yields is left
         behind (its thread is a daemon) rather than holding up the caller or interpreter exit.
+        Starts no thread, so it is safe in an ``atexit`` hook.
         """
-        if self._pid != os.getpid():
-            self._forget()
         with self._lock:
-            portal, thread = self._portal, self._thread
-            self._portal = self._thread = self._task_group = None
-        if portal is None or thread is None:
+            running, self._running = self._running, None
+        if running is None:
             return
         atexit.unregister(self._stop_at_exit)
-        deadline = time.monotonic() + timeout
-
-        def ask_to_stop() -> None:
-            with contextlib.suppress(RuntimeError):  # the loop already ended
-                portal.call(portal.stop, True)
-
-        # From a helper thread: portal.call waits for the loop, which may be blocked.
-        stopper = threading.Thread(target=ask_to_stop, name="dockerflow-loop-stop", daemon=True)
-        stopper.start()
-        stopper.join(timeout)
-        thread.join(max(0.0, deadline - time.monotonic()))
+        try:
+            _call_soon(running, running.task_group.cancel_scope.cancel)
+        except anyio.RunFinishedError:
+            return  # the loop already ended
+        if running.thread is not threading.current_thread():
+            running.thread.join(timeout)
 
     def _stop_at_exit(self) -> None:
         self.stop(timeout=1.0)
 
-    def _start(self) -> None:
+    def _start(self) -> _Running:
         ready = threading.Event()
+        started: list[_Running] = []
         failure: list[BaseException] = []
 
         async def serve() -> None:
-            async with anyio.create_task_group() as task_group, BlockingPortal() as portal:
-                self._task_group = task_group
-                self._portal = portal
+            async with anyio.create_task_group() as task_group:
+                token = anyio.lowlevel.current_token()
+                started.append(_Running(threading.current_thread(), token, task_group))
                 ready.set()
-                await portal.sleep_until_stopped()
-                task_group.cancel_scope.cancel()
+                await anyio.sleep_forever()
 
         def main() -> None:
             try:
                 anyio.run(serve, backend=self.backend)
             except BaseException as exc:
-                if ready.is_set():  # the loop ran, then died
+                if started:  # the loop ran, then died
                     logger.error("the dockerflow event loop stopped", exc_info=exc)
-                failure.append(exc)  # reported to the thread that asked for the loop
+                failure.append(exc)
             finally:
-                # A loop that ended on its own must not leave a dead portal behind: the next
-                # call starts a new loop. (No lock: _start holds it while waiting for ready.)
-                if self._thread is threading.current_thread():
-                    self._portal = self._task_group = None
-                    self._thread = None
+                # A loop that ended on its own must not leave a dead token behind: the next
+                # call starts a new loop.
+                if started and self._running is started[0]:
+                    self._running = None
                 ready.set()
 
-        # A daemon thread: a check stuck in a worker thread (those inherit daemon status from
-        # this thread) must never keep the process from exiting.
+        # A daemon thread: a check stuck in a worker thread must never keep the process from
+        # exiting, nor may a loop blocked by an async check that never yields.
         thread = threading.Thread(target=main, name="dockerflow-loop", daemon=True)
-        self._thread = thread
         thread.start()
         ready.wait()
-        if failure or self._portal is None:
-            self._thread = self._portal = self._task_group = None
+        if not started or failure:
             cause = failure[0] if failure else None
             raise RuntimeError("the dockerflow event loop failed to start") from cause
         # Registered while the loop runs only, so short-lived bridges leave no hook behind.
         atexit.register(self._stop_at_exit)
+        return started[0]
 
     def _forget(self) -> None:
         # In a forked child: the parent's loop thread was not copied, so drop it. The lock may
         # have been held by another parent thread at fork time, so it is replaced too.
-        self._pid = os.getpid()
         self._lock = threading.Lock()
-        self._portal = None
-        self._thread = None
-        self._task_group = None
+        if self._running is not None:
+            atexit.unregister(self._stop_at_exit)
+        self._running = None
+
+
+def _call_soon(running: _Running, func: Callable[..., object], *args: Any) -> None:
+    """Schedule ``func(*args)`` on the loop of ``running`` without waiting (thread-safe)."""
+    token = running.token
+    token.backend_class.run_sync_soon(func, args, token.native_token)
+
+
+def _forget_in_forked_child(bridge: LoopThread) -> None:
+    # A weak reference: the fork hook cannot be unregistered and must not keep the bridge alive.
+    ref = weakref.ref(bridge)
+
+    def after_fork() -> None:
+        alive = ref()
+        if alive is not None:
+            alive._forget()
+
+    os.register_at_fork(after_in_child=after_fork)
 
 
 async def _logged(func: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:

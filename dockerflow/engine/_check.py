@@ -75,11 +75,15 @@ class Check:
     :param failure_grace: report a failure only once the check has been failing for this many
         seconds (flap damping); default 0. With both set, whichever is reached first reports.
         A failure held back is shown as an Info message (``dockerflow.health.I002``).
+    :param restart_after: seconds after which a run that is still going (stuck, say, on a
+        socket whose peer went silent) is given up and a new run is started beside it; ``None``
+        takes the engine's ``restart_after`` (default: the larger of 10 x the timeout and 30 s).
+        At most two runs of a check are ever in progress.
     :raises CheckRegistrationError: if the name is empty, ``func`` is not callable or a number
         is out of range.
 
-    Checks compare by identity: the engine keeps per-check state (the thread a stuck sync check
-    occupies) keyed by the check object.
+    Checks compare by identity: the engine keeps per-check state (the run in progress, the
+    threads a stuck check occupies) keyed by the check object.
     """
 
     name: str
@@ -89,6 +93,7 @@ class Check:
     max_age: float | None = None
     failure_threshold: int = 1
     failure_grace: float = 0.0
+    restart_after: float | None = None
     is_async: bool = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -98,7 +103,7 @@ class Check:
             raise CheckRegistrationError(
                 f"check {self.name!r}: expected a function, got {self.func!r}"
             )
-        for attr in ("timeout", "interval", "max_age"):
+        for attr in ("timeout", "interval", "max_age", "restart_after"):
             value = getattr(self, attr)
             if value is not None:
                 object.__setattr__(self, attr, validate_timeout(value, f"{self.name}: {attr}"))
@@ -126,6 +131,19 @@ class Check:
     def damped(self) -> bool:
         """Whether failures of this check are held back (flap damping)."""
         return self.failure_threshold > 1 or self.failure_grace > 0
+
+
+def restart_delay(check: Check, timeout: float, default: float | None) -> float:
+    """Return after how many seconds a run of ``check`` that is still going is started again.
+
+    :param timeout: the check's timeout in seconds.
+    :param default: the engine's setting, or ``None`` for the larger of 10 x timeout and 30 s.
+    """
+    if check.restart_after is not None:
+        return check.restart_after
+    if default is not None:
+        return default
+    return max(10 * timeout, 30.0)
 
 
 class CheckRegistry:

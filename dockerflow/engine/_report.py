@@ -16,11 +16,13 @@ class CheckResult:
     :param name: the check's name.
     :param messages: the check messages, including those the engine made for a timeout or crash.
     :param duration: wall-clock seconds the check took (or was waited for).
+    :param error: the exception the check raised, if it raised one (for logging).
     """
 
     name: str
     messages: tuple[CheckMessage, ...] = ()
     duration: float = 0.0
+    error: BaseException | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

@@ -134,6 +134,8 @@ class Dockerflow:
             cache_failed_ttl=settings.cache_failed_ttl,
             fail_level=settings.fail_level,
             bridge=self._bridge,
+            # Each run of a check gets a fresh app context of its own, pushed where it runs.
+            context=app.app_context,
         )
         version_path = self.version_path or os.path.dirname(app.root_path)
         self._apps[app] = _AppState(settings, engine, version_path)

@@ -1,0 +1,55 @@
+"""Serving a recent report again: a policy around the scheduler, off unless a TTL is set."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Hashable
+
+from ._report import Report
+
+# Distinct check subsets whose report is kept; beyond this the cache starts over.
+MAX_ENTRIES = 64
+
+
+class ReportCache:
+    """Keeps each report for ``ttl`` seconds (``failed_ttl`` when it is failing).
+
+    :param ttl: seconds a passing report is served again; 0 keeps none.
+    :param failed_ttl: seconds a failing report is served again; 0 keeps none.
+    :param fail_level: the level from which a report is failing.
+    """
+
+    def __init__(self, ttl: float, failed_ttl: float, fail_level: int) -> None:
+        self.ttl = ttl
+        self.failed_ttl = failed_ttl
+        self.fail_level = fail_level
+        self._lock = threading.Lock()
+        self._reports: dict[Hashable, tuple[Report, float]] = {}
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any report is ever kept."""
+        return self.ttl > 0 or self.failed_ttl > 0
+
+    def get(self, key: Hashable) -> Report | None:
+        """Return the report kept for ``key`` if it has not expired, else ``None``."""
+        entry = self._reports.get(key)
+        if entry is not None and entry[1] > time.monotonic():
+            return entry[0]
+        return None
+
+    def put(self, key: Hashable, report: Report) -> None:
+        """Keep ``report`` for ``key`` for the TTL its level calls for."""
+        ttl = self.failed_ttl if report.is_failure(self.fail_level) else self.ttl
+        if ttl <= 0:
+            return
+        with self._lock:
+            if len(self._reports) >= MAX_ENTRIES:
+                self._reports.clear()
+            self._reports[key] = (report, time.monotonic() + ttl)
+
+    def clear(self) -> None:
+        """Forget every report."""
+        with self._lock:
+            self._reports.clear()

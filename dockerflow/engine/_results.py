@@ -1,0 +1,115 @@
+"""Turning what a run of a check did into a check result: messages with stable IDs, masked.
+
+Timeouts, exceptions and bad return values become :class:`~dockerflow.health.Error` messages with
+IDs from :mod:`dockerflow.health`; the text of every message, a custom check's own included, is
+masked (:func:`~dockerflow.masking.mask_secrets`) before it reaches a report or a log line.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import traceback
+from collections.abc import Iterable
+
+from .. import health
+from ..health import CheckMessage, Error
+from ..masking import mask_secrets, masked_repr, short_error
+from ._check import Check
+from ._report import CheckResult
+from ._scheduler import DeadlinePassedError, Run
+
+#: python-dockerflow's logger for check messages: one ``"<id>: <msg>"`` record per message.
+messages_logger = logging.getLogger("dockerflow.checks.registry")
+
+#: Longest traceback text attached to a log record, in characters.
+MAX_TRACEBACK_CHARS = 16_384
+
+
+def run_result(run: Run) -> CheckResult:
+    """Return the result of a finished run; made once per run and kept on it."""
+    result = run.result
+    if result is None:
+        result = run.result = _outcome(run)
+    assert isinstance(result, CheckResult)
+    return result
+
+
+def _outcome(run: Run) -> CheckResult:
+    check = run.check
+    if run.cancelled or isinstance(run.error, DeadlinePassedError):
+        return timed_out(check, run.timeout, run.duration)
+    if run.blocked_for > run.timeout:
+        # An async check that blocked the loop past its timeout: its timeout could not fire.
+        message = Error(
+            f"Check timed out: it blocked the event loop for {run.blocked_for:.1f}s "
+            f"(timeout {run.timeout:g}s)",
+            id=health.ERROR_CHECK_TIMEOUT,
+        )
+        return CheckResult(check.name, (message,), run.duration)
+    if run.error is not None:
+        message = Error(f"Check raised {short_error(run.error)}", id=health.ERROR_CHECK_EXCEPTION)
+        return CheckResult(check.name, (message,), run.duration, run.error)
+    return CheckResult(check.name, _to_messages(check, run.value), run.duration)
+
+
+def timed_out(check: Check, timeout: float, duration: float, why: str = "") -> CheckResult:
+    """Return the result of a check that did not finish within ``timeout`` (``E011``).
+
+    :param why: more about the reason, appended to the message.
+    """
+    text = f"Check timed out after {timeout:g}s" + (f": {why}" if why else "")
+    return CheckResult(check.name, (Error(text, id=health.ERROR_CHECK_TIMEOUT),), duration)
+
+
+def _to_messages(check: Check, value: object) -> tuple[CheckMessage, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, (list, tuple)) and all(isinstance(m, CheckMessage) for m in value):
+        return tuple(_masked(m) for m in value)
+    return (
+        Error(
+            f"Check returned {type(value).__name__} ({masked_repr(value, 80)}), expected a list "
+            "of check messages",
+            id=health.ERROR_CHECK_BAD_RESULT,
+        ),
+    )
+
+
+def _masked(message: CheckMessage) -> CheckMessage:
+    text = message.msg if isinstance(message.msg, str) else str(message.msg)
+    masked = mask_secrets(text)
+    if masked == message.msg:
+        return message
+    # A copy: the check may return the same message objects every time.
+    clean = copy.copy(message)
+    clean.msg = masked
+    return clean
+
+
+def log_results(results: Iterable[CheckResult]) -> None:
+    """Log each message of ``results`` once, as python-dockerflow does: ``"<id>: <msg>"`` on
+    the logger ``dockerflow.checks.registry`` at the message's level.
+
+    The record of a check that raised carries the masked exception as the ``error`` and
+    ``traceback`` extra fields (shown in ``Fields`` by the mozlog formatter).
+    """
+    for result in results:
+        for message in result.messages:
+            if not messages_logger.isEnabledFor(message.level):
+                continue
+            extra = {"check": result.name}
+            if result.error is not None and message.id == health.ERROR_CHECK_EXCEPTION:
+                extra["error"] = masked_repr(result.error, 1000)
+                extra["traceback"] = _masked_traceback(result.error)
+            messages_logger.log(message.level, "%s: %s", message.id, message.msg, extra=extra)
+
+
+def _masked_traceback(error: BaseException) -> str:
+    try:
+        text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    except Exception:
+        text = f"<traceback unavailable for {type(error).__name__}>"
+    if len(text) > MAX_TRACEBACK_CHARS:
+        text = "…" + text[-MAX_TRACEBACK_CHARS:]
+    return mask_secrets(text)
