@@ -404,10 +404,10 @@ def test_engine_configuration_errors(kwargs: dict[str, Any]) -> None:
     assert isinstance(info.value, ValueError)
 
 
-# --- one thread per stuck check ----------------------------------------------------------------
+# --- one thread per stuck check, until its restart delay ----------------------------------------
 
 
-def test_a_stuck_sync_check_occupies_at_most_one_thread(engine: Engine) -> None:
+def test_a_stuck_sync_check_holds_one_thread_until_its_restart_delay(engine: Engine) -> None:
     release = threading.Event()
     entered = threading.Event()
     calls: list[int] = []

@@ -46,6 +46,10 @@ def _parse_timeout(value: Any) -> float:
     return _parse_seconds(value, allow_zero=False)
 
 
+def _parse_restart_after(value: Any) -> float | None:
+    return None if value is None else _parse_seconds(value, allow_zero=False)
+
+
 def _parse_ttl(value: Any) -> float:
     return _parse_seconds(value, allow_zero=True)
 
@@ -117,6 +121,16 @@ SETTINGS: tuple[Setting, ...] = (
         _parse_timeout,
         "float in (0, 86400]",
         "Seconds each check may run, unless the check sets its own timeout.",
+    ),
+    Setting(
+        "DOCKERFLOW_CHECK_RESTART_AFTER",
+        "check_restart_after",
+        None,
+        _parse_restart_after,
+        "float in (0, 86400], or unset",
+        "Seconds after which a check run that is still going (stuck) is started again beside "
+        "it, unless the check sets its own restart_after. Unset: the larger of 10 x the check's "
+        "timeout and 30 s.",
     ),
     Setting(
         "DOCKERFLOW_HEARTBEAT_FAIL_LEVEL",
@@ -206,6 +220,7 @@ class Settings:
     """The parsed settings of one application."""
 
     check_timeout: float
+    check_restart_after: float | None
     fail_level: int
     failed_status_code: int
     details: str

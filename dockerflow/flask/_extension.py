@@ -129,6 +129,7 @@ class Dockerflow:
         settings = load_settings(app.config)
         engine = Engine(
             timeout=settings.check_timeout,
+            restart_after=settings.check_restart_after,
             silenced_ids=(*self.silenced_checks, *settings.silenced_checks),
             cache_ttl=settings.cache_ttl,
             cache_failed_ttl=settings.cache_failed_ttl,
@@ -193,7 +194,9 @@ class Dockerflow:
         :param name: the check's key in the report; defaults to the function's ``__name__``.
         :param options: keyword options of :class:`~dockerflow.engine.Check`: ``timeout``
             (seconds; default ``DOCKERFLOW_CHECK_TIMEOUT``), ``interval`` and ``max_age``
-            (background refresh), ``failure_threshold`` and ``failure_grace`` (flap damping).
+            (background refresh), ``failure_threshold`` and ``failure_grace`` (flap damping),
+            ``restart_after`` (seconds before a stuck run is started again; default
+            ``DOCKERFLOW_CHECK_RESTART_AFTER``).
         :returns: ``func`` itself.
         :raises CheckRegistrationError: if ``func`` is not callable or an option is invalid.
         :raises TypeError: if an option is unknown.

@@ -1,0 +1,167 @@
+"""Checks written as python-dockerflow users write them (``db.session``, ``current_app``), run
+inside a real Flask-SQLAlchemy app against the real PostgreSQL: each run of a check gets an app
+context of its own, and nothing of the request or of the app's pool is left behind."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import flask
+import pytest
+from flask import Flask, current_app
+from flask_sqlalchemy import SQLAlchemy
+from sqlalchemy import text
+
+from dockerflow import health
+from dockerflow.checks import Error
+from dockerflow.flask import Dockerflow
+
+from .helpers import url_with
+
+pytestmark = pytest.mark.postgres
+
+
+class App:
+    """A Flask app with Flask-SQLAlchemy on the shared PostgreSQL and the Dockerflow extension."""
+
+    def __init__(self, postgres_url: str, **config: Any) -> None:
+        self.flask = Flask(f"ctx_{time.monotonic_ns()}")
+        self.flask.config["SQLALCHEMY_DATABASE_URI"] = url_with(
+            postgres_url, drivername="postgresql+psycopg2"
+        )
+        self.flask.config["SQLALCHEMY_ENGINE_OPTIONS"] = {"pool_size": 5, "max_overflow": 0}
+        self.flask.config.update(config)
+        self.db = SQLAlchemy(self.flask)
+        self.dockerflow = Dockerflow(self.flask)
+
+    def checked_out(self) -> int:
+        with self.flask.app_context():
+            return int(self.db.engine.pool.checkedout())
+
+    def sessions(self) -> int:
+        """Sessions alive in Flask-SQLAlchemy's scoped registry (one per app context scope)."""
+        return len(self.db.session.registry.registry)  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        self.dockerflow.close()
+        with self.flask.app_context():
+            self.db.engine.dispose()
+
+
+@pytest.fixture
+def app(postgres_url: str) -> Iterator[App]:
+    made = App(postgres_url)
+    yield made
+    made.close()
+
+
+def test_concurrent_db_session_checks_never_share_a_session(app: App) -> None:
+    db = app.db
+    for index in range(4):
+
+        def sync_check(index: int = index) -> list[Error]:
+            assert current_app.name == app.flask.name
+            db.session.execute(text("select pg_sleep(0.02)"))
+            return []
+
+        app.dockerflow.check(sync_check, name=f"sync_{index}")
+
+    for index in range(2):
+
+        async def async_check(index: int = index) -> list[Error]:
+            # current_app works in an async check too: its own app context, in its own task.
+            return [] if current_app.name == app.flask.name else [Error("wrong app", id="x.E1")]
+
+        app.dockerflow.check(async_check, name=f"async_{index}")
+
+    web = app.flask.test_client()
+    failures = []
+    for _ in range(100):
+        response = web.get("/__heartbeat__")
+        if response.status_code != 200:
+            failures.append(response.json)
+        # Every check's app context was popped when it returned: its session is removed and
+        # its connection is back in the pool before the heartbeat answers.
+        assert app.checked_out() == 0
+    assert failures == []
+    assert app.sessions() == 0
+
+
+def test_a_db_session_check_that_overruns_its_timeout_gives_its_connection_back(
+    app: App,
+) -> None:
+    db = app.db
+    finished = threading.Event()
+
+    @app.dockerflow.check(timeout=0.2)
+    def slow_query() -> None:
+        try:
+            db.session.execute(text("select pg_sleep(0.6)"))
+        finally:
+            finished.set()
+
+    started = time.perf_counter()
+    response = app.flask.test_client().get("/__heartbeat__")
+    assert time.perf_counter() - started < 0.2 + 0.25
+    assert response.status_code == 500
+    assert list(response.json["details"]["slow_query"]["messages"]) == [health.ERROR_CHECK_TIMEOUT]
+    # The request is over, the check still runs in its thread with its own app context.
+    assert app.checked_out() == 1
+    assert finished.wait(5)
+    deadline = time.monotonic() + 2
+    while app.checked_out() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert app.checked_out() == 0
+    assert app.sessions() == 0
+
+
+def test_a_background_check_gets_a_fresh_app_context_per_run(app: App) -> None:
+    db = app.db
+    seen: list[dict[str, Any]] = []
+
+    @app.dockerflow.check(interval=0.05)
+    def refreshed() -> None:
+        db.session.execute(text("select 1"))
+        seen.append(
+            {
+                "request": flask.has_request_context(),
+                "g": dict(flask.g.__dict__),
+                "app": current_app.name,
+            }
+        )
+
+    @app.flask.before_request
+    def mark_request() -> None:
+        flask.g.user = "alice"
+
+    web = app.flask.test_client()
+    assert web.get("/__heartbeat__", headers={"X-Secret": "1"}).status_code == 200
+    time.sleep(0.3)
+    assert len(seen) >= 3
+    # No request data, no g of any request, the right app, and a new g in each run.
+    assert all(s == {"request": False, "g": {}, "app": app.flask.name} for s in seen)
+    # Between runs nothing is held: no connection checked out, no session in the registry.
+    holding = []
+    for _ in range(20):
+        holding.append(app.checked_out())
+        time.sleep(0.01)
+    assert max(holding) <= 1  # at most the one run that may be in progress
+    assert holding.count(0) >= 15
+
+
+def test_the_request_context_is_never_visible_to_a_check(app: App) -> None:
+    seen: list[tuple[bool, bool]] = []
+
+    @app.dockerflow.check
+    def sync_reader() -> None:
+        seen.append((flask.has_request_context(), flask.has_app_context()))
+
+    @app.dockerflow.check
+    async def async_reader() -> None:
+        seen.append((flask.has_request_context(), flask.has_app_context()))
+
+    assert app.flask.test_client().get("/__heartbeat__").status_code == 200
+    assert seen == [(False, True), (False, True)]
