@@ -38,7 +38,7 @@ from dockerflow.checks import (
     run_checks,
     run_checks_async,
 )
-from dockerflow.checks._registry import registered_checks
+from dockerflow.checks.registry import registered_checks
 from dockerflow.engine import (
     DEFAULT_TIMEOUT,
     Check,

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from dockerflow._redact import mask_secrets, short_error
+from dockerflow.masking import mask_secrets, short_error
 
 
 @pytest.mark.parametrize(

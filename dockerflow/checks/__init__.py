@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._messages import (
+from .messages import (
     CRITICAL,
     DEBUG,
     ERROR,
@@ -17,7 +17,7 @@ from ._messages import (
     Warning,
     level_to_text,
 )
-from ._registry import (
+from .registry import (
     ChecksResults,
     clear_checks,
     get_checks,

@@ -1,8 +1,9 @@
-"""python-dockerflow's ``dockerflow.checks.messages`` module path, kept for imports."""
+"""python-dockerflow's ``dockerflow.checks.messages`` module path; the messages live in
+:mod:`dockerflow.health`."""
 
 from __future__ import annotations
 
-from ._messages import (
+from ..health import (
     CRITICAL,
     DEBUG,
     ERROR,

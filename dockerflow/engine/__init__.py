@@ -6,22 +6,29 @@ This package knows nothing of HTTP; it uses anyio and the standard library only.
 from __future__ import annotations
 
 from ._bridge import LoopThread
-from ._check import DEFAULT_TIMEOUT, Check, CheckFunction, CheckRegistry
+from ._check import (
+    DEFAULT_TIMEOUT,
+    MAX_SECONDS,
+    Check,
+    CheckFunction,
+    CheckRegistry,
+    callable_name,
+    validate_timeout,
+)
 from ._exceptions import (
     AlreadyInitializedError,
     CheckRegistrationError,
     ConfigurationError,
     DockerflowError,
-    MissingDependencyError,
     NotInitializedError,
     UnknownCheckError,
-    VersionFileError,
 )
 from ._report import CheckDetail, CheckResult, Report, aggregate
 from ._runner import Engine
 
 __all__ = [
     "DEFAULT_TIMEOUT",
+    "MAX_SECONDS",
     "AlreadyInitializedError",
     "Check",
     "CheckDetail",
@@ -33,10 +40,17 @@ __all__ = [
     "DockerflowError",
     "Engine",
     "LoopThread",
-    "MissingDependencyError",
     "NotInitializedError",
     "Report",
     "UnknownCheckError",
-    "VersionFileError",
     "aggregate",
+    "callable_name",
+    "validate_timeout",
 ]
+
+# Public names show their public module in tracebacks and reprs, not the private one.
+for _name in __all__:
+    _obj = globals()[_name]
+    if isinstance(_obj, type):
+        _obj.__module__ = __name__
+del _name, _obj

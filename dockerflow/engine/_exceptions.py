@@ -9,7 +9,13 @@
     ├── NotInitializedError       (also a RuntimeError) the extension is not set up on that app
     ├── UnknownCheckError         (also a LookupError)  a heartbeat named a check not registered
     ├── MissingDependencyError    (also an ImportError) an optional driver is not installed
+    │                                                   (dockerflow.integrations)
     └── VersionFileError          (also a ValueError)   version.json exists but cannot be served
+                                                        (dockerflow.version)
+
+Each exception lives with the layer that raises it: the base class and the engine's own errors
+are here. Each is raised and documented under its public name, such as
+``dockerflow.engine.ConfigurationError``.
 
 Failures *inside* checks are never raised to the caller: the engine turns them into check messages
 with stable IDs (see :mod:`dockerflow.health`).
@@ -40,23 +46,3 @@ class NotInitializedError(DockerflowError, RuntimeError):
 
 class UnknownCheckError(DockerflowError, LookupError):
     """A heartbeat asked to run a check name that is not registered."""
-
-
-class MissingDependencyError(DockerflowError, ImportError):
-    """An optional driver needed by a built-in check is not installed.
-
-    :param package: the import name that is missing.
-    :param extra: the name of the ``dockerflow-async`` extra that installs it.
-    """
-
-    def __init__(self, package: str, extra: str) -> None:
-        super().__init__(
-            f"{package!r} is not installed; it is needed for this check. "
-            f"Install it with: pip install 'dockerflow-async[{extra}]'"
-        )
-        self.package = package
-        self.extra = extra
-
-
-class VersionFileError(DockerflowError, ValueError):
-    """``version.json`` exists but is not a regular file, is too large, or is not a JSON object."""

@@ -6,7 +6,7 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..checks._messages import CheckMessage, level_to_text
+from ..health import CheckMessage, level_to_text
 
 
 @dataclass(frozen=True)

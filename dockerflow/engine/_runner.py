@@ -15,9 +15,8 @@ import anyio
 import anyio.to_thread
 
 from .. import health
-from .._logjson import safe_repr
-from .._redact import short_error
-from ..checks._messages import ERROR, STATUSES, CheckMessage, Error, Info
+from ..health import ERROR, STATUSES, CheckMessage, Error, Info
+from ..masking import masked_repr, short_error
 from ._bridge import LoopThread
 from ._check import DEFAULT_TIMEOUT, MAX_SECONDS, Check, validate_timeout
 from ._exceptions import ConfigurationError
@@ -486,9 +485,7 @@ def _to_messages(check: Check, value: object) -> tuple[CheckMessage, ...]:
         return ()
     if isinstance(value, (list, tuple)) and all(isinstance(m, CheckMessage) for m in value):
         return tuple(value)
-    shown = safe_repr(value)
-    if len(shown) > 80:
-        shown = shown[:79] + "…"
+    shown = masked_repr(value, 80)
     logger.error("Dockerflow check %r returned %s, not a list of check messages", check.name, shown)
     return (
         Error(

@@ -9,9 +9,8 @@ from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..checks._messages import STATUSES
-from ..engine._check import MAX_SECONDS
-from ..engine._exceptions import ConfigurationError
+from ..engine import MAX_SECONDS, ConfigurationError
+from ..health import STATUSES
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off", ""})

@@ -16,7 +16,7 @@ from typing import Any, TypeVar, overload
 import flask
 from flask import Flask
 
-from ..checks._registry import registered_checks
+from ..checks.registry import registered_checks
 from ..engine import (
     AlreadyInitializedError,
     Check,
@@ -26,8 +26,8 @@ from ..engine import (
     NotInitializedError,
     Report,
     UnknownCheckError,
+    callable_name,
 )
-from ..engine._check import callable_name
 from ..logging import request_id_context, sanitize_request_id
 from ..version import get_version
 from ._config import Settings, load_settings

@@ -2,7 +2,7 @@
 
 One module per integration, each importing its driver only when a check is made or run, so that
 importing this package needs none of them; a missing driver raises
-:class:`~dockerflow.engine.MissingDependencyError`, naming the extra to install.
+:class:`~dockerflow.integrations.MissingDependencyError`, naming the extra to install.
 
 ========================  =====================================================================
 module                    checks
@@ -16,7 +16,8 @@ module                    checks
 
 from __future__ import annotations
 
-from ..engine._check import CheckFunction
+from ..engine import CheckFunction
+from ._support import MissingDependencyError
 from .alembic import check_migrations_applied, migrations_check
 from .asyncpg import AsyncpgCheck
 from .redis import check_redis_connected, check_redis_connected_async, redis_check
@@ -29,10 +30,13 @@ from .sqlalchemy import (
     database_check,
 )
 
+MissingDependencyError.__module__ = __name__  # raised and documented under its public name
+
 __all__ = [
     "AsyncCheckEngine",
     "AsyncpgCheck",
     "CheckEngine",
+    "MissingDependencyError",
     "builtin_checks",
     "check_database_connected",
     "check_database_connected_async",

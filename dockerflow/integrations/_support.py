@@ -6,12 +6,28 @@ import contextlib
 import logging
 from collections.abc import Iterator
 
-from .._redact import mask_secrets, short_error
-from ..checks._messages import CheckMessage, Error
-from ..engine._check import DEFAULT_TIMEOUT
-from ..engine._exceptions import MissingDependencyError
+from ..engine import DEFAULT_TIMEOUT, DockerflowError
+from ..health import CheckMessage, Error
+from ..masking import mask_secrets, short_error
 
 logger = logging.getLogger("dockerflow.checks")
+
+
+class MissingDependencyError(DockerflowError, ImportError):
+    """An optional driver needed by a built-in check is not installed.
+
+    :param package: the import name that is missing.
+    :param extra: the name of the ``dockerflow-async`` extra that installs it.
+    """
+
+    def __init__(self, package: str, extra: str) -> None:
+        super().__init__(
+            f"{package!r} is not installed; it is needed for this check. "
+            f"Install it with: pip install 'dockerflow-async[{extra}]'"
+        )
+        self.package = package
+        self.extra = extra
+
 
 #: Seconds a driver may take to connect or answer, where a built-in check sets it. A little under
 #: the engine's default check timeout, so that a slow server is reported with the driver's own
@@ -43,7 +59,7 @@ def failure(
 ) -> CheckMessage:
     """Log a driver's error in full and return a check message with its first line.
 
-    Both texts are masked (:func:`~dockerflow._redact.mask_secrets`): a driver may echo a DSN. The
+    Both texts are masked (:func:`~dockerflow.masking.mask_secrets`): a driver may echo a DSN. The
     traceback is not logged, since its last line would repeat the unmasked error text.
 
     :param prefix: what went wrong, such as ``"Could not connect to redis"``.
@@ -54,9 +70,3 @@ def failure(
     """
     logger.error("%s (%s): %s", prefix, msg_id, mask_secrets(f"{type(exc).__name__}: {exc}"))
     return cls(f"{prefix}: {short_error(exc)}", id=msg_id)
-
-
-def shown(obj: object, limit: int = 100) -> str:
-    """Return ``repr(obj)`` for an error message: secrets masked, cut to ``limit`` characters."""
-    text = mask_secrets(repr(obj))
-    return text if len(text) <= limit else text[: limit - 1] + "…"

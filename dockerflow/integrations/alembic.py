@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 import anyio.to_thread
 
 from .. import health
-from ..checks._messages import CheckMessage, Info, Warning
-from ..engine._check import CheckFunction
+from ..engine import CheckFunction
+from ..health import CheckMessage, Info, Warning
 from ._support import failure, requires
 from .sqlalchemy import (
     AsyncCheckEngine,

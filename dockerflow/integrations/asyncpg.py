@@ -22,9 +22,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from .. import health
-from .._redact import mask_secrets
-from ..checks._messages import CheckMessage
-from ..engine._check import validate_timeout
+from ..engine import validate_timeout
+from ..health import CheckMessage
+from ..masking import mask_secrets
 from ._support import DRIVER_TIMEOUT, failure, requires
 
 # SQLSTATEs (and classes of two characters) that mean "could not get a usable connection".

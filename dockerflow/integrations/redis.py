@@ -27,9 +27,10 @@ import inspect
 from typing import Any
 
 from .. import health
-from ..checks._messages import CheckMessage, Error
-from ..engine._check import CheckFunction
-from ._support import failure, requires, shown
+from ..engine import CheckFunction
+from ..health import CheckMessage, Error
+from ..masking import masked_repr
+from ._support import failure, requires
 
 _ACCEPTED = "a redis.Redis, a redis.asyncio.Redis or a Flask-Redis store"
 _NOT_SET = object()
@@ -60,7 +61,9 @@ def check_redis_connected(client: Any) -> list[CheckMessage]:
     if inspect.isawaitable(reply):
         if inspect.iscoroutine(reply):
             reply.close()  # never awaited: close it so Python does not warn about it
-        raise TypeError(f"{shown(target)} is an asyncio client: use check_redis_connected_async")
+        raise TypeError(
+            f"{masked_repr(target)} is an asyncio client: use check_redis_connected_async"
+        )
     return [] if reply else [Error("Redis ping failed", id=health.ERROR_REDIS_PING_FAILED)]
 
 
@@ -112,7 +115,7 @@ def redis_check(client: Any) -> CheckFunction:
     if isinstance(target, (redis.asyncio.Redis, redis.asyncio.RedisCluster)):
         return functools.partial(_check_on_current_loop, _LastLoop(), client)
     if target is not None and not callable(getattr(target, "ping", None)):
-        raise TypeError(f"a Redis check takes {_ACCEPTED}; got {shown(client)}")
+        raise TypeError(f"a Redis check takes {_ACCEPTED}; got {masked_repr(client)}")
     return functools.partial(check_redis_connected, client)
 
 

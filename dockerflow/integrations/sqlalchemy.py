@@ -33,9 +33,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol, TypeVar, cast
 
 from .. import health
-from ..checks._messages import CheckMessage
-from ..engine._check import CheckFunction
-from ._support import failure, requires, shown
+from ..engine import CheckFunction
+from ..health import CheckMessage
+from ..masking import masked_repr
+from ._support import failure, requires
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
@@ -155,7 +156,7 @@ def check_engine(db: object) -> CheckEngine | AsyncCheckEngine:
     # A Flask-SQLAlchemy object's engine needs an application context: look at its class only.
     if isinstance(db, Engine) or hasattr(type(db), "engine"):
         return CheckEngine(cast("Engine | HasEngine", db))
-    raise TypeError(f"a database check takes {_ACCEPTED}; got {shown(db)}")
+    raise TypeError(f"a database check takes {_ACCEPTED}; got {masked_repr(db)}")
 
 
 class CheckEngine:
@@ -267,11 +268,11 @@ def sync_engine_of(db: object) -> Engine:
         return db
     # An AsyncEngine's .engine is its sync core, which cannot run outside of the async API.
     if isinstance(db, (AsyncEngine, AsyncCheckEngine)):
-        raise TypeError(f"{shown(db)} is async: use check_database_connected_async")
+        raise TypeError(f"{masked_repr(db)} is async: use check_database_connected_async")
     engine = getattr(db, "engine", None)  # Flask-SQLAlchemy: needs an application context
     if isinstance(engine, Engine):
         return engine
-    raise TypeError(f"expected a sync engine: {_ACCEPTED}; got {shown(db)}")
+    raise TypeError(f"expected a sync engine: {_ACCEPTED}; got {masked_repr(db)}")
 
 
 def async_engine_of(db: object) -> AsyncEngine:
@@ -286,7 +287,7 @@ def async_engine_of(db: object) -> AsyncEngine:
     engine = getattr(db, "engine", None)
     if isinstance(engine, AsyncEngine):
         return engine
-    raise TypeError(f"expected an AsyncEngine or an AsyncCheckEngine, got {shown(db)}")
+    raise TypeError(f"expected an AsyncEngine or an AsyncCheckEngine, got {masked_repr(db)}")
 
 
 def run_on_connection_sync(engine: Engine, work: Callable[[Connection], T]) -> T:

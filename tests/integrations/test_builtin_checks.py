@@ -14,10 +14,11 @@ import redis
 import sqlalchemy
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from dockerflow.engine import Check, Engine, MissingDependencyError
+from dockerflow.engine import Check, Engine
 from dockerflow.integrations import (
     AsyncpgCheck,
     CheckEngine,
+    MissingDependencyError,
     builtin_checks,
     check_database_connected,
     check_redis_connected,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...checks._messages import (
+from ...health import (
     CRITICAL,
     DEBUG,
     ERROR,

@@ -45,3 +45,13 @@ def short_error(exc: BaseException, limit: int = 200) -> str:
     summary = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
     summary = mask_secrets(summary)
     return summary if len(summary) <= limit else summary[: limit - 1] + "…"
+
+
+def masked_repr(obj: object, limit: int = 100) -> str:
+    """Return ``repr(obj)`` with secrets masked, cut to ``limit`` characters; never raises."""
+    try:
+        text = repr(obj)
+    except Exception:
+        text = f"<unrepresentable {type(obj).__name__}>"
+    text = mask_secrets(text[: limit * 4])
+    return text if len(text) <= limit else text[: limit - 1] + "…"

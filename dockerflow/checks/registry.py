@@ -10,10 +10,9 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import Any, TypeVar, overload
 
-if TYPE_CHECKING:
-    from ..engine import Check, Engine
+from ..engine import Check, Engine, callable_name
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -43,8 +42,6 @@ def register(
     """
     if func is None:
         return functools.partial(register, name=name, timeout=timeout)
-    from ..engine._check import Check, callable_name
-
     # Made now, so a bad registration fails where it is made rather than at heartbeat time.
     check = Check(name or callable_name(func), func, timeout)
     _REGISTERED[check.name] = check
@@ -121,8 +118,6 @@ _ENGINES: dict[frozenset[str], Engine] = {}
 def _engine_and_checks(
     checks: Iterable[tuple[str, Callable[..., Any]]], silenced: Iterable[str] | None
 ) -> tuple[Engine, list[Check]]:
-    from ..engine import Check, Engine
-
     key = frozenset(silenced or ())
     engine = _ENGINES.get(key)
     if engine is None:
