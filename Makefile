@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 PORT ?= 8000
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint typecheck pytest demo bench clean compat
+.PHONY: test lint typecheck pytest demo bench clean compat test-min
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -82,8 +82,24 @@ compat: $(STAMP) $(COMPAT_TESTS)/tests
 		-c compat.ini --rootdir . -p no:cacheprovider --timeout 120 -q \
 		$(COMPAT_DESELECT) $(COMPAT_PENDING) tests/core tests/flask
 
+# The suite against the lowest supported Flask, Werkzeug and Flask extensions, pinned by
+# .ci/constraints-min.txt, in a venv of its own beside the main one (which has the newest).
+MIN_VENV := .venv-min
+MIN_STAMP := $(MIN_VENV)/.installed
+
+$(MIN_STAMP): pyproject.toml .ci/constraints-min.txt
+	rm -rf $(MIN_VENV)
+	$(PYTHON) -m venv $(MIN_VENV)
+	$(MIN_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(MIN_VENV)/bin/python -m pip install --quiet -c .ci/constraints-min.txt -e '.[all,test]'
+	touch $(MIN_STAMP)
+
+test-min: $(MIN_STAMP)
+	$(MIN_VENV)/bin/python -m pip list 2>/dev/null | grep -iE '^(flask|werkzeug)(-|\s)'
+	$(MIN_VENV)/bin/pytest
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/engine_bench.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(MIN_VENV) .mypy_cache .ruff_cache .pytest_cache
