@@ -213,7 +213,7 @@ def format_traceback(
     :param tb: its traceback.
     :returns: the traceback text, one line per frame entry, ending with a newline.
     """
-    lines = ["Traceback (most recent call last):\n"]
+    lines = ["Uncaught exception:\n"]
     checked_files: set[str] = set()
     last_frame: tuple[str, int, str] | None = None
     repeats = 0

@@ -17,7 +17,6 @@ Use it from ``logging.config.dictConfig``::
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import re
@@ -117,8 +116,9 @@ class JsonLogFormatter(logging.Formatter):
     ``format_error`` beside it. The line holds no raw control character: JSON escapes them,
     and everything outside ASCII is written as ``\\uXXXX``.
 
-    Subclasses may override :meth:`convert_record` as with python-dockerflow; the output is
-    then encoded from its result, field by field, which is slower.
+    Subclasses may override :meth:`convert_record` or :meth:`is_value_jsonlike` as with
+    python-dockerflow; the output is then encoded from the result, field by field, which is
+    slower.
     """
 
     LOGGING_FORMAT_VERSION: ClassVar[str] = "2.0"
@@ -126,8 +126,11 @@ class JsonLogFormatter(logging.Formatter):
     SYSLOG_LEVEL_MAP: ClassVar[Mapping[int, int]] = {50: 2, 40: 3, 30: 4, 20: 6, 10: 7}
     #: Syslog severity of a level not in :attr:`SYSLOG_LEVEL_MAP`.
     DEFAULT_SYSLOG_LEVEL: ClassVar[int] = 7
-    #: Record attributes that are not extras and so stay out of ``Fields``.
-    EXCLUDED_LOGRECORD_ATTRS: ClassVar[frozenset[str]] = _RECORD_ATTRIBUTES
+    #: Record attributes that are not extras and so stay out of ``Fields``. A mutable set, as
+    #: in python-dockerflow: ``JsonLogFormatter.EXCLUDED_LOGRECORD_ATTRS.add("secret")`` keeps
+    #: an attribute out of every formatter's output from the next record on, including
+    #: formatters already created.
+    EXCLUDED_LOGRECORD_ATTRS: ClassVar[set[str]] = set(_RECORD_ATTRIBUTES)
 
     def __init__(
         self,
@@ -145,10 +148,13 @@ class JsonLogFormatter(logging.Formatter):
         """
         super().__init__(fmt=fmt, datefmt=datefmt, style=style)
         self.logger_name = logger_name
-        self._converts_itself = type(self).convert_record is not JsonLogFormatter.convert_record
-        # The standard attributes come first on a record: skipped when all are excluded.
-        self._excluded = frozenset(self.EXCLUDED_LOGRECORD_ATTRS)
-        self._skip_count = _STANDARD_COUNT if self._excluded.issuperset(_STANDARD_ORDER) else 0
+        cls = type(self)
+        self._converts_itself = cls.convert_record is not JsonLogFormatter.convert_record
+        # An overridden is_value_jsonlike is called for each message, on the careful path.
+        self._plain = (
+            not self._converts_itself
+            and cls.is_value_jsonlike is JsonLogFormatter.is_value_jsonlike
+        )
         self.hostname = socket.gethostname()
 
     @property
@@ -163,6 +169,17 @@ class JsonLogFormatter(logging.Formatter):
         # under few of those, and this skips most of the envelope's encoding.
         self._heads: dict[tuple[object, object, int, object], str] = {}
 
+    def is_value_jsonlike(self, value: str) -> bool:
+        """Return whether ``value`` looks like a JSON object (python-dockerflow's test).
+
+        A message that does is left out of ``Fields``: it is taken to be a payload already
+        written elsewhere.
+
+        :param value: a formatted log message.
+        :returns: ``True`` if it starts with ``{`` and ends with ``}``.
+        """
+        return value.startswith("{") and value.endswith("}")
+
     def format(self, record: logging.LogRecord, logger_name: str | None = None) -> str:
         """Format ``record`` as one line of mozlog JSON; never raise.
 
@@ -176,14 +193,15 @@ class JsonLogFormatter(logging.Formatter):
             attrs = record.__dict__
             if logger_name is None:
                 logger_name = attrs.get("logger_name", self.logger_name)
-            if self._converts_itself or record.exc_info:
+            if not self._plain or record.exc_info:
                 return self._format_carefully(record, logger_name)
             # The usual record, on a path where each step saved shows in the cost. Anything
             # unusual raises on the way (a message that is not a str, a value the encoder
             # refuses, an unhashable name) and the record is done again carefully.
             message = record.getMessage()
             keep_message = message and not (message[0] == "{" and message[-1] == "}")
-            excluded = self._excluded
+            # Read per record: users add to (or take from) this set at any time.
+            excluded = self.EXCLUDED_LOGRECORD_ATTRS
             if len(attrs) == _STANDARD_COUNT and excluded.issuperset(attrs):  # no extras
                 if not keep_message:
                     fields_json = "{}"
@@ -193,7 +211,7 @@ class JsonLogFormatter(logging.Formatter):
                     return self._format_carefully(record, logger_name)
             else:
                 # What _extras() does, inline.
-                fields = dict(islice(attrs.items(), self._skip_count, None))
+                fields = dict(islice(attrs.items(), _skip_count(excluded), None))
                 if not excluded.isdisjoint(fields):
                     fields = {key: value for key, value in attrs.items() if key not in excluded}
                 if keep_message:
@@ -267,8 +285,8 @@ class JsonLogFormatter(logging.Formatter):
         formatter added ``message``, or a LogRecord subclass set an attribute before calling
         ``__init__``, so that a standard one came later), every attribute is looked at.
         """
-        excluded = self._excluded
-        extras = dict(islice(attrs.items(), self._skip_count, None))
+        excluded = self.EXCLUDED_LOGRECORD_ATTRS
+        extras = dict(islice(attrs.items(), _skip_count(excluded), None))
         if excluded.isdisjoint(extras):
             return extras
         return {key: value for key, value in attrs.items() if key not in excluded}
@@ -283,7 +301,7 @@ class JsonLogFormatter(logging.Formatter):
             fields["args"] = safe_repr(record.args)
             fields["format_error"] = safe_repr(exc)
         else:
-            if _worth_logging(message):
+            if not isinstance(message, str) or (message and not self.is_value_jsonlike(message)):
                 fields["msg"] = message
         exc_info = record.exc_info
         if exc_info and exc_info[1] is not None:
@@ -321,12 +339,14 @@ MozlogFormatter = JsonLogFormatter
 """The same class as :class:`JsonLogFormatter`, by its other python-dockerflow name."""
 
 
-def _worth_logging(message: object) -> bool:
-    # An empty message says nothing, and one that is already a JSON object is left out as
-    # python-dockerflow does; anything not a str (from a LogRecord subclass) is kept.
-    if not isinstance(message, str):
-        return True
-    return bool(message) and not (message[0] == "{" and message[-1] == "}")
+def _skip_count(excluded: set[str] | frozenset[str]) -> int:
+    """Return how many leading attributes of a record cannot be extras.
+
+    LogRecord.__init__ sets the standard attributes first: when all of them are excluded,
+    they need no look. A set narrowed to keep one (``process``, say) gets every attribute
+    looked at.
+    """
+    return _STANDARD_COUNT if excluded.issuperset(_STANDARD_ORDER) else 0
 
 
 def _safe_str(value: object) -> str:
@@ -358,10 +378,9 @@ def safer_format_traceback(
 class MozlogHandler(_StreamHandler):
     """A stream handler that writes mozlog JSON with its own name as ``Logger``.
 
-    The name is given to the formatter for each record rather than set on the record, so
-    other handlers of the same record never see it. A formatter other than a plain
-    :class:`JsonLogFormatter` (set with :meth:`setFormatter`, or a subclass that overrides
-    ``format`` or ``convert_record``) gets a copy of the record with ``logger_name`` set.
+    As python-dockerflow's handler does, it sets ``logger_name`` on each record it emits, so
+    its name takes precedence over the ``logger_name`` of the formatter, whichever formatter
+    is set; handlers that see the record later see that attribute too.
     """
 
     def __init__(self, stream: TextIO | None = None, name: str = "Dockerflow") -> None:
@@ -374,22 +393,13 @@ class MozlogHandler(_StreamHandler):
         self.logger_name = name
         self.setFormatter(JsonLogFormatter(logger_name=name))
 
-    def format(self, record: logging.LogRecord) -> str:
-        """Format ``record`` with this handler's name as its ``Logger``.
+    def emit(self, record: logging.LogRecord) -> None:
+        """Set ``record.logger_name`` to this handler's name and write the record.
 
-        :param record: the log record; it is not changed.
-        :returns: the formatted text.
+        :param record: the log record.
         """
-        formatter = self.formatter
-        if (
-            isinstance(formatter, JsonLogFormatter)
-            and type(formatter).format is JsonLogFormatter.format
-            and not formatter._converts_itself
-        ):
-            return formatter.format(record, self.logger_name)
-        stamped = copy.copy(record)
-        stamped.logger_name = self.logger_name
-        return super().format(stamped)
+        record.logger_name = self.logger_name
+        super().emit(record)
 
 
 class RequestIdLogFilter(logging.Filter):

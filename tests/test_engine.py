@@ -967,12 +967,18 @@ def test_register_partial(registry: None) -> None:
     ]
 
 
-def test_get_checks_returns_a_copy(registry: None) -> None:
+def test_get_checks_returns_the_live_registry(registry: None) -> None:
+    # As python-dockerflow's: code that edits the dict edits the registry.
     register(ok, name="fine")
-    get_checks().clear()
-    assert list(get_checks()) == ["fine"]
+    live = get_checks()
+    assert live is get_checks()
+    assert [c.name for c in registered_checks()] == ["fine"]
+    del live["fine"]
+    assert registered_checks() == []
+    live["added"] = ok
+    assert [(c.name, c.func) for c in registered_checks()] == [("added", ok)]
     clear_checks()
-    assert get_checks() == {}
+    assert get_checks() == {} and live == {}
 
 
 def _compat_checks() -> list[tuple[str, Callable[[], Any]]]:

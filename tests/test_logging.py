@@ -237,6 +237,49 @@ def test_excluded_attributes_can_be_narrowed() -> None:
     assert fields_of(make_record("m", a=1), WithLine()) == {"lineno": 42, "a": 1, "msg": "m"}
 
 
+def test_excluded_attributes_are_read_per_record() -> None:
+    # python-dockerflow users extend the class's set, sometimes after formatters exist.
+    formatter = JsonLogFormatter()
+    assert fields_of(make_record("m", secret="s", a=1), formatter) == {
+        "secret": "s",
+        "a": 1,
+        "msg": "m",
+    }
+    JsonLogFormatter.EXCLUDED_LOGRECORD_ATTRS.add("secret")
+    try:
+        assert fields_of(make_record("m", secret="s", a=1), formatter) == {"a": 1, "msg": "m"}
+        assert fields_of(make_record("m", secret="s"), JsonLogFormatter()) == {"msg": "m"}
+    finally:
+        JsonLogFormatter.EXCLUDED_LOGRECORD_ATTRS.discard("secret")
+    assert fields_of(make_record("m", secret="s"), formatter) == {"secret": "s", "msg": "m"}
+
+
+def test_excluded_attributes_narrowed_in_place() -> None:
+    formatter = JsonLogFormatter()
+    JsonLogFormatter.EXCLUDED_LOGRECORD_ATTRS.discard("lineno")
+    try:
+        assert fields_of(make_record("m"), formatter) == {"lineno": 42, "msg": "m"}
+    finally:
+        JsonLogFormatter.EXCLUDED_LOGRECORD_ATTRS.add("lineno")
+    assert fields_of(make_record("m"), formatter) == {"msg": "m"}
+
+
+def test_is_value_jsonlike() -> None:
+    formatter = JsonLogFormatter()
+    assert formatter.is_value_jsonlike('{"spam": "eggs"}')
+    assert not formatter.is_value_jsonlike('{"spam": "eggs"')
+    assert not formatter.is_value_jsonlike('"spam": "eggs"}')
+
+
+def test_is_value_jsonlike_override_is_used() -> None:
+    class KeepAll(JsonLogFormatter):
+        def is_value_jsonlike(self, value: str) -> bool:
+            return False
+
+    assert fields_of(make_record("{}"), KeepAll()) == {"msg": "{}"}
+    assert fields_of(make_record("{}", a=1), KeepAll()) == {"a": 1, "msg": "{}"}
+
+
 @pytest.mark.parametrize("message", ["", '{"already": "json"}', "{}"])
 def test_msg_left_out(formatter: JsonLogFormatter, message: str) -> None:
     assert fields_of(make_record(message), formatter) == {}
@@ -273,7 +316,7 @@ def test_exception_gives_error_and_safe_traceback(formatter: JsonLogFormatter) -
     assert fields["msg"] == "failed"
     assert fields["error"] == repr(exc_info[1])
     traceback_text = fields["traceback"]
-    assert traceback_text.startswith("Traceback (most recent call last):\n")
+    assert traceback_text.startswith("Uncaught exception:\n")
     assert f'File "{__file__}", line' in traceback_text
     assert "in raise_evil\n    raise ValueError(EVIL)\n" in traceback_text
     assert traceback_text.endswith(f"{ValueError!r}\n{exc_info[1]!r}\n")
@@ -325,7 +368,7 @@ def test_repeated_frames_are_summarised(formatter: JsonLogFormatter) -> None:
 def test_safer_format_traceback_without_traceback() -> None:
     exc = KeyError("k")
     assert safer_format_traceback(KeyError, exc, None) == (
-        f"Traceback (most recent call last):\n{KeyError!r}\n{exc!r}\n"
+        f"Uncaught exception:\n{KeyError!r}\n{exc!r}\n"
     )
 
 
@@ -605,7 +648,8 @@ def test_handler_writes_lines_with_its_name() -> None:
     assert first["Logger"] == second["Logger"] == "svc"
     assert first["Fields"] == {"path": "/", "msg": "one"}
     assert second["Fields"] == {"msg": "two"}
-    assert not hasattr(record, "logger_name")  # other handlers see the record unchanged
+    # As in python-dockerflow: the name is set on the record, for handlers that come later.
+    assert record.logger_name == "svc"
 
 
 def test_handler_name_wins_over_record_attribute() -> None:
@@ -614,7 +658,20 @@ def test_handler_name_wins_over_record_attribute() -> None:
     record.logger_name = "elsewhere"
     MozlogHandler(stream, name="svc").handle(record)
     assert parse(stream.getvalue().removesuffix("\n"))["Logger"] == "svc"
-    assert record.logger_name == "elsewhere"
+    assert record.logger_name == "svc"
+
+
+def test_handler_name_wins_over_formatter_name() -> None:
+    stream = io.StringIO()
+    logger = logging.getLogger("test.handler.precedence")
+    handler = MozlogHandler(stream, name="from-handler")
+    handler.setFormatter(JsonLogFormatter(logger_name="from-formatter"))
+    logger.addHandler(handler)
+    try:
+        logger.warning("hey")
+    finally:
+        logger.removeHandler(handler)
+    assert parse(stream.getvalue().removesuffix("\n"))["Logger"] == "from-handler"
 
 
 def test_handler_defaults_to_stdout(capsys: pytest.CaptureFixture[str]) -> None:
@@ -643,7 +700,6 @@ def test_handler_with_other_formatters() -> None:
     lines = stream.getvalue().splitlines()
     assert lines[0] == "svc: plain"
     assert json.loads(lines[1]) == {"Logger": "svc", "msg": "plain"}
-    assert not hasattr(record, "logger_name")
 
 
 # --- request IDs ---

@@ -17,11 +17,9 @@ from ._check import (
 )
 from ._engine import Engine
 from ._exceptions import (
-    AlreadyInitializedError,
     CheckRegistrationError,
     ConfigurationError,
     DockerflowError,
-    NotInitializedError,
     UnknownCheckError,
 )
 from ._report import CheckDetail, CheckResult, Report, aggregate
@@ -29,7 +27,6 @@ from ._report import CheckDetail, CheckResult, Report, aggregate
 __all__ = [
     "DEFAULT_TIMEOUT",
     "MAX_SECONDS",
-    "AlreadyInitializedError",
     "Check",
     "CheckDetail",
     "CheckFunction",
@@ -40,7 +37,6 @@ __all__ = [
     "DockerflowError",
     "Engine",
     "LoopThread",
-    "NotInitializedError",
     "Report",
     "UnknownCheckError",
     "aggregate",

@@ -5,8 +5,10 @@
     DockerflowError
     ├── ConfigurationError        (also a ValueError)   a setting or argument has a bad value
     ├── CheckRegistrationError    (also a ValueError)   a check cannot be registered as asked
-    ├── AlreadyInitializedError   (also a RuntimeError) the extension is already set up on that app
+    ├── AlreadyInitializedError   (also a RuntimeError, AssertionError) another extension is
+    │                                                   set up on that app (dockerflow.flask)
     ├── NotInitializedError       (also a RuntimeError) the extension is not set up on that app
+    │                                                   (dockerflow.flask)
     ├── UnknownCheckError         (also a LookupError)  a heartbeat named a check not registered
     ├── MissingDependencyError    (also an ImportError) an optional driver is not installed
     │                                                   (dockerflow.integrations)
@@ -34,14 +36,6 @@ class ConfigurationError(DockerflowError, ValueError):
 
 class CheckRegistrationError(DockerflowError, ValueError):
     """A check cannot be registered as asked (not callable, bad name or bad timeout)."""
-
-
-class AlreadyInitializedError(DockerflowError, RuntimeError):
-    """The Dockerflow extension was set up twice on the same application."""
-
-
-class NotInitializedError(DockerflowError, RuntimeError):
-    """The Dockerflow extension is used with an application it was not set up on."""
 
 
 class UnknownCheckError(DockerflowError, LookupError):

@@ -45,7 +45,7 @@ def heartbeat_command() -> None:
 def version_command() -> None:
     """Print the version object from version.json; exit 1 if there is none."""
     ext = _extension()
-    version = ext._version_callback(ext._state().version_path)
+    version = ext._version_callback(ext.version_path or ext._state().version_path)
     if version is None:
         raise click.ClickException("version.json not found")
     click.echo(json.dumps(version, sort_keys=True))

@@ -6,6 +6,7 @@ import contextlib
 import functools
 import logging
 import os
+import sys
 import threading
 import time
 import weakref
@@ -16,14 +17,12 @@ from typing import Any, TypeVar, overload
 import flask
 from flask import Flask
 
-from ..checks.registry import registered_checks
+from ..checks.registry import checks_for, owned_checks, register_owned
 from ..engine import (
-    AlreadyInitializedError,
     Check,
     CheckRegistry,
     Engine,
     LoopThread,
-    NotInitializedError,
     Report,
     UnknownCheckError,
     callable_name,
@@ -31,7 +30,14 @@ from ..engine import (
 from ..logging import request_id_context, sanitize_request_id
 from ..version import get_version
 from ._config import Settings, load_settings
-from .signals import heartbeat_failed, heartbeat_passed, heartbeat_status_changed
+from ._exceptions import AlreadyInitializedError, NotInitializedError
+from ._live import LiveSettings
+from .signals import (
+    heartbeat_checked,
+    heartbeat_failed,
+    heartbeat_passed,
+    heartbeat_status_changed,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
@@ -47,8 +53,12 @@ ONLY_PARAM = "check"
 class _AppState:
     """What the extension keeps per application."""
 
+    #: The settings as parsed in init_app; the engine's are used from here.
     settings: Settings
+    #: The settings read again on use (see dockerflow.flask._live).
+    live: LiveSettings
     engine: Engine
+    #: The version.json directory of this app when the extension was given none.
     version_path: str
     status_lock: threading.Lock = field(default_factory=threading.Lock)
     last_status: str | None = None
@@ -94,10 +104,12 @@ class Dockerflow:
         self.logger = logging.getLogger("dockerflow.flask")
         #: Logger that receives one ``request.summary`` record per request.
         self.summary_logger = logging.getLogger("request.summary")
+        #: Message IDs to ignore in every heartbeat. A list: IDs appended later are honoured
+        #: from the next heartbeat on.
         self.silenced_checks = list(silenced_checks or ())
-        self.version_path = os.fspath(version_path) if version_path is not None else None
-        #: The checks this extension runs, besides those registered with
-        #: :func:`dockerflow.checks.register`.
+        self._version_path = os.fspath(version_path) if version_path is not None else None
+        self._last_version_path: str | None = None
+        #: The checks this extension runs, besides those in :func:`dockerflow.checks.get_checks`.
         self.registry = CheckRegistry()
         # One loop thread per extension, shared by the engines of all its apps.
         self._bridge = LoopThread()
@@ -107,8 +119,10 @@ class Dockerflow:
         if db is not None or redis is not None or migrate is not None:
             from ..integrations import builtin_checks
 
+            # Listed in dockerflow.checks.get_checks() as in python-dockerflow, where code
+            # looks for them and may remove them; run by this extension only.
             for name, func in builtin_checks(db=db, redis=redis, migrate=migrate):
-                self.registry.add(Check(name, func))
+                register_owned(self, Check(name, func))
         if app is not None:
             self.init_app(app)
 
@@ -118,13 +132,23 @@ class Dockerflow:
         """Set the extension up on ``app``: read and validate its ``DOCKERFLOW_*`` settings,
         register the views, request hooks and the ``flask dockerflow`` CLI group.
 
-        :raises AlreadyInitializedError: if a Dockerflow extension is already set up on ``app``.
+        Calling it again with the same app does nothing (logged at DEBUG): services call
+        ``Dockerflow(app)`` and then ``init_app(app)`` in their app factory.
+
+        :param app: the Flask application.
+        :raises AlreadyInitializedError: if a different Dockerflow extension is already set up
+            on ``app`` (also an :class:`AssertionError`, as code written for python-dockerflow
+            expects).
         :raises ConfigurationError: naming the key and value, if a setting is invalid.
         """
-        if "dockerflow" in app.extensions:
+        current = app.extensions.get("dockerflow")
+        if current is self:
+            self.logger.debug("Dockerflow is already initialised on app %r: skipped", app.name)
+            return
+        if current is not None:
             raise AlreadyInitializedError(
-                f"a Dockerflow extension is already initialised on app {app.name!r}; "
-                "call init_app() once per app"
+                f"another Dockerflow extension is already initialised on app {app.name!r}; "
+                "use that one, or one extension per app"
             )
         settings = load_settings(app.config)
         engine = Engine(
@@ -138,10 +162,11 @@ class Dockerflow:
             # Each run of a check gets a fresh app context of its own, pushed where it runs.
             context=app.app_context,
         )
-        version_path = self.version_path or os.path.dirname(app.root_path)
-        self._apps[app] = _AppState(settings, engine, version_path)
+        version_path = os.path.dirname(app.root_path)
+        self._last_version_path = version_path
+        state = _AppState(settings, LiveSettings(app.config, settings), engine, version_path)
+        self._apps[app] = state
         app.register_blueprint(self._blueprint)
-        state = self._apps[app]
 
         # Per-app hooks that know their app's state: no lookup of it on every request.
         def before_request() -> None:
@@ -150,7 +175,10 @@ class Dockerflow:
         def after_request(response: flask.Response) -> flask.Response:
             return self._after_request(state, response)
 
-        app.before_request(before_request)
+        # First of the app's before_request hooks, even of those registered earlier: a hook
+        # that answers the request itself (a rate limiter's 429, a CSRF 400, a maintenance
+        # page) leaves it with a request id and a start time for its request.summary line.
+        app.before_request_funcs.setdefault(None, []).insert(0, before_request)
         app.after_request(after_request)
         flask.got_request_exception.connect(self._got_request_exception, app)
         from ._cli import dockerflow_cli
@@ -166,6 +194,27 @@ class Dockerflow:
         bp.add_url_rule("/__lbheartbeat__", "lbheartbeat", self._lbheartbeat_view)
         bp.add_url_rule("/__error__", "error", self._error_view)
         return bp
+
+    @property
+    def version_path(self) -> str | None:
+        """The directory ``version.json`` is read from.
+
+        The path given to the constructor (or assigned here), else the current app's default,
+        the parent directory of its ``root_path`` (outside an app context: that of the app set
+        up last); ``None`` before any app is set up. Assigning a path makes every app of the
+        extension use it from the next request on.
+        """
+        if self._version_path is not None:
+            return self._version_path
+        if flask.has_app_context():
+            state = self._apps.get(flask.current_app._get_current_object())  # type: ignore[attr-defined]
+            if state is not None:
+                return state.version_path
+        return self._last_version_path
+
+    @version_path.setter
+    def version_path(self, value: str | os.PathLike[str] | None) -> None:
+        self._version_path = os.fspath(value) if value is not None else None
 
     def _state(self, app: Flask | None = None) -> _AppState:
         if app is None:
@@ -220,7 +269,12 @@ class Dockerflow:
 
     @property
     def checks(self) -> dict[str, Callable[..., Any]]:
-        """Every check this extension runs, by name (its own and the module-level ones)."""
+        """Every check this extension runs, by name: a new dict, built on each access.
+
+        Its own checks, then those of :func:`dockerflow.checks.get_checks` it runs. To remove
+        a check, edit ``get_checks()`` (module-level and built-in checks) or
+        :attr:`registry` (checks registered with :meth:`check`).
+        """
         return {check.name: check.func for check in self._all_checks()}
 
     def version_callback(self, func: VersionCallback) -> VersionCallback:
@@ -233,7 +287,7 @@ class Dockerflow:
 
     def _all_checks(self) -> list[Check]:
         checks = list(self.registry)
-        checks.extend(c for c in registered_checks() if c.name not in self.registry)
+        checks.extend(c for c in checks_for(self) if c.name not in self.registry)
         return checks
 
     def call_in_loop(self, func: Callable[..., Awaitable[T]], *args: Any) -> T:
@@ -250,7 +304,7 @@ class Dockerflow:
         Call it when the app shuts down (tests, or a worker exit hook). The extension stays
         usable: the next heartbeat starts the loop again and reconnects.
         """
-        checks = list(self.registry)
+        checks = [*self.registry, *owned_checks(self)]
         if checks:
             from ..integrations import release
 
@@ -292,22 +346,46 @@ class Dockerflow:
         excluded = set(exclude)
         if excluded:
             checks = [check for check in checks if check.name not in excluded]
+        silenced = frozenset((*self.silenced_checks, *state.live.get("silenced_checks")))
+        if silenced != state.engine.silenced_ids:
+            # IDs added to silenced_checks or DOCKERFLOW_SILENCED_CHECKS after init_app.
+            state.engine.silenced_ids = silenced
         report = state.engine.run_sync(checks)
         whole = only is None and not excluded
         self._send_signals(app, state, report, whole)
         return report
 
     def _send_signals(self, app: Flask, state: _AppState, report: Report, whole: bool) -> None:
-        signal = heartbeat_failed if report.level >= state.settings.fail_level else heartbeat_passed
-        signal.send(app, level=report.level, report=report)
+        failed = report.level >= state.settings.fail_level
+        # python-dockerflow's two signals take exactly its keyword arguments, so receivers
+        # written for it (``def count(sender, level)``) keep working; the report goes out on
+        # heartbeat_checked and heartbeat_status_changed.
+        self._send(heartbeat_failed if failed else heartbeat_passed, app, level=report.level)
+        self._send(heartbeat_checked, app, level=report.level, report=report, passed=not failed)
         if not whole:  # a subset's status says nothing about the service's status
             return
         with state.status_lock:
             previous, state.last_status = state.last_status, report.status
         if previous != report.status:
-            heartbeat_status_changed.send(
-                app, level=report.level, report=report, previous_status=previous
+            self._send(
+                heartbeat_status_changed,
+                app,
+                level=report.level,
+                report=report,
+                previous_status=previous,
             )
+
+    def _send(self, signal: Any, sender: Flask, **kwargs: Any) -> None:
+        # Each receiver called on its own: one that raises is logged, the others still run
+        # and the heartbeat's response stays what the checks made it.
+        for receiver in list(signal.receivers_for(sender)):
+            try:
+                receiver(sender, **kwargs)
+            except Exception:
+                self.logger.exception(
+                    "A receiver of the %s signal raised; the heartbeat is not affected",
+                    signal.name,
+                )
 
     # -- views ----------------------------------------------------------------------------------
 
@@ -322,10 +400,10 @@ class Dockerflow:
             report = self._run(app, state, _split_names(args.get(EXCLUDE_PARAM)), only)
         except UnknownCheckError as exc:
             return _json_response({"error": f"unknown check: {exc}"}, 400)
-        settings = state.settings
-        show = settings.details == "always" or (settings.details == "debug" and app.debug)
-        failed = report.level >= settings.fail_level
-        status = settings.failed_status_code if failed else 200
+        details = state.live.get("details")
+        show = details == "always" or (details == "debug" and app.debug)
+        failed = report.level >= state.settings.fail_level
+        status = state.live.get("failed_status_code") if failed else 200
         return _json_response(report.as_dict(details=show), status)
 
     def _lbheartbeat_view(self) -> flask.Response:
@@ -333,18 +411,19 @@ class Dockerflow:
 
     def _version_view(self) -> flask.Response:
         state = self._state()
+        path = self._version_path or state.version_path
         try:
-            version = self._version_callback(state.version_path)
+            version = self._version_callback(path)
             if version is None:
                 return _json_response({"error": "version.json not found"}, 404)
             # Encoded here, inside the try: a callback may return what JSON cannot encode.
             return _json_response(version, 200)
         except Exception:
-            self.logger.exception("version.json in %s could not be served", state.version_path)
+            self.logger.exception("version.json in %s could not be served", path)
             return _json_response({"error": "version.json could not be read"}, 500)
 
     def _error_view(self) -> flask.Response:
-        if not self._state().settings.error_endpoint:
+        if not self._state().live.get("error_endpoint"):
             flask.abort(404)
         self.logger.error("The /__error__ endpoint was called")
         raise RuntimeError("Test exception raised by the /__error__ endpoint")
@@ -356,26 +435,38 @@ class Dockerflow:
     def _before_request(self, state: _AppState) -> None:
         g = flask.g._get_current_object()
         environ = flask.request.environ
-        rid = sanitize_request_id(environ.get(state.settings.request_id_environ_key))
+        rid = sanitize_request_id(environ.get(state.live.request_id_environ_key()))
         if rid is None:
             rid = _new_request_id()
         g._dockerflow_rid_token = request_id_context.set(rid)
         g._request_id = rid
         if "request_id" not in g.__dict__:
             g.request_id = rid
+        # python-dockerflow's wall-clock start, kept for code that reads it; "t" is measured
+        # on the monotonic clock, and left out if g._start_timestamp was removed.
+        g._start_timestamp = time.time()
         g._dockerflow = (time.monotonic_ns(), state)
 
     def _after_request(self, state: _AppState, response: flask.Response) -> flask.Response:
         g = flask.g._get_current_object()
-        if "_dockerflow" not in g.__dict__:
-            # A before_request hook that ran ahead of ours returned a response.
-            return response
-        settings = state.settings
-        response.headers[settings.request_id_header] = g._request_id
+        rid = g.__dict__.get("_request_id") or request_id_context.get()
+        if "_dockerflow" not in g.__dict__ or rid is None:
+            # Our before_request hook did not run: a hook placed ahead of it answered, or the
+            # response was made without dispatching (app.process_response). Still give the
+            # request an id and its summary line, without a duration.
+            rid = rid or sanitize_request_id(
+                flask.request.environ.get(state.live.request_id_environ_key())
+            )
+            rid = rid or _new_request_id()
+            g._dockerflow_rid_token = request_id_context.set(rid)
+            g._request_id = rid
+            if "request_id" not in g.__dict__:
+                g.request_id = rid
+        response.headers[state.live.get("request_id_header")] = rid
         if (
             self.summary_logger.isEnabledFor(logging.INFO)
             and "_dockerflow_failed" not in g.__dict__
-            and (settings.summary_log_dockerflow_endpoints or not _is_own_endpoint())
+            and (state.live.get("summary_log_dockerflow_endpoints") or not _is_own_endpoint())
         ):
             extra = self.summary_extra()
             extra["code"] = response.status_code
@@ -385,7 +476,7 @@ class Dockerflow:
 
     def _got_request_exception(self, sender: Flask, exception: BaseException, **_: Any) -> None:
         flask.g._dockerflow_failed = True
-        if "_dockerflow" in flask.g and self.summary_logger.isEnabledFor(logging.ERROR):
+        if self.summary_logger.isEnabledFor(logging.ERROR):
             extra = self.summary_extra()
             extra["errno"] = 500
             extra["code"] = 500
@@ -398,34 +489,44 @@ class Dockerflow:
 
         Override to add fields. ``code`` is added by the caller.
 
-        :returns: ``errno``, ``agent``, ``lang``, ``method``, ``path``, ``uid``, ``rid``, ``t``
-            and, with ``DOCKERFLOW_SUMMARY_LOG_QUERYSTRING``, ``querystring``.
+        :returns: ``errno``, ``agent``, ``lang``, ``method``, ``path``, ``uid``, ``rid``,
+            ``t`` (left out when the request's start time is unknown) and, with
+            ``DOCKERFLOW_SUMMARY_LOG_QUERYSTRING``, ``querystring``.
         """
         request = flask.request._get_current_object()  # type: ignore[attr-defined]
         environ = request.environ
-        started, state = flask.g._dockerflow
+        g = flask.g._get_current_object()
+        started, state = g.__dict__.get("_dockerflow") or (None, None)
+        if state is None:
+            state = self._state()
+        user_id = self.user_id()
         out: dict[str, Any] = {
             "errno": 0,
             "agent": environ.get("HTTP_USER_AGENT", ""),
             "lang": environ.get("HTTP_ACCEPT_LANGUAGE", ""),
             "method": request.method,
             "path": request.path,
-            "uid": self.user_id() or "",
+            # What get_id() returned, as python-dockerflow logs it (an int stays an int).
+            "uid": "" if user_id is None else user_id,
             "rid": request_id_context.get(),
-            "t": (time.monotonic_ns() - started) // 1_000_000,
         }
-        if state.settings.summary_log_querystring:
+        if started is not None and "_start_timestamp" in g.__dict__:
+            out["t"] = (time.monotonic_ns() - started) // 1_000_000
+        if state.live.get("summary_log_querystring"):
             out["querystring"] = request.query_string.decode("utf-8", "backslashreplace")
         return out
 
-    def user_id(self) -> str | None:
-        """Return the id of the Flask-Login user of this request, or ``None``.
+    def user_id(self) -> Any:
+        """Return what the Flask-Login user's ``get_id()`` returns, or ``None``.
 
-        ``None`` when Flask-Login is not installed or not set up, the user is anonymous, or
-        loading the user fails (that error is logged at DEBUG, never raised).
+        ``None`` when Flask-Login is not installed or not set up (or
+        ``dockerflow.flask.app.has_flask_login`` is false), the user is anonymous, or loading
+        the user fails (that error is logged at DEBUG, never raised).
+
+        :returns: the user id, as ``get_id()`` returned it (not converted to ``str``).
         """
         app = flask.current_app._get_current_object()  # type: ignore[attr-defined]
-        if getattr(app, "login_manager", None) is None:
+        if getattr(app, "login_manager", None) is None or not _has_flask_login():
             return None
         try:
             from flask_login import current_user
@@ -439,7 +540,7 @@ class Dockerflow:
         except Exception:
             self.logger.debug("could not load the user id for request.summary", exc_info=True)
             return None
-        return None if user_id is None else str(user_id)
+        return user_id
 
 
 def _log_fast(logger: logging.Logger, level: int, msg: str, extra: dict[str, Any]) -> None:
@@ -452,6 +553,13 @@ def _log_fast(logger: logging.Logger, level: int, msg: str, extra: dict[str, Any
         logger.log(level, msg, extra=extra)
         return
     logger.handle(logger.makeRecord(logger.name, level, "", 0, msg, (), None, None, extra))
+
+
+def _has_flask_login() -> bool:
+    # Code written for python-dockerflow turns user ids off by setting
+    # dockerflow.flask.app.has_flask_login = False; that module imports this one, so it is
+    # looked up rather than imported.
+    return bool(getattr(sys.modules.get(f"{__package__}.app"), "has_flask_login", True))
 
 
 def _forget_request_id(g: Any) -> None:

@@ -1,0 +1,110 @@
+"""Settings the extension reads from ``app.config`` each time it uses them.
+
+python-dockerflow read some ``DOCKERFLOW_*`` keys on every request, so services set them after
+creating the extension (in a later ``app.config.from_object``, or in tests). Those keys are
+looked up again on use: a dict read. The value is parsed only when it differs from the last one
+seen, so a request costs no parsing.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from ._config import SETTINGS, Setting, Settings
+
+#: The settings read on use; the others configure the checks engine and are read in init_app.
+LIVE_KEYS = (
+    "DOCKERFLOW_HEARTBEAT_FAILED_STATUS_CODE",
+    "DOCKERFLOW_HEARTBEAT_DETAILS",
+    "DOCKERFLOW_SILENCED_CHECKS",
+    "DOCKERFLOW_ERROR_ENDPOINT",
+    "DOCKERFLOW_REQUEST_ID_HEADER_NAME",
+    "DOCKERFLOW_SUMMARY_LOG_QUERYSTRING",
+    "DOCKERFLOW_SUMMARY_LOG_DOCKERFLOW_ENDPOINTS",
+)
+
+_MISSING = object()
+# Raw values of these types cannot change without being replaced: compared by identity first.
+_IMMUTABLE = (str, bytes, int, float, bool, type(None), tuple, frozenset)
+
+logger = logging.getLogger("dockerflow.flask")
+
+
+class LiveSettings:
+    """The current value of each setting in :data:`LIVE_KEYS`, for one application.
+
+    :param config: the app's config, read on each :meth:`get`.
+    :param initial: the settings parsed in ``init_app``; their values are the starting point.
+    """
+
+    def __init__(self, config: Mapping[str, Any], initial: Settings) -> None:
+        self._config = config
+        self._settings: dict[str, Setting] = {s.attr: s for s in SETTINGS if s.key in LIVE_KEYS}
+        # attr -> (the raw value last seen, or a copy of it if mutable; its parsed value)
+        self._last: dict[str, tuple[object, Any]] = {
+            attr: (_snapshot(config.get(s.key, _MISSING)), getattr(initial, attr))
+            for attr, s in self._settings.items()
+        }
+        self._environ_keys: dict[str, str] = {}
+
+    def get(self, attr: str) -> Any:
+        """Return the current parsed value of the setting with attribute name ``attr``.
+
+        A value that cannot be parsed is logged once, as an error naming the key and value,
+        and the previous value stays in effect: a typo in a setting changed at run time does
+        not fail every request.
+
+        :param attr: the attribute name in :class:`~dockerflow.flask._config.Settings`, such
+            as ``"summary_log_querystring"``.
+        :returns: the parsed value.
+        :raises KeyError: if ``attr`` is not a setting read on use.
+        """
+        setting = self._settings[attr]
+        raw = self._config.get(setting.key, _MISSING)
+        seen, value = self._last[attr]
+        if raw is seen or _same(raw, seen):
+            return value
+        source = raw if raw is not _MISSING else os.environ.get(setting.key, setting.default)
+        try:
+            value = setting.parse(source)
+        except ValueError as exc:
+            logger.error(
+                "%s=%r is not valid: %s; keeping the previous value %r",
+                setting.key,
+                source,
+                exc,
+                value,
+            )
+        self._last[attr] = (_snapshot(raw), value)
+        return value
+
+    def request_id_environ_key(self) -> str:
+        """Return the WSGI environ key of the request id header, e.g. ``HTTP_X_REQUEST_ID``."""
+        header: str = self.get("request_id_header")
+        key = self._environ_keys.get(header)
+        if key is None:
+            key = self._environ_keys[header] = "HTTP_" + header.upper().replace("-", "_")
+        return key
+
+
+def _snapshot(raw: object) -> object:
+    # A list appended to in place must not look unchanged: keep a copy to compare with.
+    if isinstance(raw, _IMMUTABLE) or raw is _MISSING:
+        return raw
+    try:
+        return copy.copy(raw)
+    except Exception:
+        return raw
+
+
+def _same(raw: object, seen: object) -> bool:
+    if type(raw) is not type(seen):  # 1 == True, but "1" and True are parsed apart anyway
+        return False
+    try:
+        return bool(raw == seen)
+    except Exception:
+        return False
