@@ -28,6 +28,7 @@ from ..engine import (
     UnknownCheckError,
 )
 from ..engine._check import callable_name
+from ..integrations import follow_timeout
 from ..logging import request_id_context, sanitize_request_id
 from ..version import get_version
 from ._config import Settings, load_settings
@@ -287,6 +288,10 @@ class Dockerflow:
         excluded = set(exclude)
         if excluded:
             checks = [check for check in checks if check.name not in excluded]
+        for check in checks:
+            # Built-in checks bound their driver calls by the timeout they run under: the
+            # check's own, else DOCKERFLOW_CHECK_TIMEOUT (the smallest, for several apps).
+            follow_timeout(check.func, check.timeout or state.settings.check_timeout)
         report = state.engine.run_sync(checks)
         whole = only is None and not excluded
         self._send_signals(app, state, report, whole)
