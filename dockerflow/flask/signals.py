@@ -21,8 +21,8 @@ with the keyword arguments ``level`` (the overall level, an int) and ``report``
 .. data:: heartbeat_status_changed
 
    Sent only when the overall status text differs from that of the previous heartbeat of the
-   same app in the same process (the first heartbeat counts as a change from ``None``). Extra
-   keyword: ``previous_status`` (``str | None``).
+   same app in the same process; a process's first heartbeat is not a change. Never sent for
+   subset heartbeats (``?check=``, ``?exclude=``). Extra keyword: ``previous_status`` (``str``).
 """
 
 from __future__ import annotations
