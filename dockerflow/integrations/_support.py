@@ -1,4 +1,4 @@
-"""What the built-in checks share: importing a driver, turning a driver's error into a message."""
+"""What the built-in checks share: importing a driver, the driver's time bound, error messages."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import contextlib
 import logging
 from collections.abc import Iterator
 
-from ..engine import DEFAULT_TIMEOUT, DockerflowError
+from ..engine import DEFAULT_TIMEOUT, DockerflowError, validate_timeout
 from ..health import CheckMessage, Error
 from ..masking import mask_secrets, short_error
 
-logger = logging.getLogger("dockerflow.checks")
+logger = logging.getLogger("dockerflow.integrations")
 
 
 class MissingDependencyError(DockerflowError, ImportError):
@@ -29,10 +29,63 @@ class MissingDependencyError(DockerflowError, ImportError):
         self.extra = extra
 
 
-#: Seconds a driver may take to connect or answer, where a built-in check sets it. A little under
-#: the engine's default check timeout, so that a slow server is reported with the driver's own
-#: error (and a specific ID) rather than the engine's generic timeout.
-DRIVER_TIMEOUT = DEFAULT_TIMEOUT - 0.5
+def driver_timeout(check_timeout: float) -> float:
+    """Return the seconds a driver may take within a check of ``check_timeout`` seconds.
+
+    A little under the check's timeout (a fifth of it, at most half a second less), so that a
+    server that does not answer is reported with the driver's own error and a specific message ID
+    before the engine gives up on the check and reports its generic timeout (``E011``).
+
+    :param check_timeout: the check's timeout in seconds.
+    :returns: the driver's bound in seconds: 2.5 for 3, 0.8 for 1.
+    """
+    return max(check_timeout * 0.8, check_timeout - 0.5)
+
+
+#: The driver's bound within a check of the default timeout (:data:`DEFAULT_TIMEOUT`).
+DRIVER_TIMEOUT = driver_timeout(DEFAULT_TIMEOUT)
+
+
+class Bounded:
+    """Something that holds a built-in check's connections and bounds its driver calls.
+
+    :param timeout: the check's timeout in seconds (default: the engine's default, 3 s); the
+        driver calls are bounded by :attr:`driver_timeout`, a little under it.
+    :raises CheckRegistrationError: if ``timeout`` is not a positive number of seconds.
+    """
+
+    def __init__(self, timeout: float | None = None) -> None:
+        self._timeout = DEFAULT_TIMEOUT
+        self._explicit = timeout is not None
+        self._followed = False
+        if timeout is not None:
+            self.timeout = timeout
+
+    @property
+    def timeout(self) -> float:
+        """The check's timeout, in seconds; set it to the timeout the check runs under."""
+        return self._timeout
+
+    @timeout.setter
+    def timeout(self, seconds: float) -> None:
+        self._timeout = validate_timeout(seconds)
+
+    @property
+    def driver_timeout(self) -> float:
+        """Seconds the driver may take to connect and answer: :func:`driver_timeout`."""
+        return driver_timeout(self._timeout)
+
+    def follow(self, seconds: float) -> None:
+        """Take ``seconds`` as the check's timeout unless one was given when this was made.
+
+        The Flask extension calls it with ``DOCKERFLOW_CHECK_TIMEOUT`` (the smallest one, for an
+        extension serving several applications).
+        """
+        if self._explicit:
+            return
+        seconds = validate_timeout(seconds)
+        self._timeout = min(seconds, self._timeout) if self._followed else seconds
+        self._followed = True
 
 
 @contextlib.contextmanager
@@ -57,10 +110,12 @@ def requires(package: str, extra: str) -> Iterator[None]:
 def failure(
     prefix: str, exc: BaseException, msg_id: str, cls: type[CheckMessage] = Error
 ) -> CheckMessage:
-    """Log a driver's error in full and return a check message with its first line.
+    """Return a check message with the first line of a driver's error.
 
-    Both texts are masked (:func:`~dockerflow.masking.mask_secrets`): a driver may echo a DSN. The
-    traceback is not logged, since its last line would repeat the unmasked error text.
+    The message is not logged here: the engine logs every check message once, masked. The
+    driver's full error is logged at DEBUG on ``dockerflow.integrations``, masked too (a driver
+    may echo a DSN); the traceback is left out, since its last line would repeat the unmasked
+    error text.
 
     :param prefix: what went wrong, such as ``"Could not connect to redis"``.
     :param exc: the driver's exception.
@@ -68,5 +123,6 @@ def failure(
     :param cls: the message class, :class:`~dockerflow.checks.Error` unless told.
     :returns: a message ``"<prefix>: <Type>: <first line>"``.
     """
-    logger.error("%s (%s): %s", prefix, msg_id, mask_secrets(f"{type(exc).__name__}: {exc}"))
+    if logger.isEnabledFor(logging.DEBUG):
+        logger.debug("%s (%s): %s", prefix, msg_id, mask_secrets(f"{type(exc).__name__}: {exc}"))
     return cls(f"{prefix}: {short_error(exc)}", id=msg_id)

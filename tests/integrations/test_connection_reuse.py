@@ -8,7 +8,7 @@ import redis.asyncio
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from dockerflow.engine import Check, Engine
-from dockerflow.integrations import AsyncpgCheck, builtin_checks
+from dockerflow.integrations import AsyncpgCheck, builtin_checks, release
 
 from .helpers import asyncpg_dsn, count_backends, unique_name, url_with
 
@@ -57,6 +57,7 @@ def test_hundred_heartbeats_reuse_their_connections(
         admin.close()
         engine.bridge.call(asyncpg_check.close)
         engine.bridge.call(check_engine.dispose)
+        engine.bridge.call(release, named["check_redis_connected"])
         engine.bridge.call(app_engine.dispose)
         engine.bridge.call(client.aclose)
 
