@@ -57,7 +57,6 @@ import os
 import socket
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
@@ -67,7 +66,7 @@ from .. import health
 from ..engine import CheckFunction
 from ..health import CheckMessage
 from ..masking import masked_repr
-from ._support import Bounded, failure, requires
+from ._support import Bounded, PerLoop, failure, requires
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
@@ -272,7 +271,7 @@ class AsyncCheckEngine(Bounded):
     Made like :class:`CheckEngine`, but one copy per event loop: asyncpg (and aiomysql...)
     connections belong to the loop that opened them. A copy is made on first use on each loop; a
     new loop, such as the one a forked child starts, gets a new copy and never touches the old
-    one's connections. A copy is let go when its loop is garbage collected. For SQLite
+    one's connections. A copy is disposed of on its loop when that loop ends. For SQLite
     (``aiosqlite``) it is the application's engine itself.
 
     :param engine: the application's ``AsyncEngine``.
@@ -282,9 +281,9 @@ class AsyncCheckEngine(Bounded):
     def __init__(self, engine: AsyncEngine, *, timeout: float | None = None) -> None:
         super().__init__(timeout)
         self.source = engine
-        self._copies: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncEngine] = (
-            weakref.WeakKeyDictionary()
-        )
+        # Async drivers' connections belong to the loop that opened them: one copy per loop,
+        # disposed of when its loop ends.
+        self._copies: PerLoop[AsyncEngine] = PerLoop(lambda copy: copy.dispose())
 
     @property
     def engine(self) -> AsyncEngine:
@@ -295,18 +294,12 @@ class AsyncCheckEngine(Bounded):
         if _is_sqlite(self.source.sync_engine):
             return self.source
         # Async drivers' connections belong to the loop that opened them: one copy per loop.
-        loop = asyncio.get_running_loop()
-        copy = self._copies.get(loop)
-        if copy is None:
-            copy = self._copies[loop] = _copy_async_engine(self.source)
-        return copy
+        return self._copies.setdefault(lambda: _copy_async_engine(self.source))
 
     async def dispose(self) -> None:
         """Close the running loop's copy; run it on that loop: ``bridge.call(e.dispose)``."""
         # Only the loop that opened a copy's connections may close them.
-        copy = self._copies.pop(asyncio.get_running_loop(), None)
-        if copy is not None:
-            await copy.dispose()
+        await self._copies.discard()
 
     def __repr__(self) -> str:
         return f"AsyncCheckEngine({self.source!r})"
