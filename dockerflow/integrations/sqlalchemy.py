@@ -156,6 +156,10 @@ async def check_database_connected_async(
         return [failure("Database misconfigured", exc, health.ERROR_SQLALCHEMY_EXCEPTION)]
     except (OSError, asyncio.TimeoutError) as exc:
         return [failure(_CANNOT_CONNECT, exc, health.ERROR_CANNOT_CONNECT_DATABASE)]
+    except Exception as exc:
+        if not _raised_by_driver(async_engine, exc):  # unwrapped, as when connecting above
+            raise
+        return [failure("DB-API error", exc, health.ERROR_DB_API_EXCEPTION)]
     return []
 
 
@@ -343,6 +347,11 @@ class NoAnswerError(TimeoutError):
     """The database did not answer within the check's bound."""
 
 
+def _raised_by_driver(engine: AsyncEngine, exc: BaseException) -> bool:
+    """Whether ``exc`` comes from the engine's DB-API driver itself (say ``asyncpg``)."""
+    return type(exc).__module__.partition(".")[0] == engine.sync_engine.dialect.driver
+
+
 class CannotConnectError(Exception):
     """A bounded check could not connect; :attr:`error` is the driver's error."""
 
@@ -423,7 +432,11 @@ async def _run_retrying(
         connection = engine.connect()
         try:
             await connection.start()
-        except DBAPIError as exc:
+        except Exception as exc:
+            # SQLAlchemy 2.0 lets an async driver's own errors through unwrapped when
+            # connecting (asyncpg's): they are DB-API errors all the same.
+            if not isinstance(exc, DBAPIError) and not _raised_by_driver(engine, exc):
+                raise
             if wrap_connect:
                 raise CannotConnectError(exc) from exc
             raise
