@@ -57,6 +57,7 @@ import os
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
@@ -230,8 +231,23 @@ class CheckEngine(Bounded):
         super().__init__(timeout)
         self._db = db
         self._lock = threading.Lock()
-        self._pid = os.getpid()
         self._copies: dict[Engine, Engine] = {}
+        ref = weakref.ref(self)
+
+        def after_fork() -> None:
+            alive = ref()
+            if alive is not None:
+                alive._forget_inherited()
+
+        os.register_at_fork(after_in_child=after_fork)
+
+    def _forget_inherited(self) -> None:
+        # In a forked child: the copies' pooled connections are the parent's sockets, so they
+        # are let go without being closed. The lock may have been held at fork time.
+        self._lock = threading.Lock()
+        for inherited in self._copies.values():
+            inherited.dispose(close=False)
+        self._copies.clear()
 
     @property
     def source(self) -> Engine:
@@ -246,12 +262,6 @@ class CheckEngine(Bounded):
             return source
         # Worker threads of heartbeats that run at the same time may get here together.
         with self._lock:
-            if self._pid != os.getpid():
-                # A forked child: the copies' pooled connections are the parent's sockets.
-                for inherited in self._copies.values():
-                    inherited.dispose(close=False)
-                self._copies.clear()
-                self._pid = os.getpid()
             copy = self._copies.get(source)
             if copy is None:
                 copy = self._copies[source] = _copy_engine(source)
