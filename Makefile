@@ -103,10 +103,10 @@ test-min: $(MIN_STAMP)
 	$(MIN_VENV)/bin/pytest
 
 # The suite on every other supported Python (the main venv has $(PYTHON)), each in a venv of its
-# own. An interpreter is found on PATH (python3.X) or under ~/.pyenv/versions; a missing one is an
-# error, not a skip.
+# own. An interpreter is taken from ~/.pyenv/versions or PATH (python3.X), the first that runs; a
+# missing one is an error, not a skip.
 PYTHONS ?= 3.10 3.12 3.13
-find_python = $(shell command -v python$(1) 2>/dev/null || ls -d $(HOME)/.pyenv/versions/$(1).*/bin/python 2>/dev/null | sort -V | tail -n 1)
+find_python = $(shell for p in $(HOME)/.pyenv/versions/$(1).*/bin/python $$(command -v python$(1)); do "$$p" -c '' 2>/dev/null && echo "$$p" && break; done)
 
 .venv-py%/.installed: pyproject.toml
 	@test -n "$(call find_python,$*)" || { echo "Python $* not found (PATH or ~/.pyenv)" >&2; exit 1; }

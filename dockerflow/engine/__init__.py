@@ -44,9 +44,9 @@ __all__ = [
     "validate_timeout",
 ]
 
-# Public names show their public module in tracebacks and reprs, not the private one.
+# Public classes show their public module in tracebacks and reprs, not the private one.
 for _name in __all__:
     _obj = globals()[_name]
-    if isinstance(_obj, type):
+    if isinstance(_obj, type) and _obj.__module__.startswith(f"{__name__}._"):
         _obj.__module__ = __name__
 del _name, _obj
