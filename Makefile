@@ -48,20 +48,6 @@ COMPAT_TESTS := $(COMPAT_DIR)/python-dockerflow-$(COMPAT_VERSION)
 COMPAT_DESELECT := \
 	--deselect tests/flask/test_flask.py::test_error_returns_500_and_logs_error \
 	--deselect tests/core/test_logging.py::test_JsonLogFormatter_emits_warning
-# Failing until work on other branches lands; remove each entry when its fix is merged.
-#   check_redis_connected pings the object it is given (issue 11):
-#     test_check_redis_connected[*], test_check_redis_connected_ping_check,
-#     test_full_redis_check_error
-#   the built-in database checks use the pool of a copy of db.engine, so patching
-#   db.engine.connect does not reach them (integrations, issue 11 / lead):
-#     test_full_db_check_error, test_full_migrate_check_error
-COMPAT_PENDING := \
-	--deselect "tests/flask/test_flask.py::test_check_redis_connected[ConnectionError-dockerflow.health.E004]" \
-	--deselect "tests/flask/test_flask.py::test_check_redis_connected[RedisError-dockerflow.health.E010]" \
-	--deselect tests/flask/test_flask.py::test_check_redis_connected_ping_check \
-	--deselect tests/flask/test_flask.py::test_full_redis_check_error \
-	--deselect tests/flask/test_flask.py::test_full_db_check_error \
-	--deselect tests/flask/test_flask.py::test_full_migrate_check_error
 
 $(COMPAT_SDIST): | $(BIN)/python
 	mkdir -p $(COMPAT_DIR)
@@ -74,17 +60,10 @@ $(COMPAT_TESTS)/tests: $(COMPAT_SDIST)
 		dockerflow-$(COMPAT_VERSION)/tests
 	touch $@
 
-# tests/core and tests/flask run in two processes: tests/core/test_logging.py reloads the logging
-# module, after which loggers made at import (as python-dockerflow's own) no longer reach
-# caplog, so tests/flask/test_flask.py::test_heartbeat_logging fails after it in one process,
-# with python-dockerflow itself as with us.
-COMPAT_PYTEST = cd $(COMPAT_TESTS) && touch compat.ini && $(abspath $(BIN))/python -m pytest \
-	-c compat.ini --rootdir . -p no:cacheprovider --timeout 120 -q \
-	$(COMPAT_DESELECT) $(COMPAT_PENDING)
-
 compat: $(STAMP) $(COMPAT_TESTS)/tests
-	$(COMPAT_PYTEST) tests/core
-	$(COMPAT_PYTEST) tests/flask
+	cd $(COMPAT_TESTS) && touch compat.ini && $(abspath $(BIN))/python -m pytest \
+		-c compat.ini --rootdir . -p no:cacheprovider --timeout 120 -q \
+		$(COMPAT_DESELECT) tests/core tests/flask
 
 # The suite against the lowest supported Flask, Werkzeug and Flask extensions, pinned by
 # .ci/constraints-min.txt, in a venv of its own beside the main one (which has the newest).

@@ -20,7 +20,7 @@ from ._report import CheckResult
 from ._scheduler import DeadlinePassedError, Run
 
 #: python-dockerflow's logger for check messages: one ``"<id>: <msg>"`` record per message.
-messages_logger = logging.getLogger("dockerflow.checks.registry")
+MESSAGES_LOGGER = "dockerflow.checks.registry"
 
 #: Longest traceback text attached to a log record, in characters.
 MAX_TRACEBACK_CHARS = 16_384
@@ -94,6 +94,9 @@ def log_results(results: Iterable[CheckResult]) -> None:
     The record of a check that raised carries the masked exception as the ``error`` and
     ``traceback`` extra fields (shown in ``Fields`` by the mozlog formatter).
     """
+    # Looked up on each call, not kept from import time: code that reloads or reconfigures
+    # logging (python-dockerflow's tests do) must still receive these records.
+    messages_logger = logging.getLogger(MESSAGES_LOGGER)
     for result in results:
         for message in result.messages:
             if not messages_logger.isEnabledFor(message.level):

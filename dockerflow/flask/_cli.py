@@ -2,16 +2,44 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import click
 import flask
 from flask.cli import with_appcontext
 
+from ..engine import UnknownCheckError
+from ..version import VersionFileError
+
 if TYPE_CHECKING:
     from ._extension import Dockerflow
+
+#: Exit status of ``flask dockerflow heartbeat`` when the heartbeat passes.
+EXIT_PASSED = 0
+#: Exit status when the heartbeat fails (its level reaches ``DOCKERFLOW_HEARTBEAT_FAIL_LEVEL``).
+EXIT_FAILED = 1
+#: Exit status for a usage error (an unknown check name, no check left to run) or an app that
+#: cannot be loaded or has no Dockerflow extension: click's and Flask's own usage status.
+EXIT_USAGE = 2
+
+_HEARTBEAT_HELP = f"""Run the checks and print the report as one JSON document on stdout.
+
+Log records written while the checks run go to stderr, so the output can be piped (for
+example into jq). Exit status: {EXIT_PASSED} if the heartbeat passes, {EXIT_FAILED} if it fails,
+{EXIT_USAGE} for a usage error (an unknown check name, a selection that leaves no check, an app
+that cannot be loaded or has no Dockerflow extension). Usable as a Docker HEALTHCHECK.
+"""
+
+
+class _AppError(click.ClickException):
+    """An error in the app's set-up, reported with the usage status."""
+
+    exit_code = EXIT_USAGE
 
 
 @click.group("dockerflow", help="Dockerflow heartbeat and version.")
@@ -22,30 +50,84 @@ def dockerflow_cli() -> None:
 def _extension() -> Dockerflow:
     ext = flask.current_app.extensions.get("dockerflow")
     if ext is None:
-        raise click.ClickException("the Dockerflow extension is not initialised on this app")
+        raise _AppError("the Dockerflow extension is not initialised on this app")
     return ext  # type: ignore[no-any-return]
 
 
-@dockerflow_cli.command("heartbeat")
-@with_appcontext
-def heartbeat_command() -> None:
-    """Run every check, print the report as JSON; exit 1 if the heartbeat fails.
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """Send whatever is written to file descriptor 1 to descriptor 2 for the block.
 
-    Usable as a Docker ``HEALTHCHECK``.
+    Logging handlers keep the stream they were given (``ext://sys.stdout`` in a mozlog config):
+    only a redirection of the descriptor itself keeps their records off the JSON report.
     """
+    try:
+        saved = os.dup(1)
+    except OSError:  # no descriptor 1 (a closed stdout): nothing to keep clean
+        yield
+        return
+    sys.stdout.flush()
+    try:
+        os.dup2(2, 1)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(ValueError):  # a stream closed by the block
+                sys.stdout.flush()
+                sys.stderr.flush()
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+@dockerflow_cli.command("heartbeat", help=_HEARTBEAT_HELP)
+@click.option(
+    "--check",
+    "only",
+    multiple=True,
+    metavar="NAME[,NAME...]",
+    help="Run only these checks (repeatable), like ?check= on /__heartbeat__.",
+)
+@click.option(
+    "--exclude",
+    multiple=True,
+    metavar="NAME[,NAME...]",
+    help="Leave these checks out (repeatable), like ?exclude= on /__heartbeat__.",
+)
+@with_appcontext
+def heartbeat_command(only: tuple[str, ...], exclude: tuple[str, ...]) -> None:
+    """Run the checks and print the report as JSON; the exit status tells pass or fail."""
     ext = _extension()
-    report = ext.run_checks()
+    selected = _names(only) if only else None
+    if selected == []:
+        raise click.UsageError("--check names no check")
+    with _stdout_to_stderr():
+        try:
+            report = ext.run_checks(exclude=_names(exclude), only=selected)
+        except UnknownCheckError as exc:
+            raise click.UsageError(f"unknown check: {exc}") from None
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
+        failed = report.level >= ext._state().settings.fail_level
     click.echo(json.dumps(report.as_dict(), sort_keys=True))
-    if report.level >= ext._state().settings.fail_level:
-        sys.exit(1)
+    sys.exit(EXIT_FAILED if failed else EXIT_PASSED)
 
 
 @dockerflow_cli.command("version")
 @with_appcontext
 def version_command() -> None:
-    """Print the version object from version.json; exit 1 if there is none."""
+    """Print the version object from version.json; exit 1 if it is missing or malformed."""
     ext = _extension()
-    version = ext._version_callback(ext.version_path or ext._state().version_path)
+    directory = ext.version_path or ext._state().version_path
+    try:
+        version = ext._version_callback(directory)
+    except VersionFileError as exc:
+        raise click.ClickException(str(exc)) from None
     if version is None:
-        raise click.ClickException("version.json not found")
+        path = os.path.join(directory, "version.json")
+        raise click.ClickException(f"version.json not found: looked for {path}")
     click.echo(json.dumps(version, sort_keys=True))
+
+
+def _names(values: tuple[str, ...]) -> list[str]:
+    return [name.strip() for value in values for name in value.split(",") if name.strip()]

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import difflib
 import functools
+import logging
 import math
 import os
+import re
 from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any
@@ -12,8 +15,13 @@ from typing import Any
 from ..engine import MAX_SECONDS, ConfigurationError
 from ..health import STATUSES
 
+logger = logging.getLogger("dockerflow.flask")
+
 _TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"0", "false", "no", "off", ""})
+_FALSE = frozenset({"0", "false", "no", "off"})
+# A message ID: letters, digits, '.', '_' and '-' (dockerflow.health.E001, myapp.W002).
+_MESSAGE_ID = re.compile(r"[A-Za-z0-9_.\-]+")
+PREFIX = "DOCKERFLOW_"
 _LEVELS = {text: level for level, text in STATUSES.items() if level > 0}
 DETAILS_MODES = ("always", "debug", "never")
 
@@ -92,11 +100,20 @@ def _parse_header_name(value: Any) -> str:
 def _parse_id_list(value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
         items = [item.strip() for item in value.split(",")]
+        # One trailing comma is forgiven ("a,b,"); an empty item elsewhere is a typo.
+        if items and not items[-1]:
+            items.pop()
     elif isinstance(value, (list, tuple, set, frozenset)):
         items = [str(item).strip() for item in value]
     else:
         raise ValueError("expected a comma-separated string or a list of message IDs")
-    return tuple(item for item in items if item)
+    bad = [item for item in items if not _MESSAGE_ID.fullmatch(item)]
+    if bad:
+        raise ValueError(
+            f"not message IDs: {', '.join(repr(item) for item in bad)} "
+            "(expected IDs such as dockerflow.health.W001, separated by commas)"
+        )
+    return tuple(items)
 
 
 @dataclass(frozen=True)
@@ -244,16 +261,25 @@ def load_settings(
     """Read every ``DOCKERFLOW_*`` key from ``config``, falling back to ``environ``, then default.
 
     Each parsed value is stored back with ``config.setdefault`` so the app's config shows what
-    is in effect.
+    is in effect. An empty value (``KEY=`` in the environment, ``""`` or ``None`` in the config)
+    means "not set", for every key: the next source applies. ``DOCKERFLOW_*`` keys that are not
+    settings are logged as a warning naming the closest known key.
 
     :param config: the Flask app's config.
     :param environ: the environment; defaults to ``os.environ``.
     :raises ConfigurationError: naming the key and the bad value, if a value cannot be used.
     """
     environ = os.environ if environ is None else environ
+    _warn_unknown_keys(config, environ)
     values: dict[str, Any] = {}
     for setting in SETTINGS:
-        raw = config.get(setting.key, environ.get(setting.key, setting.default))
+        raw = setting.default
+        # Compose and Kubernetes write empty values routinely: empty means not set.
+        for source in (config, environ):
+            given = source.get(setting.key)
+            if not _is_empty(given):
+                raw = given
+                break
         try:
             parsed = setting.parse(raw)
         except ValueError as exc:
@@ -261,3 +287,22 @@ def load_settings(
         config.setdefault(setting.key, parsed)
         values[setting.attr] = parsed
     return Settings(**values)
+
+
+#: Keys that start with ``DOCKERFLOW_`` but are not settings of the extension, and are known.
+_NOT_SETTINGS = frozenset({"DOCKERFLOW_TEST_POSTGRES_URL", "DOCKERFLOW_TEST_REDIS_URL"})
+
+
+def _is_empty(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def _warn_unknown_keys(config: Mapping[str, Any], environ: Mapping[str, str]) -> None:
+    known = [setting.key for setting in SETTINGS]
+    for where, source in (("app.config", config), ("the environment", environ)):
+        for key in sorted(k for k in source if isinstance(k, str) and k.startswith(PREFIX)):
+            if key in known or key in _NOT_SETTINGS:
+                continue
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            logger.warning("%s in %s is not a Dockerflow setting%s", key, where, hint)

@@ -27,6 +27,7 @@ from ..engine import (
     UnknownCheckError,
     callable_name,
 )
+from ..integrations import follow_timeout
 from ..logging import request_id_context, sanitize_request_id
 from ..version import get_version
 from ._config import Settings, load_settings
@@ -326,7 +327,9 @@ class Dockerflow:
         :param exclude: names of checks to leave out.
         :param only: if given, the names of the only checks to run.
         :returns: the report.
-        :raises UnknownCheckError: if ``only`` names a check that is not registered.
+        :raises UnknownCheckError: if ``only`` or ``exclude`` names a check that is not
+            registered (the message lists them).
+        :raises ValueError: if ``only`` and ``exclude`` leave no check to run.
         """
         if app is None:
             app = flask.current_app._get_current_object()  # type: ignore[attr-defined]
@@ -337,15 +340,25 @@ class Dockerflow:
         self, app: Flask, state: _AppState, exclude: Iterable[str], only: Iterable[str] | None
     ) -> Report:
         checks = self._all_checks()
-        if only is not None:
-            wanted = set(only)
-            unknown = wanted - {check.name for check in checks}
-            if unknown:
-                raise UnknownCheckError(", ".join(sorted(unknown)))
-            checks = [check for check in checks if check.name in wanted]
         excluded = set(exclude)
-        if excluded:
-            checks = [check for check in checks if check.name not in excluded]
+        if only is not None or excluded:
+            wanted = set(only) if only is not None else None
+            known = {check.name for check in checks}
+            unknown = ((wanted or set()) | excluded) - known
+            if unknown:
+                # A typo in a probe's ?check= or ?exclude= must not go unnoticed.
+                raise UnknownCheckError(", ".join(sorted(unknown)))
+            checks = [
+                check
+                for check in checks
+                if (wanted is None or check.name in wanted) and check.name not in excluded
+            ]
+            if not checks:
+                raise ValueError("the selection leaves no check to run")
+        for check in checks:
+            # Built-in checks bound their driver calls by the timeout they run under: the
+            # check's own, else DOCKERFLOW_CHECK_TIMEOUT (the smallest, for several apps).
+            follow_timeout(check.func, check.timeout or state.settings.check_timeout)
         silenced = frozenset((*self.silenced_checks, *state.live.get("silenced_checks")))
         if silenced != state.engine.silenced_ids:
             # IDs added to silenced_checks or DOCKERFLOW_SILENCED_CHECKS after init_app.
@@ -366,7 +379,8 @@ class Dockerflow:
             return
         with state.status_lock:
             previous, state.last_status = state.last_status, report.status
-        if previous != report.status:
+        # A worker's first status is no change: there was none before it in this process.
+        if previous is not None and previous != report.status:
             self._send(
                 heartbeat_status_changed,
                 app,
@@ -393,13 +407,16 @@ class Dockerflow:
         app = flask.current_app._get_current_object()  # type: ignore[attr-defined]
         state = self._state(app)
         args = flask.request.args
-        only = _split_names(args.get(ONLY_PARAM)) if ONLY_PARAM in args else None
+        # Repeated parameters are merged: ?check=a&check=b is ?check=a,b.
+        only = _split_names(args.getlist(ONLY_PARAM)) if ONLY_PARAM in args else None
         if only == []:
             return _json_response({"error": f"?{ONLY_PARAM}= names no check"}, 400)
         try:
-            report = self._run(app, state, _split_names(args.get(EXCLUDE_PARAM)), only)
+            report = self._run(app, state, _split_names(args.getlist(EXCLUDE_PARAM)), only)
         except UnknownCheckError as exc:
             return _json_response({"error": f"unknown check: {exc}"}, 400)
+        except ValueError as exc:
+            return _json_response({"error": str(exc)}, 400)
         details = state.live.get("details")
         show = details == "always" or (details == "debug" and app.debug)
         failed = report.level >= state.settings.fail_level
@@ -581,10 +598,9 @@ def _new_request_id() -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
-def _split_names(value: str | None) -> list[str]:
-    if not value:
-        return []
-    return [name.strip() for name in value.split(",") if name.strip()]
+def _split_names(values: Iterable[str]) -> list[str]:
+    """Return the names in comma-separated ``values``, blanks dropped."""
+    return [name.strip() for value in values for name in value.split(",") if name.strip()]
 
 
 def _is_own_endpoint() -> bool:

@@ -42,9 +42,9 @@ change the heartbeat's response; the other receivers still run.
 .. data:: heartbeat_status_changed
 
    Sent only when the overall status text differs from that of the previous heartbeat of the
-   same app in the same process (the first heartbeat counts as a change from ``None``), and
-   not for heartbeats that ran only some checks (``?check=``, ``?exclude=``). Keywords:
-   ``level``, ``report`` and ``previous_status`` (``str | None``).
+   same app in the same process; a process's first heartbeat is not a change. Never sent for
+   heartbeats that ran only some checks (``?check=``, ``?exclude=``). Keywords: ``level``,
+   ``report`` and ``previous_status`` (``str``).
 """
 
 from __future__ import annotations

@@ -16,11 +16,19 @@ module                    checks
 
 from __future__ import annotations
 
+import functools
+
 from ..engine import CheckFunction
-from ._support import MissingDependencyError
+from ._support import Bounded, MissingDependencyError, driver_timeout
 from .alembic import check_migrations_applied, migrations_check
 from .asyncpg import AsyncpgCheck
-from .redis import check_redis_connected, check_redis_connected_async, redis_check
+from .redis import (
+    AsyncRedisCheck,
+    RedisCheck,
+    check_redis_connected,
+    check_redis_connected_async,
+    redis_check,
+)
 from .sqlalchemy import (
     AsyncCheckEngine,
     CheckEngine,
@@ -34,9 +42,11 @@ MissingDependencyError.__module__ = __name__  # raised and documented under its 
 
 __all__ = [
     "AsyncCheckEngine",
+    "AsyncRedisCheck",
     "AsyncpgCheck",
     "CheckEngine",
     "MissingDependencyError",
+    "RedisCheck",
     "builtin_checks",
     "check_database_connected",
     "check_database_connected_async",
@@ -45,6 +55,8 @@ __all__ = [
     "check_redis_connected",
     "check_redis_connected_async",
     "database_check",
+    "driver_timeout",
+    "follow_timeout",
     "migrations_check",
     "redis_check",
     "release",
@@ -52,7 +64,11 @@ __all__ = [
 
 
 def builtin_checks(
-    *, db: object = None, redis: object = None, migrate: object = None
+    *,
+    db: object = None,
+    redis: object = None,
+    migrate: object = None,
+    timeout: float | None = None,
 ) -> list[tuple[str, CheckFunction]]:
     """Return the built-in checks for the given services, under python-dockerflow's names.
 
@@ -68,6 +84,8 @@ def builtin_checks(
         ``AsyncEngine``.
     :param redis: a ``redis.Redis`` or ``redis.asyncio.Redis``, or a Flask-Redis store.
     :param migrate: a ``flask_migrate.Migrate``.
+    :param timeout: the timeout the checks run under, in seconds (default 3): their driver calls
+        are bounded a little under it. Left ``None``, :func:`follow_timeout` may set it later.
     :returns: ``(name, function)`` pairs, in that order.
     :raises TypeError: if a service is of a type that no check takes.
     :raises MissingDependencyError: if a service's driver is not installed.
@@ -75,16 +93,35 @@ def builtin_checks(
     checks: list[tuple[str, CheckFunction]] = []
     engine = None
     if db is not None:
-        engine = check_engine(db)
+        engine = check_engine(db, timeout=timeout)
         checks.append(("check_database_connected", database_check(engine)))
     if redis is not None:
-        checks.append(("check_redis_connected", redis_check(redis)))
+        checks.append(("check_redis_connected", redis_check(redis, timeout=timeout)))
     if migrate is not None:
         shared = engine if db is not None and getattr(migrate, "db", None) is db else None
         checks.append(
-            ("check_migrations_applied", migrations_check(migrate=migrate, engine=shared))
+            (
+                "check_migrations_applied",
+                migrations_check(migrate=migrate, engine=shared, timeout=timeout),
+            )
         )
     return checks
+
+
+def follow_timeout(func: object, seconds: float) -> None:
+    """Bound a built-in check's driver calls by ``seconds``, the timeout it runs under.
+
+    Only a check whose timeout was not given when it was made follows; when it is told several
+    timeouts (one extension serving applications with different ``DOCKERFLOW_CHECK_TIMEOUT``),
+    it keeps the smallest. Any other function is left alone.
+
+    :param func: a check function, as returned by :func:`builtin_checks`, or any other.
+    :param seconds: the check's timeout in seconds.
+    :raises CheckRegistrationError: if ``seconds`` is not a positive number of seconds.
+    """
+    for part in _parts(func):
+        if isinstance(part, Bounded):
+            part.follow(seconds)
 
 
 async def release(func: object) -> None:
@@ -96,13 +133,17 @@ async def release(func: object) -> None:
 
     :param func: a check function, as returned by :func:`builtin_checks`, or any other.
     """
-    import functools
-
-    parts = [func, *func.args] if isinstance(func, functools.partial) else [func]
-    for part in parts:
+    for part in _parts(func):
         if isinstance(part, CheckEngine):
             part.dispose()
+        elif isinstance(part, RedisCheck):
+            part.close()
         elif isinstance(part, AsyncCheckEngine):
             await part.dispose()
-        elif isinstance(part, AsyncpgCheck):
+        elif isinstance(part, (AsyncpgCheck, AsyncRedisCheck)):
             await part.close()
+
+
+def _parts(func: object) -> list[object]:
+    # A built-in check is a check object, or a partial whose arguments hold one.
+    return [func, *func.args] if isinstance(func, functools.partial) else [func]

@@ -1,16 +1,18 @@
-"""What the built-in checks share: importing a driver, turning a driver's error into a message."""
+"""What the built-in checks share: importing a driver, the driver's time bound, error messages."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
+from typing import Generic, TypeVar
 
-from ..engine import DEFAULT_TIMEOUT, DockerflowError
+from ..engine import DEFAULT_TIMEOUT, DockerflowError, validate_timeout
 from ..health import CheckMessage, Error
 from ..masking import mask_secrets, short_error
 
-logger = logging.getLogger("dockerflow.checks")
+logger = logging.getLogger("dockerflow.integrations")
 
 
 class MissingDependencyError(DockerflowError, ImportError):
@@ -29,10 +31,63 @@ class MissingDependencyError(DockerflowError, ImportError):
         self.extra = extra
 
 
-#: Seconds a driver may take to connect or answer, where a built-in check sets it. A little under
-#: the engine's default check timeout, so that a slow server is reported with the driver's own
-#: error (and a specific ID) rather than the engine's generic timeout.
-DRIVER_TIMEOUT = DEFAULT_TIMEOUT - 0.5
+def driver_timeout(check_timeout: float) -> float:
+    """Return the seconds a driver may take within a check of ``check_timeout`` seconds.
+
+    A little under the check's timeout (a fifth of it, at most half a second less), so that a
+    server that does not answer is reported with the driver's own error and a specific message ID
+    before the engine gives up on the check and reports its generic timeout (``E011``).
+
+    :param check_timeout: the check's timeout in seconds.
+    :returns: the driver's bound in seconds: 2.5 for 3, 0.8 for 1.
+    """
+    return max(check_timeout * 0.8, check_timeout - 0.5)
+
+
+#: The driver's bound within a check of the default timeout (:data:`DEFAULT_TIMEOUT`).
+DRIVER_TIMEOUT = driver_timeout(DEFAULT_TIMEOUT)
+
+
+class Bounded:
+    """Something that holds a built-in check's connections and bounds its driver calls.
+
+    :param timeout: the check's timeout in seconds (default: the engine's default, 3 s); the
+        driver calls are bounded by :attr:`driver_timeout`, a little under it.
+    :raises CheckRegistrationError: if ``timeout`` is not a positive number of seconds.
+    """
+
+    def __init__(self, timeout: float | None = None) -> None:
+        self._timeout = DEFAULT_TIMEOUT
+        self._explicit = timeout is not None
+        self._followed = False
+        if timeout is not None:
+            self.timeout = timeout
+
+    @property
+    def timeout(self) -> float:
+        """The check's timeout, in seconds; set it to the timeout the check runs under."""
+        return self._timeout
+
+    @timeout.setter
+    def timeout(self, seconds: float) -> None:
+        self._timeout = validate_timeout(seconds)
+
+    @property
+    def driver_timeout(self) -> float:
+        """Seconds the driver may take to connect and answer: :func:`driver_timeout`."""
+        return driver_timeout(self._timeout)
+
+    def follow(self, seconds: float) -> None:
+        """Take ``seconds`` as the check's timeout unless one was given when this was made.
+
+        The Flask extension calls it with ``DOCKERFLOW_CHECK_TIMEOUT`` (the smallest one, for an
+        extension serving several applications).
+        """
+        if self._explicit:
+            return
+        seconds = validate_timeout(seconds)
+        self._timeout = min(seconds, self._timeout) if self._followed else seconds
+        self._followed = True
 
 
 @contextlib.contextmanager
@@ -57,10 +112,12 @@ def requires(package: str, extra: str) -> Iterator[None]:
 def failure(
     prefix: str, exc: BaseException, msg_id: str, cls: type[CheckMessage] = Error
 ) -> CheckMessage:
-    """Log a driver's error in full and return a check message with its first line.
+    """Return a check message with the first line of a driver's error.
 
-    Both texts are masked (:func:`~dockerflow.masking.mask_secrets`): a driver may echo a DSN. The
-    traceback is not logged, since its last line would repeat the unmasked error text.
+    The message is not logged here: the engine logs every check message once, masked. The
+    driver's full error is logged at DEBUG on ``dockerflow.integrations``, masked too (a driver
+    may echo a DSN); the traceback is left out, since its last line would repeat the unmasked
+    error text.
 
     :param prefix: what went wrong, such as ``"Could not connect to redis"``.
     :param exc: the driver's exception.
@@ -68,5 +125,91 @@ def failure(
     :param cls: the message class, :class:`~dockerflow.checks.Error` unless told.
     :returns: a message ``"<prefix>: <Type>: <first line>"``.
     """
-    logger.error("%s (%s): %s", prefix, msg_id, mask_secrets(f"{type(exc).__name__}: {exc}"))
+    if logger.isEnabledFor(logging.DEBUG):
+        logger.debug("%s (%s): %s", prefix, msg_id, mask_secrets(f"{type(exc).__name__}: {exc}"))
     return cls(f"{prefix}: {short_error(exc)}", id=msg_id)
+
+
+T = TypeVar("T")
+
+
+class PerLoop(Generic[T]):
+    """One value per asyncio event loop (a pool, a client, an engine), closed when its loop ends.
+
+    Connections of async drivers belong to the loop that opened them, so a built-in async check
+    keeps its pool per loop. Each is closed on its own loop when that loop shuts down:
+    ``asyncio.run()`` and anyio close a loop's async generators before they close the loop, and
+    one of ours, parked on each loop that has a value, closes the value then. Five
+    ``asyncio.run()`` calls therefore leave no pool and no server connection behind. A value of
+    another loop (a forked child's parent's) is never touched.
+
+    :param close: ``await close(value)`` releases a value; run on the value's own loop.
+    """
+
+    def __init__(self, close: Callable[[T], Awaitable[object]]) -> None:
+        self._close = close
+        self._values: dict[asyncio.AbstractEventLoop, T] = {}
+        self._watchers: dict[asyncio.AbstractEventLoop, AsyncGenerator[None, None]] = {}
+        self._locks: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
+        self._starting: asyncio.Task[None] | None = None  # kept so it is not collected early
+
+    def current(self) -> T | None:
+        """Return the running loop's value, or ``None`` when it has none yet."""
+        return self._values.get(asyncio.get_running_loop())
+
+    async def get(self, make: Callable[[], Awaitable[T]]) -> T:
+        """Return the running loop's value, made with ``await make()`` on first use."""
+        loop = asyncio.get_running_loop()
+        value = self._values.get(loop)
+        if value is not None:
+            return value
+        # Heartbeats that arrive together on a new loop must make one value, not one each.
+        async with self._locks.setdefault(loop, asyncio.Lock()):
+            value = self._values.get(loop)
+            if value is None:
+                value = await make()
+                watcher = self._watch(loop)
+                # Its first step registers it with the loop (the loop's async generator hooks).
+                await watcher.asend(None)
+                self._values[loop], self._watchers[loop] = value, watcher
+        return value
+
+    def setdefault(self, make: Callable[[], T]) -> T:
+        """Return the running loop's value, made with ``make()`` on first use (from sync code
+        running on the loop; the value is watched from the loop's next turn on)."""
+        loop = asyncio.get_running_loop()
+        value = self._values.get(loop)
+        if value is None:
+            value = self._values[loop] = make()
+            watcher = self._watchers[loop] = self._watch(loop)
+            # Its first step, which registers it with the loop, must be awaited: in a task.
+            self._starting = loop.create_task(_first_step(watcher))
+        return value
+
+    async def discard(self) -> None:
+        """Close the running loop's value and forget it; a later :meth:`get` makes a new one."""
+        loop = asyncio.get_running_loop()
+        watcher = self._watchers.pop(loop, None)
+        self._locks.pop(loop, None)
+        value = self._values.pop(loop, None)
+        if watcher is not None:
+            await watcher.aclose()
+        if value is not None:
+            await self._close(value)
+
+    async def _watch(self, loop: asyncio.AbstractEventLoop) -> AsyncGenerator[None, None]:
+        try:
+            yield  # parked here until the loop shuts its async generators down
+        finally:
+            # At loop shutdown the generator is closed on its loop, which still runs.
+            if self._watchers.get(loop) is not None:
+                self._watchers.pop(loop, None)
+                self._locks.pop(loop, None)
+                value = self._values.pop(loop, None)
+                if value is not None:
+                    with contextlib.suppress(Exception):
+                        await self._close(value)
+
+
+async def _first_step(watcher: AsyncGenerator[None, None]) -> None:
+    await watcher.asend(None)

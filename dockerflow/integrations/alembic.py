@@ -30,6 +30,7 @@ from ..health import CheckMessage, Info, Warning
 from ._support import failure, requires
 from .sqlalchemy import (
     AsyncCheckEngine,
+    CannotConnectError,
     CheckEngine,
     check_engine,
     run_on_connection,
@@ -73,6 +74,7 @@ def migrations_check(
     engine: object = None,
     version_table: str | None = None,
     version_table_schema: str | None = None,
+    timeout: float | None = None,
 ) -> CheckFunction:
     """Return a migrations check: the scripts' heads against the database's.
 
@@ -90,6 +92,9 @@ def migrations_check(
     :param version_table: the table of applied revisions, if ``env.py`` renames it; taken from
         ``Migrate(..., version_table=...)`` when not given, else Alembic's ``alembic_version``.
     :param version_table_schema: the schema of that table, likewise.
+    :param timeout: the timeout the check runs under, in seconds (default 3); its database calls
+        are bounded a little under it, as the database check's are. The Flask extension sets it
+        from ``DOCKERFLOW_CHECK_TIMEOUT`` when it is not given.
     :returns: a function of no arguments, ``async`` for an ``AsyncEngine``.
     :raises TypeError: unless exactly one source of scripts and a database are given.
     :raises MissingDependencyError: if Alembic or SQLAlchemy is not installed.
@@ -103,7 +108,7 @@ def migrations_check(
         if migrate is None:
             raise TypeError("give the engine of the migrated database")
         engine = migrate.db
-    database = check_engine(engine)
+    database = check_engine(engine, timeout=timeout)
 
     load_config: Callable[[], Config]
     if migrate is not None:
@@ -151,8 +156,12 @@ def _migrations_applied(
     script = scripts()
     try:
         db_heads = run_on_connection_sync(
-            sync_engine_of(engine), functools.partial(_current_heads, opts=opts)
+            sync_engine_of(engine),
+            functools.partial(_current_heads, opts=opts),
+            engine.driver_timeout if isinstance(engine, CheckEngine) else None,
         )
+    except CannotConnectError as exc:
+        return [_cannot_check(exc.error)]
     except (SQLAlchemyError, OSError, asyncio.TimeoutError) as exc:
         return [_cannot_check(exc)]
     return _compare(script, db_heads)
@@ -167,8 +176,10 @@ async def _migrations_applied_async(
     script = scripts() if scripts.loaded else await anyio.to_thread.run_sync(scripts)
     try:
         db_heads = await run_on_connection(
-            engine.engine, functools.partial(_current_heads, opts=opts)
+            engine.engine, functools.partial(_current_heads, opts=opts), engine.driver_timeout
         )
+    except CannotConnectError as exc:
+        return [_cannot_check(exc.error)]
     except (SQLAlchemyError, OSError, asyncio.TimeoutError) as exc:
         return [_cannot_check(exc)]
     return _compare(script, db_heads)

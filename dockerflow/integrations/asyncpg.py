@@ -17,15 +17,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import weakref
 from collections.abc import Mapping
 from typing import Any
 
+import anyio
+
 from .. import health
-from ..engine import validate_timeout
 from ..health import CheckMessage
 from ..masking import mask_secrets
-from ._support import DRIVER_TIMEOUT, failure, requires
+from ._support import Bounded, PerLoop, failure, requires
 
 # SQLSTATEs (and classes of two characters) that mean "could not get a usable connection".
 _CONNECTION_SQLSTATES = frozenset(
@@ -33,7 +33,7 @@ _CONNECTION_SQLSTATES = frozenset(
 )
 
 
-class AsyncpgCheck:
+class AsyncpgCheck(Bounded):
     """An async check that runs ``SELECT 1`` on PostgreSQL through an asyncpg pool.
 
     Built from a DSN, it makes one small pool (``min_size=1``, ``max_size=2``) on the running event
@@ -47,14 +47,18 @@ class AsyncpgCheck:
     (create it there: ``engine.bridge.call(asyncpg.create_pool, dsn)``); :meth:`close` leaves it
     open.
 
-    :param dsn: a ``postgresql://`` DSN.
+    :param dsn: a ``postgresql://`` or ``postgres://`` DSN. A SQLAlchemy URL naming a driver
+        (``postgresql+asyncpg://``) is taken without it.
     :param pool: an ``asyncpg.Pool`` to use instead of a DSN.
-    :param timeout: seconds to connect, to wait for a pooled connection and to run the query
-        (default 2.5); keep it under the check's timeout (default 3) so that a slow server is
-        reported as ``E001`` with asyncpg's message, rather than as the engine's timeout.
+    :param timeout: the timeout the check runs under, in seconds (default 3). Connecting,
+        waiting for a pooled connection and the query are each bounded a little under it
+        (:func:`~dockerflow.integrations.driver_timeout`, 2.5 s for 3 s), so that a slow server
+        is reported as ``E001`` with asyncpg's message rather than as the engine's timeout. The
+        Flask extension sets it from ``DOCKERFLOW_CHECK_TIMEOUT`` when it is not given.
     :param connect_kwargs: more arguments for ``asyncpg.create_pool``, such as
         ``server_settings={"application_name": "web-heartbeat"}``.
     :raises TypeError: unless exactly one of ``dsn`` and ``pool`` is given.
+    :raises ValueError: if ``dsn`` is not a PostgreSQL URL.
     :raises CheckRegistrationError: if ``timeout`` is not a positive number.
     :raises MissingDependencyError: if asyncpg is not installed.
     """
@@ -64,35 +68,36 @@ class AsyncpgCheck:
         dsn: str | None = None,
         *,
         pool: Any = None,
-        timeout: float = DRIVER_TIMEOUT,
+        timeout: float | None = None,
         **connect_kwargs: Any,
     ) -> None:
+        super().__init__(timeout)
         if (dsn is None) == (pool is None):
             raise TypeError("AsyncpgCheck takes either a dsn or a pool")
         if pool is not None and connect_kwargs:
             raise TypeError("connection arguments apply to a dsn, not to a given pool")
         with requires("asyncpg", extra="postgres"):
             import asyncpg  # noqa: F401 - fail here, where the check is made, not at a heartbeat
-        self.dsn = dsn
-        self.timeout = validate_timeout(timeout)
+        self.dsn = None if dsn is None else _asyncpg_dsn(dsn)
         self._pool = pool
         self._connect_kwargs: Mapping[str, Any] = connect_kwargs
-        self._pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
-            weakref.WeakKeyDictionary()
-        )
-        self._locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
-            weakref.WeakKeyDictionary()
-        )
+        # asyncpg connections belong to the loop that opened them: one pool per loop, closed
+        # when its loop ends.
+        self._pools: PerLoop[Any] = PerLoop(lambda pool: pool.close())
 
     async def __call__(self) -> list[CheckMessage]:
         """Run ``SELECT 1`` and return no message, or one :class:`~dockerflow.checks.Error`."""
         with requires("asyncpg", extra="postgres"):
             import asyncpg
         try:
-            await self._select_one(await self.get_pool())
+            # One bound for opening the pool, acquiring and querying together.
+            with anyio.fail_after(self.driver_timeout):
+                await self._select_one(await self.get_pool())
         except ValueError as exc:  # a bad DSN or option (ClientConfigurationError is one)
             return [failure("Database misconfigured", exc, health.ERROR_MISCONFIGURED_DATABASE)]
         except (OSError, asyncio.TimeoutError) as exc:
+            if not str(exc):  # a timeout, which says nothing of itself
+                exc = TimeoutError(f"no answer within {self.driver_timeout:g}s")
             return [
                 failure("Cannot connect to database", exc, health.ERROR_CANNOT_CONNECT_DATABASE)
             ]
@@ -110,9 +115,9 @@ class AsyncpgCheck:
         import asyncpg
 
         for attempt in (1, 2):
-            async with pool.acquire(timeout=self.timeout) as connection:
+            async with pool.acquire(timeout=self.driver_timeout) as connection:
                 try:
-                    await connection.fetchval("SELECT 1", timeout=self.timeout)
+                    await connection.fetchval("SELECT 1", timeout=self.driver_timeout)
                     return
                 except Exception as exc:
                     if attempt == 2 or not _is_dropped_connection(exc):
@@ -130,18 +135,7 @@ class AsyncpgCheck:
         """
         if self._pool is not None:
             return self._pool
-        # asyncpg connections belong to the loop that opened them: one pool per loop.
-        loop = asyncio.get_running_loop()
-        pool = self._pools.get(loop)
-        if pool is not None:
-            return pool
-        # Heartbeats that arrive together on a new loop must open one pool, not one each.
-        lock = self._locks.setdefault(loop, asyncio.Lock())
-        async with lock:
-            pool = self._pools.get(loop)
-            if pool is None:
-                pool = self._pools[loop] = await self._open_pool()
-        return pool
+        return await self._pools.get(self._open_pool)
 
     async def close(self) -> None:
         """Close the running loop's pool, if this check opened it.
@@ -150,9 +144,7 @@ class AsyncpgCheck:
         opens a new pool.
         """
         # Only the loop that opened a pool may close it; other loops' pools are left alone.
-        pool = self._pools.pop(asyncio.get_running_loop(), None)
-        if pool is not None:
-            await pool.close()
+        await self._pools.discard()
 
     async def _open_pool(self) -> Any:
         import asyncpg
@@ -162,8 +154,8 @@ class AsyncpgCheck:
             self.dsn,
             min_size=1,
             max_size=2,
-            timeout=self.timeout,
-            command_timeout=self.timeout,
+            timeout=self.driver_timeout,
+            command_timeout=self.driver_timeout,
             **self._connect_kwargs,
         )
 
@@ -174,6 +166,18 @@ class AsyncpgCheck:
             else f"pool={self._pool!r}"
         )
         return f"AsyncpgCheck({target}, timeout={self.timeout!r})"
+
+
+def _asyncpg_dsn(dsn: str) -> str:
+    """Return ``dsn`` without a SQLAlchemy driver name; reject what is not PostgreSQL's."""
+    if not isinstance(dsn, str):
+        raise TypeError(f"AsyncpgCheck takes a DSN string, got {type(dsn).__name__}")
+    scheme, sep, rest = dsn.partition("://")
+    dialect, _, _driver = scheme.partition("+")
+    if not sep or dialect.lower() not in ("postgresql", "postgres"):
+        raise ValueError(f"AsyncpgCheck takes a postgresql:// DSN, got {mask_secrets(repr(dsn))}")
+    # SQLAlchemy's postgresql+asyncpg:// (or +psycopg...): asyncpg knows only postgresql://.
+    return f"{dialect}{sep}{rest}"
 
 
 def _is_connection_error(exc: BaseException) -> bool:

@@ -1,46 +1,67 @@
 """Redis checks: does the server answer ``PING``?
 
-Message IDs, those of python-dockerflow:
+:func:`check_redis_connected` and :func:`check_redis_connected_async` are python-dockerflow's
+check: they call ``ping()`` on the object they are given (a client, a Flask-Redis store, a test's
+patched double), with its connection pool, timeouts and retry policy. Message IDs, those of
+python-dockerflow:
 
-* ``redis.ConnectionError`` (which includes authentication errors) or ``redis.TimeoutError`` →
+* ``redis.ConnectionError`` (which includes authentication errors) →
   :data:`~dockerflow.health.ERROR_CANNOT_CONNECT_REDIS` (``E004``);
 * any other ``redis.RedisError`` → :data:`~dockerflow.health.ERROR_REDIS_EXCEPTION` (``E010``);
 * a falsy reply to ``PING`` → :data:`~dockerflow.health.ERROR_REDIS_PING_FAILED` (``E007``);
 * a Flask-Redis store whose ``init_app`` was never called →
   :data:`~dockerflow.health.ERROR_MISSING_REDIS_CLIENT` (``E005``).
 
-The checks use the client they are given, with its connection pool, socket timeouts and retry
-policy. The engine bounds every heartbeat by the check's timeout: an async check is cancelled,
-while a sync check's thread is abandoned and the check reported as still running until the thread
-returns. Against a server that accepts connections but never answers, that is when the client
-gives up: after ``socket_timeout`` (redis-py 8: 5 s by default) times the attempts of its
-``retry`` policy (redis-py 8: up to 11, with backoff). A client for the check alone, with
-``socket_timeout`` under the check's timeout and ``retry=Retry(NoBackoff(), 0)``, reports such a
-server as ``E004`` within the timeout instead.
+:func:`redis_check` is what :func:`~dockerflow.integrations.builtin_checks` registers, a
+:class:`RedisCheck` or :class:`AsyncRedisCheck`. Its ``PING`` is bounded by a little less than the
+check's timeout (:func:`~dockerflow.integrations.driver_timeout`), so that a server that refuses
+connections is reported at once and one that stops answering within the timeout, both as
+``E004``, and the check passes again as soon as the server answers:
+
+* for a redis-py client on a plain TCP, TLS or Unix socket connection, the check pings through a
+  client of its own made from the client's connection settings (host, port, database, password,
+  TLS, client name...), with ``socket_connect_timeout`` and ``socket_timeout`` set to that bound
+  and no retries. It holds **one** connection per worker process (per event loop for an asyncio
+  client), opened at the first heartbeat and kept;
+* any other client (a cluster or Sentinel client, a test double, one whose ``ping`` was
+  replaced on the instance or by a subclass) is pinged as it is, bounded by its own timeouts;
+  an asyncio one is cancelled at the bound. A blocking client of redis-py without a
+  ``socket_timeout`` under the check's timeout is then logged once, as a warning on
+  ``dockerflow.integrations``: a server that stops answering holds the check's thread until
+  the operating system gives up on the socket.
+
+A ``redis.TimeoutError`` (no answer within the bound) is ``E004`` in these checks.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
-import inspect
+import logging
+import weakref
 from typing import Any
+
+import anyio
 
 from .. import health
 from ..engine import CheckFunction
 from ..health import CheckMessage, Error
 from ..masking import masked_repr
-from ._support import failure, requires
+from ._support import Bounded, PerLoop, failure, requires
+
+logger = logging.getLogger("dockerflow.integrations")
 
 _ACCEPTED = "a redis.Redis, a redis.asyncio.Redis or a Flask-Redis store"
 _NOT_SET = object()
+_CANNOT_CONNECT = "Could not connect to redis"
+# Keys of a redis-py pool's connection settings that belong to that pool, not to a connection.
+_POOL_OWN_PREFIXES = ("maint_notifications", "orig_")
 
 
 def check_redis_connected(client: Any) -> list[CheckMessage]:
     """Check that Redis answers ``PING``: python-dockerflow's check, blocking.
 
     :param client: a ``redis.Redis`` (or ``redis.RedisCluster``), a Flask-Redis ``FlaskRedis``
-        store, or anything with a blocking ``ping()``.
+        store, or anything with a blocking ``ping()``; its ``ping()`` is called.
     :returns: no message if Redis answered, else one :class:`~dockerflow.checks.Error` (see the
         module for the IDs).
     :raises MissingDependencyError: if redis-py is not installed.
@@ -49,22 +70,20 @@ def check_redis_connected(client: Any) -> list[CheckMessage]:
     """
     with requires("redis", extra="redis"):
         import redis
-    target = _client_of(client)
-    if target is None:
+    if _is_empty_store(client):
         return [_missing_client()]
     try:
-        reply = target.ping()
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
-        return [failure("Could not connect to redis", exc, health.ERROR_CANNOT_CONNECT_REDIS)]
+        reply = _pingable(client, _client_of(client)).ping()
+    except redis.ConnectionError as exc:
+        return [failure(_CANNOT_CONNECT, exc, health.ERROR_CANNOT_CONNECT_REDIS)]
     except redis.RedisError as exc:
         return [failure("Redis error", exc, health.ERROR_REDIS_EXCEPTION)]
-    if inspect.isawaitable(reply):
-        if inspect.iscoroutine(reply):
-            reply.close()  # never awaited: close it so Python does not warn about it
+    if asyncio.iscoroutine(reply):
+        reply.close()  # never awaited: close it so Python does not warn about it
         raise TypeError(
-            f"{masked_repr(target)} is an asyncio client: use check_redis_connected_async"
+            f"{masked_repr(client)} is an asyncio client: use check_redis_connected_async"
         )
-    return [] if reply else [Error("Redis ping failed", id=health.ERROR_REDIS_PING_FAILED)]
+    return _reply(reply)
 
 
 async def check_redis_connected_async(client: Any) -> list[CheckMessage]:
@@ -75,74 +94,276 @@ async def check_redis_connected_async(client: Any) -> list[CheckMessage]:
     loop uses.
 
     :param client: a ``redis.asyncio.Redis`` (or ``redis.asyncio.RedisCluster``), or a Flask-Redis
-        store that wraps one.
+        store that wraps one; its ``ping()`` is awaited.
     :returns: no message if Redis answered, else one :class:`~dockerflow.checks.Error`.
     :raises MissingDependencyError: if redis-py is not installed.
     """
     with requires("redis", extra="redis"):
         import redis
-    target = _client_of(client)
-    if target is None:
+    if _is_empty_store(client):
         return [_missing_client()]
     try:
-        reply = await target.ping()
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
-        return [failure("Could not connect to redis", exc, health.ERROR_CANNOT_CONNECT_REDIS)]
+        reply = await _pingable(client, _client_of(client)).ping()
+    except redis.ConnectionError as exc:
+        return [failure(_CANNOT_CONNECT, exc, health.ERROR_CANNOT_CONNECT_REDIS)]
     except redis.RedisError as exc:
         return [failure("Redis error", exc, health.ERROR_REDIS_EXCEPTION)]
-    return [] if reply else [Error("Redis ping failed", id=health.ERROR_REDIS_PING_FAILED)]
+    return _reply(reply)
 
 
-def redis_check(client: Any) -> CheckFunction:
+def redis_check(client: Any, *, timeout: float | None = None) -> CheckFunction:
     """Return the Redis check for ``client``: async for an asyncio client, sync otherwise.
 
     :param client: a ``redis.Redis`` or ``redis.asyncio.Redis`` (or a cluster client), a
         Flask-Redis store (its client is looked up at each check, so ``init_app`` may come
         later), or anything with a blocking ``ping()``.
-    :returns: a function taking no arguments: :func:`check_redis_connected` for a blocking
-        client; for an asyncio client, :func:`check_redis_connected_async` that first drops
-        the client's pooled connections when it runs on another loop than last time (a forked
-        worker, a restarted loop), as they belong to the loop that opened them.
+    :param timeout: the timeout the check runs under, in seconds (default 3); ``PING`` is
+        bounded a little under it. The Flask extension sets it from ``DOCKERFLOW_CHECK_TIMEOUT``
+        when it is not given.
+    :returns: an :class:`AsyncRedisCheck` for an asyncio client, else a :class:`RedisCheck`.
     :raises TypeError: if ``client`` has no ``ping()``.
     :raises MissingDependencyError: if redis-py is not installed.
+    :raises CheckRegistrationError: if ``timeout`` is not a positive number of seconds.
     """
     with requires("redis", extra="redis"):
-        import redis
         import redis.asyncio
-    target = _client_of(client)
     if client is None:
         raise TypeError(f"a Redis check takes {_ACCEPTED}; got None")
+    target = _client_of(client)
     if isinstance(target, (redis.asyncio.Redis, redis.asyncio.RedisCluster)):
-        return functools.partial(_check_on_current_loop, _LastLoop(), client)
+        return AsyncRedisCheck(client, timeout=timeout)
     if target is not None and not callable(getattr(target, "ping", None)):
         raise TypeError(f"a Redis check takes {_ACCEPTED}; got {masked_repr(client)}")
-    return functools.partial(check_redis_connected, client)
+    return RedisCheck(client, timeout=timeout)
 
 
-class _LastLoop:
-    """The event loop a check last ran its client on."""
+class RedisCheck(Bounded):
+    """The blocking Redis check, bounded by its timeout (see the module).
 
-    def __init__(self) -> None:
+    :param client: as for :func:`redis_check`.
+    :param timeout: the check's timeout in seconds (default 3).
+    """
+
+    def __init__(self, client: Any, *, timeout: float | None = None) -> None:
+        super().__init__(timeout)
+        self.client = client
+        # The client of the check's own, and what it was made from and with.
+        self._own: tuple[Any, float, Any] | None = None
+        self._warned = False
+
+    def __call__(self) -> list[CheckMessage]:
+        """Ping Redis; return no message, or one :class:`~dockerflow.checks.Error`."""
+        with requires("redis", extra="redis"):
+            import redis
+        target = _client_of(self.client)
+        if target is None:
+            return [_missing_client()]
+        own = self._own_client(target)
+        if own is None:
+            self._warn_if_unbounded(target)
+        pinged = own if own is not None else _pingable(self.client, target)
+        try:
+            reply = pinged.ping()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            return [failure(_CANNOT_CONNECT, exc, health.ERROR_CANNOT_CONNECT_REDIS)]
+        except redis.RedisError as exc:
+            return [failure("Redis error", exc, health.ERROR_REDIS_EXCEPTION)]
+        if asyncio.iscoroutine(reply):
+            reply.close()  # never awaited: close it so Python does not warn about it
+            raise TypeError(f"{masked_repr(target)} is an asyncio client: use AsyncRedisCheck")
+        return _reply(reply)
+
+    def _own_client(self, target: Any) -> Any:
+        import redis
+
+        bound = self.driver_timeout
+        # Heartbeats run one at a time per process; two threads racing here make two clients,
+        # and the one not kept is collected with its (unused) pool.
+        own = self._own
+        if own is not None and own[0] is target and own[1] == bound:
+            return own[2]
+        if own is not None:
+            own[2].close()
+            self._own = None
+        if not isinstance(target, redis.Redis) or _pinged_as_given(
+            self.client, target, redis.Redis
+        ):
+            return None
+        pool = _bounded_pool(redis, target, bound)
+        if pool is None:
+            return None
+        client = redis.Redis.from_pool(pool)
+        # Its connections are closed when the check is let go, or by close().
+        weakref.finalize(self, client.close)
+        self._own = (target, bound, client)
+        return client
+
+    def _warn_if_unbounded(self, target: Any) -> None:
+        import redis
+
+        if self._warned or not isinstance(target, redis.Redis):
+            return
+        settings = getattr(getattr(target, "connection_pool", None), "connection_kwargs", {})
+        socket_timeout = settings.get("socket_timeout")
+        if socket_timeout is None or socket_timeout >= self.timeout:
+            self._warned = True
+            logger.warning(
+                "The Redis check pings %s as it is, and its socket_timeout (%s) is not under "
+                "the check's timeout (%gs): a server that stops answering holds the check's "
+                "thread. Give the client a socket_timeout.",
+                masked_repr(target),
+                socket_timeout,
+                self.timeout,
+            )
+
+    def close(self) -> None:
+        """Close the connections of the check's own client. A later check opens new ones."""
+        own, self._own = self._own, None
+        if own is not None:
+            own[2].close()
+
+    def __repr__(self) -> str:
+        return f"RedisCheck({masked_repr(self.client)}, timeout={self.timeout:g})"
+
+
+class AsyncRedisCheck(Bounded):
+    """The asyncio Redis check, bounded by its timeout (see the module).
+
+    The connections of an asyncio client belong to the event loop that opened them: the check's
+    own client is made per loop. When it pings the given client as it is, on another loop than
+    last time (a forked worker, a restarted loop), it first drops that client's pooled
+    connections, untouched.
+
+    :param client: a ``redis.asyncio.Redis`` or a Flask-Redis store wrapping one.
+    :param timeout: the check's timeout in seconds (default 3).
+    """
+
+    def __init__(self, client: Any, *, timeout: float | None = None) -> None:
+        super().__init__(timeout)
+        self.client = client
+        # The check's own client per loop (for the client it was given and the bound it has),
+        # closed when its loop ends.
+        self._own: PerLoop[tuple[Any, float, Any]] = PerLoop(lambda own: own[2].aclose())
         # A strong reference: the id of a collected loop may be reused by the next loop.
-        self.loop: asyncio.AbstractEventLoop | None = None
+        self._last_loop: asyncio.AbstractEventLoop | None = None
+
+    async def __call__(self) -> list[CheckMessage]:
+        """Ping Redis; return no message, or one :class:`~dockerflow.checks.Error`."""
+        with requires("redis", extra="redis"):
+            import redis
+        target = _client_of(self.client)
+        if target is None:
+            return [_missing_client()]
+        loop = asyncio.get_running_loop()
+        own = await self._own_client(loop, target)
+        if own is None and self._last_loop is not None and self._last_loop is not loop:
+            # The pooled connections belong to the loop the client last ran on (a forked
+            # child's parent's, or a stopped one): drop them untouched.
+            pool = getattr(target, "connection_pool", None)
+            if pool is not None:
+                pool.reset()
+        self._last_loop = loop
+        bound = self.driver_timeout
+        try:
+            with anyio.fail_after(bound):
+                reply = await (own if own is not None else _pingable(self.client, target)).ping()
+        except TimeoutError as exc:
+            # anyio's own timeout, or redis.TimeoutError (which is not a builtin TimeoutError).
+            error = exc if str(exc) else TimeoutError(f"no answer within {bound:g}s")
+            return [failure(_CANNOT_CONNECT, error, health.ERROR_CANNOT_CONNECT_REDIS)]
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            return [failure(_CANNOT_CONNECT, exc, health.ERROR_CANNOT_CONNECT_REDIS)]
+        except redis.RedisError as exc:
+            return [failure("Redis error", exc, health.ERROR_REDIS_EXCEPTION)]
+        return _reply(reply)
+
+    async def _own_client(self, loop: asyncio.AbstractEventLoop, target: Any) -> Any:
+        import redis.asyncio
+
+        bound = self.driver_timeout
+        own = self._own.current()
+        if own is not None and own[0] is target and own[1] == bound:
+            return own[2]
+        if own is not None:
+            await self._own.discard()
+        if not isinstance(target, redis.asyncio.Redis) or _pinged_as_given(
+            self.client, target, redis.asyncio.Redis
+        ):
+            return None
+        pool = _bounded_pool(redis.asyncio, target, bound)
+        if pool is None:
+            return None
+        client = redis.asyncio.Redis.from_pool(pool)
+
+        async def made() -> tuple[Any, float, Any]:
+            return (target, bound, client)
+
+        return (await self._own.get(made))[2]
+
+    async def close(self) -> None:
+        """Close the running loop's own client; run it on the loop the checks run on."""
+        # Only the loop that opened a client's connections may close them.
+        await self._own.discard()
+
+    def __repr__(self) -> str:
+        return f"AsyncRedisCheck({masked_repr(self.client)}, timeout={self.timeout:g})"
 
 
-async def _check_on_current_loop(last: _LastLoop, client: Any) -> list[CheckMessage]:
-    loop = asyncio.get_running_loop()
-    if last.loop is not None and last.loop is not loop:
-        # The pooled connections belong to the loop the client last ran on (a forked child's
-        # parent's, or a stopped one): drop them untouched, their loop does not run here.
-        pool = getattr(_client_of(client), "connection_pool", None)
-        if pool is not None:
-            pool.reset()
-    last.loop = loop
-    return await check_redis_connected_async(client)
+def _bounded_pool(module: Any, target: Any, bound: float) -> Any:
+    """Return a pool with ``target``'s connection settings, ``bound`` timeouts and no retries.
+
+    ``module`` is ``redis`` or ``redis.asyncio``; ``None`` when ``target``'s connections are not
+    redis-py's plain TCP, TLS or Unix socket ones (Sentinel, a test double's...).
+    """
+    from redis.backoff import NoBackoff
+
+    pool = getattr(target, "connection_pool", None)
+    plain = (module.Connection, module.SSLConnection, module.UnixDomainSocketConnection)
+    if pool is None or type(pool) is not module.ConnectionPool:
+        return None
+    if pool.connection_class not in plain:
+        return None
+    settings = {
+        key: value
+        for key, value in pool.connection_kwargs.items()
+        if not key.startswith(_POOL_OWN_PREFIXES)
+    }
+    settings.update(
+        socket_timeout=bound,
+        socket_connect_timeout=bound,
+        retry=module.retry.Retry(NoBackoff(), 0),
+        retry_on_error=[],
+    )
+    return module.ConnectionPool(connection_class=pool.connection_class, **settings)
+
+
+def _pinged_as_given(client: Any, target: Any, base: Any) -> bool:
+    # A ping replaced on the instance (a test's patch) or by a subclass is what the user wants
+    # called: only redis-py's own ping may be sent through the check's own client.
+    return (
+        "ping" in getattr(client, "__dict__", {})
+        or "ping" in getattr(target, "__dict__", {})
+        or getattr(type(target), "ping", None) is not base.ping
+    )
+
+
+def _pingable(client: Any, target: Any) -> Any:
+    # A Flask-Redis store passes ping() on to its client (or to a test's patch of it).
+    return client if callable(getattr(client, "ping", None)) else target
+
+
+def _reply(reply: object) -> list[CheckMessage]:
+    return [] if reply else [Error("Redis ping failed", id=health.ERROR_REDIS_PING_FAILED)]
 
 
 def _client_of(client: Any) -> Any:
     # A Flask-Redis store keeps its client in _redis_client, None until init_app.
     inner = getattr(client, "_redis_client", _NOT_SET)
     return client if inner is _NOT_SET else inner
+
+
+def _is_empty_store(client: Any) -> bool:
+    return getattr(client, "_redis_client", _NOT_SET) is None
 
 
 def _missing_client() -> CheckMessage:

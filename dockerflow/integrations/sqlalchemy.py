@@ -3,46 +3,79 @@
 :func:`check_database_connected` (sync) and :func:`check_database_connected_async` are
 python-dockerflow's check: ``SELECT 1`` on the engine they are given, through that engine's pool.
 :func:`database_check` is what :func:`~dockerflow.integrations.builtin_checks` registers: the same
-check, run through a :class:`CheckEngine` (:class:`AsyncCheckEngine` for an ``AsyncEngine``), a copy
-of the application's engine with a connection pool of its own. So:
+check, run through a :class:`CheckEngine` (:class:`AsyncCheckEngine` for an ``AsyncEngine``).
 
-* a heartbeat never queues for a connection behind application requests that hold every connection
-  of the application's pool. Waiting there for the pool's ``pool_timeout`` (30 s by default) would
-  leave the sync check's thread stuck, and the engine would report the check as still running, not
-  start it again, until the wait ended;
-* an async check's connections belong to dockerflow's event loop, never to the loops on which the
-  application uses its engine (asyncpg connections cannot move between loops).
+Which connections the check uses:
+
+* a SQLite database: the application's own engine and pool. An in-memory database exists only in
+  the connections of the engine that made it, and a SQLite connection costs no server;
+* any other database: a copy of the application's engine with a pool of its own, made with
+  ``Pool.recreate()``, so it keeps the application's URL, connection creator, ``connect_args`` and
+  ``do_connect`` hooks (such as IAM tokens). Checks run one at a time per process (concurrent
+  heartbeats share one run), so it holds **one** connection per worker process and database,
+  opened at the first heartbeat and kept. Heartbeats never queue behind application requests
+  that hold every connection of the application's pool, and an async check's connections belong
+  to dockerflow's event loop, never to the loops on which the application uses its engine.
+
+Every driver call is bounded by a little less than the check's timeout
+(:func:`~dockerflow.integrations.driver_timeout`), so that a database that stops answering is
+reported as ``E001`` within the timeout and the check recovers once it answers again:
+
+* an async check is cancelled at that bound;
+* a sync check connects with a connect timeout (``connect_timeout`` for psycopg2 and psycopg 3:
+  whole seconds, at least 2, as libpq counts them; set by a ``do_connect`` hook that applies to
+  the check's connections only), and a query that gets no answer has its socket shut down at the
+  bound (for drivers whose connections have a ``fileno()``: psycopg2, psycopg 3), which ends the
+  blocked call; the connection is then discarded;
+* on PostgreSQL each check sets ``statement_timeout`` for its own transaction (``SET LOCAL``), so
+  a query held behind a lock (such as a migration's) ends on the server too.
+
+Not bounded: an engine made with ``creator=`` (the hook does not run; set the connect timeout in
+your creator), and the ``pool_pre_ping`` of a pooled connection whose server went silent (the
+engine reports the check as still running until the operating system gives up on the socket).
 
 Message IDs, those of python-dockerflow:
 
 * the driver's error, wrapped by SQLAlchemy in ``DBAPIError`` →
-  :data:`~dockerflow.health.ERROR_DB_API_EXCEPTION` (``E008``);
+  :data:`~dockerflow.health.ERROR_DB_API_EXCEPTION` (``E008``), except that a check through a
+  :class:`CheckEngine` reports an error while connecting (refused, connect timeout, bad
+  password) as ``E001``;
 * any other ``SQLAlchemyError`` → :data:`~dockerflow.health.ERROR_SQLALCHEMY_EXCEPTION` (``E009``);
-* ``OSError`` or a timeout that a driver raises unwrapped while connecting (asyncpg does for a
-  refused connection) → :data:`~dockerflow.health.ERROR_CANNOT_CONNECT_DATABASE` (``E001``).
+* no answer within the bound, or ``OSError`` or a timeout that a driver raises unwrapped while
+  connecting (asyncpg does for a refused connection) →
+  :data:`~dockerflow.health.ERROR_CANNOT_CONNECT_DATABASE` (``E001``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import functools
+import math
 import os
+import socket
 import threading
+import time
 import weakref
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol, TypeVar, cast
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
+
+import anyio
 
 from .. import health
 from ..engine import CheckFunction
 from ..health import CheckMessage
 from ..masking import masked_repr
-from ._support import failure, requires
+from ._support import Bounded, PerLoop, failure, requires
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
     from sqlalchemy.ext.asyncio import AsyncEngine
 
 T = TypeVar("T")
+
+_CANNOT_CONNECT = "Cannot connect to database"
 
 _ACCEPTED = (
     "a SQLAlchemy Engine or AsyncEngine, a Flask-SQLAlchemy SQLAlchemy object, "
@@ -72,7 +105,7 @@ def check_database_connected(db: Engine | HasEngine) -> list[CheckMessage]:
 
     :param db: a SQLAlchemy ``Engine``; or a Flask-SQLAlchemy ``SQLAlchemy`` object, whose
         ``db.engine`` needs an application context, as in python-dockerflow; or a
-        :class:`CheckEngine`, to go through a pool of the check's own.
+        :class:`CheckEngine`, to go through its connections, bounded by its timeout.
     :returns: no message if the database answered, else one
         :class:`~dockerflow.checks.Error`, ``E008``, ``E009`` or ``E001`` (see the module).
     :raises MissingDependencyError: if SQLAlchemy is not installed.
@@ -81,14 +114,17 @@ def check_database_connected(db: Engine | HasEngine) -> list[CheckMessage]:
     with requires("sqlalchemy", extra="sqlalchemy"):
         from sqlalchemy.exc import DBAPIError, SQLAlchemyError
     engine = sync_engine_of(db)
+    bound = db.driver_timeout if isinstance(db, CheckEngine) else None
     try:
-        run_on_connection_sync(engine, _select_one)
+        run_on_connection_sync(engine, _select_one, bound)
+    except CannotConnectError as exc:
+        return [failure(_CANNOT_CONNECT, exc.error, health.ERROR_CANNOT_CONNECT_DATABASE)]
     except DBAPIError as exc:
         return [failure("DB-API error", exc, health.ERROR_DB_API_EXCEPTION)]
     except SQLAlchemyError as exc:
         return [failure("Database misconfigured", exc, health.ERROR_SQLALCHEMY_EXCEPTION)]
     except (OSError, asyncio.TimeoutError) as exc:
-        return [failure("Cannot connect to database", exc, health.ERROR_CANNOT_CONNECT_DATABASE)]
+        return [failure(_CANNOT_CONNECT, exc, health.ERROR_CANNOT_CONNECT_DATABASE)]
     return []
 
 
@@ -102,7 +138,7 @@ async def check_database_connected_async(
     is used on dockerflow's loop only.
 
     :param engine: an ``AsyncEngine`` (such as ``postgresql+asyncpg://...``) or an
-        :class:`AsyncCheckEngine`.
+        :class:`AsyncCheckEngine` (bounded by its timeout).
     :returns: no message if the database answered, else one :class:`~dockerflow.checks.Error`.
     :raises MissingDependencyError: if SQLAlchemy is not installed.
     :raises TypeError: if ``engine`` is neither.
@@ -110,39 +146,52 @@ async def check_database_connected_async(
     with requires("sqlalchemy", extra="sqlalchemy"):
         from sqlalchemy.exc import DBAPIError, SQLAlchemyError
     async_engine = async_engine_of(engine)
+    bound = engine.driver_timeout if isinstance(engine, AsyncCheckEngine) else None
     try:
-        await run_on_connection(async_engine, _select_one)
+        await run_on_connection(async_engine, _select_one, bound)
+    except CannotConnectError as exc:
+        return [failure(_CANNOT_CONNECT, exc.error, health.ERROR_CANNOT_CONNECT_DATABASE)]
     except DBAPIError as exc:
         return [failure("DB-API error", exc, health.ERROR_DB_API_EXCEPTION)]
     except SQLAlchemyError as exc:
         return [failure("Database misconfigured", exc, health.ERROR_SQLALCHEMY_EXCEPTION)]
     except (OSError, asyncio.TimeoutError) as exc:
-        return [failure("Cannot connect to database", exc, health.ERROR_CANNOT_CONNECT_DATABASE)]
+        return [failure(_CANNOT_CONNECT, exc, health.ERROR_CANNOT_CONNECT_DATABASE)]
+    except Exception as exc:
+        if not _raised_by_driver(async_engine, exc):  # unwrapped, as when connecting above
+            raise
+        return [failure("DB-API error", exc, health.ERROR_DB_API_EXCEPTION)]
     return []
 
 
-def database_check(db: object) -> CheckFunction:
-    """Return the database check for ``db``, bound to a copy of its engine with a pool of its own.
+def database_check(db: object, *, timeout: float | None = None) -> CheckFunction:
+    """Return the database check for ``db``, through a :class:`CheckEngine` (see the module).
 
     :param db: a SQLAlchemy ``Engine`` or ``AsyncEngine``, a Flask-SQLAlchemy ``SQLAlchemy``
         object, or a :class:`CheckEngine` or :class:`AsyncCheckEngine` (to share one with
         :func:`~dockerflow.integrations.alembic.migrations_check`).
+    :param timeout: the timeout the check runs under, in seconds (default 3); its driver calls
+        are bounded a little under it. The Flask extension sets it from
+        ``DOCKERFLOW_CHECK_TIMEOUT`` when it is not given.
     :returns: a function of no arguments: ``async`` (a partial of
         :func:`check_database_connected_async`) for an ``AsyncEngine``, else a partial of
         :func:`check_database_connected`.
     :raises TypeError: if ``db`` is none of these.
     :raises MissingDependencyError: if SQLAlchemy is not installed.
+    :raises CheckRegistrationError: if ``timeout`` is not a positive number of seconds.
     """
-    engine = check_engine(db)
+    engine = check_engine(db, timeout=timeout)
     if isinstance(engine, AsyncCheckEngine):
         return functools.partial(check_database_connected_async, engine)
     return functools.partial(check_database_connected, engine)
 
 
-def check_engine(db: object) -> CheckEngine | AsyncCheckEngine:
+def check_engine(db: object, *, timeout: float | None = None) -> CheckEngine | AsyncCheckEngine:
     """Return the :class:`CheckEngine` or :class:`AsyncCheckEngine` for ``db``.
 
     :param db: as for :func:`database_check`; a check engine is returned as it is.
+    :param timeout: as for :func:`database_check`; a given check engine takes it unless it was
+        made with one.
     :raises TypeError: if ``db`` is none of the accepted types.
     :raises MissingDependencyError: if SQLAlchemy is not installed.
     """
@@ -150,22 +199,24 @@ def check_engine(db: object) -> CheckEngine | AsyncCheckEngine:
         from sqlalchemy.engine import Engine
         from sqlalchemy.ext.asyncio import AsyncEngine
     if isinstance(db, (CheckEngine, AsyncCheckEngine)):
+        if timeout is not None:
+            db.follow(timeout)
         return db
     if isinstance(db, AsyncEngine):
-        return AsyncCheckEngine(db)
+        return AsyncCheckEngine(db, timeout=timeout)
     # A Flask-SQLAlchemy object's engine needs an application context: look at its class only.
     if isinstance(db, Engine) or hasattr(type(db), "engine"):
-        return CheckEngine(cast("Engine | HasEngine", db))
+        return CheckEngine(cast("Engine | HasEngine", db), timeout=timeout)
     raise TypeError(f"a database check takes {_ACCEPTED}; got {masked_repr(db)}")
 
 
-class CheckEngine:
-    """A sync engine of the check's own, beside an application's engine.
+class CheckEngine(Bounded):
+    """The sync engine a database check uses, beside an application's engine (see the module).
 
-    It is made on first use from the application's engine with ``Pool.recreate()``: the same URL,
-    connection creator (so ``connect_args``, ``creator=`` and ``do_connect`` hooks such as IAM
-    tokens still apply), pool settings and pool events, but a new, empty pool that only the checks
-    use. It opens connections as heartbeats need them, one for a check run at a time.
+    For SQLite it is the application's engine itself. Otherwise it is a copy made on first use
+    with ``Pool.recreate()``: the same URL, connection creator (so ``connect_args``, ``creator=``
+    and ``do_connect`` hooks still apply), pool settings and pool events, but a new, empty pool
+    that only the checks use, holding one connection per process.
 
     It stands in for a Flask-SQLAlchemy object: :func:`check_database_connected` uses its
     :attr:`engine`. A Flask-SQLAlchemy ``db.engine`` is looked up on each use (in an application
@@ -173,13 +224,30 @@ class CheckEngine:
     copies are let go without closing their connections, which belong to the parent.
 
     :param db: a SQLAlchemy ``Engine`` or a Flask-SQLAlchemy ``SQLAlchemy`` object.
+    :param timeout: the check's timeout in seconds (default 3), which bounds its driver calls.
     """
 
-    def __init__(self, db: Engine | HasEngine) -> None:
+    def __init__(self, db: Engine | HasEngine, *, timeout: float | None = None) -> None:
+        super().__init__(timeout)
         self._db = db
         self._lock = threading.Lock()
-        self._pid = os.getpid()
         self._copies: dict[Engine, Engine] = {}
+        ref = weakref.ref(self)
+
+        def after_fork() -> None:
+            alive = ref()
+            if alive is not None:
+                alive._forget_inherited()
+
+        os.register_at_fork(after_in_child=after_fork)
+
+    def _forget_inherited(self) -> None:
+        # In a forked child: the copies' pooled connections are the parent's sockets, so they
+        # are let go without being closed. The lock may have been held at fork time.
+        self._lock = threading.Lock()
+        for inherited in self._copies.values():
+            inherited.dispose(close=False)
+        self._copies.clear()
 
     @property
     def source(self) -> Engine:
@@ -188,16 +256,12 @@ class CheckEngine:
 
     @property
     def engine(self) -> Engine:
-        """The check's copy of :attr:`source`, made on first use."""
+        """The engine the check uses: :attr:`source` for SQLite, else its copy."""
         source = self.source
+        if _is_sqlite(source):
+            return source
         # Worker threads of heartbeats that run at the same time may get here together.
         with self._lock:
-            if self._pid != os.getpid():
-                # A forked child: the copies' pooled connections are the parent's sockets.
-                for inherited in self._copies.values():
-                    inherited.dispose(close=False)
-                self._copies.clear()
-                self._pid = os.getpid()
             copy = self._copies.get(source)
             if copy is None:
                 copy = self._copies[source] = _copy_engine(source)
@@ -215,42 +279,41 @@ class CheckEngine:
         return f"CheckEngine({self._db!r})"
 
 
-class AsyncCheckEngine:
-    """An async engine of the check's own, beside an application's ``AsyncEngine``.
+class AsyncCheckEngine(Bounded):
+    """The async engine a database check uses, beside an application's ``AsyncEngine``.
 
     Made like :class:`CheckEngine`, but one copy per event loop: asyncpg (and aiomysql...)
     connections belong to the loop that opened them. A copy is made on first use on each loop; a
     new loop, such as the one a forked child starts, gets a new copy and never touches the old
-    one's connections. A copy is let go when its loop is garbage collected.
+    one's connections. A copy is disposed of on its loop when that loop ends. For SQLite
+    (``aiosqlite``) it is the application's engine itself.
 
     :param engine: the application's ``AsyncEngine``.
+    :param timeout: the check's timeout in seconds (default 3), which bounds its driver calls.
     """
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, timeout: float | None = None) -> None:
+        super().__init__(timeout)
         self.source = engine
-        self._copies: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncEngine] = (
-            weakref.WeakKeyDictionary()
-        )
+        # Async drivers' connections belong to the loop that opened them: one copy per loop,
+        # disposed of when its loop ends.
+        self._copies: PerLoop[AsyncEngine] = PerLoop(lambda copy: copy.dispose())
 
     @property
     def engine(self) -> AsyncEngine:
-        """The copy for the running event loop, made on first use on it.
+        """The engine for the running event loop: :attr:`source` for SQLite, else its copy.
 
         :raises RuntimeError: if no event loop is running in this thread.
         """
+        if _is_sqlite(self.source.sync_engine):
+            return self.source
         # Async drivers' connections belong to the loop that opened them: one copy per loop.
-        loop = asyncio.get_running_loop()
-        copy = self._copies.get(loop)
-        if copy is None:
-            copy = self._copies[loop] = _copy_async_engine(self.source)
-        return copy
+        return self._copies.setdefault(lambda: _copy_async_engine(self.source))
 
     async def dispose(self) -> None:
         """Close the running loop's copy; run it on that loop: ``bridge.call(e.dispose)``."""
         # Only the loop that opened a copy's connections may close them.
-        copy = self._copies.pop(asyncio.get_running_loop(), None)
-        if copy is not None:
-            await copy.dispose()
+        await self._copies.discard()
 
     def __repr__(self) -> str:
         return f"AsyncCheckEngine({self.source!r})"
@@ -290,36 +353,212 @@ def async_engine_of(db: object) -> AsyncEngine:
     raise TypeError(f"expected an AsyncEngine or an AsyncCheckEngine, got {masked_repr(db)}")
 
 
-def run_on_connection_sync(engine: Engine, work: Callable[[Connection], T]) -> T:
+class NoAnswerError(TimeoutError):
+    """The database did not answer within the check's bound."""
+
+
+def _raised_by_driver(engine: AsyncEngine, exc: BaseException) -> bool:
+    """Whether ``exc`` comes from the engine's DB-API driver itself (say ``asyncpg``)."""
+    return type(exc).__module__.partition(".")[0] == engine.sync_engine.dialect.driver
+
+
+class CannotConnectError(Exception):
+    """A bounded check could not connect; :attr:`error` is the driver's error."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def run_on_connection_sync(
+    engine: Engine, work: Callable[[Connection], T], timeout: float | None = None
+) -> T:
     """Return ``work(connection)`` on a connection of ``engine``, retrying a dropped one once.
 
     SQLAlchemy invalidates a pooled connection that the server dropped (restart, failover, idle
     timeout); one more try on a fresh connection tells a dead server from a stale connection.
+
+    :param timeout: if given, the seconds that connecting and ``work`` may take in all (see the
+        module for how each is bounded).
+    :raises NoAnswerError: if the database did not answer within ``timeout``.
     """
     from sqlalchemy.exc import DBAPIError
 
-    try:
+    if timeout is None:
+        try:
+            with engine.connect() as connection:
+                return work(connection)
+        except DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
         with engine.connect() as connection:
             return work(connection)
-    except DBAPIError as exc:
-        if not exc.connection_invalidated:
-            raise
-    with engine.connect() as connection:
-        return work(connection)
+
+    deadline = time.monotonic() + timeout
+    token = _connect_timeout.set(timeout)
+    try:
+        for attempt in (1, 2):
+            try:
+                try:
+                    connection = engine.connect()
+                except DBAPIError as exc:
+                    raise CannotConnectError(exc) from exc
+                with connection:
+                    return _bounded_sync(connection, work, deadline)
+            except DBAPIError as exc:
+                # A second try only for a dropped pooled connection, and only with time left.
+                if attempt == 2 or not exc.connection_invalidated or _expired(deadline):
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+    finally:
+        _connect_timeout.reset(token)
 
 
-async def run_on_connection(engine: AsyncEngine, work: Callable[[Connection], T]) -> T:
-    """Return ``work(connection)`` on a connection of an ``AsyncEngine``; see the sync version."""
+async def run_on_connection(
+    engine: AsyncEngine, work: Callable[[Connection], T], timeout: float | None = None
+) -> T:
+    """Return ``work(connection)`` on a connection of an ``AsyncEngine``; see the sync version.
+
+    :param timeout: if given, the seconds that connecting and ``work`` may take in all; the
+        call is cancelled then.
+    :raises NoAnswerError: if the database did not answer within ``timeout``.
+    """
+    statement_ms = _statement_timeout_ms(engine.sync_engine, timeout)
+    bounded = functools.partial(_with_statement_timeout, work, statement_ms)
+    if timeout is None:
+        return await _run_retrying(engine, bounded, wrap_connect=False)
+    with anyio.move_on_after(timeout):
+        return await _run_retrying(engine, bounded, wrap_connect=True)
+    # Only a cancelled scope gets here: the bound ran out.
+    raise NoAnswerError(f"no answer from the database within {timeout:g}s")
+
+
+async def _run_retrying(
+    engine: AsyncEngine, work: Callable[[Connection], T], *, wrap_connect: bool
+) -> T:
     from sqlalchemy.exc import DBAPIError
 
-    try:
-        async with engine.connect() as connection:
-            return await connection.run_sync(work)
-    except DBAPIError as exc:
-        if not exc.connection_invalidated:
+    for attempt in (1, 2):
+        connection = engine.connect()
+        try:
+            await connection.start()
+        except Exception as exc:
+            # SQLAlchemy 2.0 lets an async driver's own errors through unwrapped when
+            # connecting (asyncpg's): they are DB-API errors all the same.
+            if not isinstance(exc, DBAPIError) and not _raised_by_driver(engine, exc):
+                raise
+            if wrap_connect:
+                raise CannotConnectError(exc) from exc
             raise
-    async with engine.connect() as connection:
-        return await connection.run_sync(work)
+        try:
+            return await connection.run_sync(work)
+        except DBAPIError as exc:
+            if attempt == 2 or not exc.connection_invalidated:
+                raise
+        finally:
+            await connection.close()
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _expired(deadline: float) -> bool:
+    return time.monotonic() >= deadline
+
+
+def _bounded_sync(connection: Connection, work: Callable[[Connection], T], deadline: float) -> T:
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise NoAnswerError("no time left to query the database")
+    statement_ms = _statement_timeout_ms(connection.engine, remaining)
+    with _socket_deadline(connection, remaining) as fired:
+        try:
+            return _with_statement_timeout(work, statement_ms, connection)
+        except Exception as exc:
+            if fired.is_set():
+                raise NoAnswerError(f"no answer from the database within {remaining:g}s") from exc
+            raise
+
+
+def _with_statement_timeout(
+    work: Callable[[Connection], T], statement_ms: int | None, connection: Connection
+) -> T:
+    if statement_ms is not None:
+        # For this transaction only: the connection goes back to the pool rolled back.
+        connection.exec_driver_sql(f"SET LOCAL statement_timeout = {statement_ms:d}")
+    return work(connection)
+
+
+def _statement_timeout_ms(engine: Engine, timeout: float | None) -> int | None:
+    if timeout is None or engine.dialect.name != "postgresql":
+        return None
+    return max(1, int(timeout * 1000))
+
+
+@contextlib.contextmanager
+def _socket_deadline(connection: Connection, seconds: float) -> Iterator[threading.Event]:
+    """Shut the connection's socket down if the block is still running after ``seconds``.
+
+    A blocking driver waits on a silent socket for as long as the operating system keeps it
+    open; shutting it down from another thread wakes the driver up with an error, and SQLAlchemy
+    then discards the connection. Drivers without ``fileno()`` are not bounded this way.
+    """
+    fired = threading.Event()
+    raw: Any = connection.connection.dbapi_connection
+    fileno = getattr(raw, "fileno", None)
+    if not callable(fileno):
+        yield fired
+        return
+    lock = threading.Lock()
+    finished = False
+
+    def shut_down() -> None:
+        # Under the lock: the block must not have ended, or the connection may be back in the
+        # pool and in use by the next check.
+        with lock:
+            if finished:
+                return
+            fired.set()
+            # A duplicate descriptor: closing it leaves the driver's own open.
+            with (
+                contextlib.suppress(OSError, ValueError),
+                socket.socket(fileno=os.dup(fileno())) as sock,
+            ):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    timer = threading.Timer(seconds, shut_down)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield fired
+    finally:
+        with lock:
+            finished = True
+        timer.cancel()
+
+
+#: The connect timeout for connections that a check opens, read by :func:`_add_connect_timeout`.
+_connect_timeout: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "dockerflow_connect_timeout", default=None
+)
+
+# The connect timeout parameter of each sync PostgreSQL driver; libpq counts whole seconds and
+# treats anything under 2 as 2.
+_CONNECT_TIMEOUT_PARAMS = {"psycopg2": "connect_timeout", "psycopg": "connect_timeout"}
+
+
+def _add_connect_timeout(
+    dialect: Any, conn_rec: Any, cargs: list[Any], cparams: dict[str, Any]
+) -> None:
+    """``do_connect`` hook: bound the connect of a check's connection, not the application's."""
+    seconds = _connect_timeout.get()
+    param = _CONNECT_TIMEOUT_PARAMS.get(dialect.driver)
+    if seconds is None or param is None:
+        return
+    ours = max(2, math.floor(seconds))
+    try:
+        given = int(cparams[param])
+    except (KeyError, TypeError, ValueError):
+        given = 0
+    cparams[param] = ours if given <= 0 else min(given, ours)
 
 
 def _select_one(connection: Connection) -> object:
@@ -328,9 +567,17 @@ def _select_one(connection: Connection) -> object:
     return connection.execute(text("SELECT 1")).scalar()
 
 
-def _copy_engine(source: Engine) -> Engine:
-    from sqlalchemy import create_engine
+def _is_sqlite(engine: Engine) -> bool:
+    return engine.dialect.name == "sqlite"
 
+
+def _copy_engine(source: Engine) -> Engine:
+    from sqlalchemy import create_engine, event
+
+    # The copy's pool calls the source's connection creator, which runs the source's do_connect
+    # hooks: the hook only acts while a check connects (_connect_timeout is set).
+    if not event.contains(source, "do_connect", _add_connect_timeout):
+        event.listen(source, "do_connect", _add_connect_timeout)
     return create_engine(source.url, pool=source.pool.recreate())
 
 

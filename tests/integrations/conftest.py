@@ -17,7 +17,15 @@ import pytest
 
 from dockerflow.engine import Engine
 
-from .helpers import POSTGRES_URL, REDIS_URL, BlackHole, PrivateRedis, unreachable, url_with
+from .helpers import (
+    POSTGRES_URL,
+    REDIS_URL,
+    BlackHole,
+    PrivateRedis,
+    Proxy,
+    unreachable,
+    url_with,
+)
 
 
 @pytest.fixture(scope="session")
@@ -127,3 +135,23 @@ def private_redis(refused_port: int) -> Iterator[Callable[..., PrivateRedis]]:
     yield start
     for server in servers:
         server.stop()
+
+
+@pytest.fixture
+def postgres_proxy(postgres_url: str) -> Iterator[Proxy]:
+    """A :class:`Proxy` in front of the shared PostgreSQL server, closed at teardown."""
+    from sqlalchemy.engine import make_url
+
+    proxy = Proxy(make_url(postgres_url).port or 5432)
+    yield proxy
+    proxy.close()
+
+
+@pytest.fixture
+def redis_proxy(redis_url: str) -> Iterator[Proxy]:
+    """A :class:`Proxy` in front of the shared Redis server, closed at teardown."""
+    from urllib.parse import urlsplit
+
+    proxy = Proxy(urlsplit(redis_url).port or 6379)
+    yield proxy
+    proxy.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import selectors
 import socket
 import subprocess
 import threading
@@ -11,7 +12,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -180,3 +181,114 @@ class PrivateRedis:
             self._process.terminate()
             self._process.wait(10)
             self._process = None
+
+
+class Proxy:
+    """A local TCP proxy to a real server, that a test switches between forwarding and silence.
+
+    Forwarding, each connection is piped to the server. :meth:`black_hole` makes the server go
+    silent: new connections are accepted and never answered, and connections piped so far stop
+    carrying data both ways, for good, as if their peer had vanished. :meth:`forward` pipes new
+    connections again; the silenced ones stay silent, as sockets whose peer is gone do. Nothing
+    is closed until :meth:`close`, so only a client's own timeouts get it out of a silent socket.
+    """
+
+    def __init__(self, port: int, host: str = "127.0.0.1") -> None:
+        self._upstream = (host, port)
+        self._listener = socket.socket()
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(64)
+        self._listener.setblocking(False)
+        self.port = int(self._listener.getsockname()[1])
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._listener, selectors.EVENT_READ)
+        self._forwarding = True
+        self._generation = 0
+        self._peers: dict[socket.socket, tuple[socket.socket, int]] = {}
+        self._held: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="proxy", daemon=True)
+        self._thread.start()
+
+    def url(self, url: str) -> str:
+        """Return ``url`` (a SQLAlchemy or Redis URL) pointed at this proxy."""
+        scheme, _, rest = url.partition("://")
+        authority, slash, path = rest.partition("/")
+        userinfo, at, _hostport = authority.rpartition("@")
+        return f"{scheme}://{userinfo}{at}127.0.0.1:{self.port}{slash}{path}"
+
+    def black_hole(self) -> None:
+        """Stop answering: new connections hang, piped ones go silent for good."""
+        with self._lock:
+            self._forwarding = False
+            self._generation += 1
+
+    def forward(self) -> None:
+        """Pipe new connections to the server again."""
+        with self._lock:
+            self._forwarding = True
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            for key, _ in self._selector.select(0.05):
+                sock = cast(socket.socket, key.fileobj)
+                if sock is self._listener:
+                    self._accept()
+                else:
+                    self._pipe(sock)
+
+    def _accept(self) -> None:
+        try:
+            client, _ = self._listener.accept()
+        except BlockingIOError:
+            return
+        with self._lock:
+            forwarding, generation = self._forwarding, self._generation
+        if not forwarding:
+            self._held.append(client)
+            return
+        try:
+            server = socket.create_connection(self._upstream, timeout=5)
+        except OSError:
+            client.close()
+            return
+        for one, other in ((client, server), (server, client)):
+            one.setblocking(True)
+            self._peers[one] = (other, generation)
+            self._selector.register(one, selectors.EVENT_READ)
+
+    def _pipe(self, sock: socket.socket) -> None:
+        other, generation = self._peers[sock]
+        with self._lock:
+            silenced = generation != self._generation
+        if silenced:
+            # Gone silent: never read from either side again, never close them.
+            for one in (sock, other):
+                with contextlib.suppress(KeyError, ValueError):
+                    self._selector.unregister(one)
+                self._held.append(one)
+            return
+        try:
+            data = sock.recv(65536)
+            if data:
+                other.sendall(data)
+                return
+        except OSError:
+            pass
+        for one in (sock, other):
+            with contextlib.suppress(KeyError, ValueError):
+                self._selector.unregister(one)
+            self._peers.pop(one, None)
+            one.close()
+
+    def close(self) -> None:
+        """Stop the proxy and close every socket it holds."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        self._thread.join()
+        self._selector.close()
+        self._listener.close()
+        for one in [*self._peers, *self._held]:
+            one.close()

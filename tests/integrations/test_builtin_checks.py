@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import subprocess
 import sys
@@ -119,6 +120,15 @@ def test_builtin_checks_names_and_kinds(postgres_url: str, redis_url: str) -> No
     assert builtin_checks() == []
 
 
+def is_async(func: object) -> bool:
+    """Whether calling ``func`` returns a coroutine: an async function, or an async __call__."""
+    while isinstance(func, functools.partial):
+        func = func.func
+    return inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(
+        getattr(type(func), "__call__", None)  # noqa: B004 - an async __call__ method
+    )
+
+
 def test_builtin_checks_async_kinds(postgres_url: str, redis_url: str) -> None:
     import redis.asyncio
 
@@ -126,7 +136,7 @@ def test_builtin_checks_async_kinds(postgres_url: str, redis_url: str) -> None:
     client = redis.asyncio.Redis.from_url(redis_url)  # not connected until used
     checks = builtin_checks(db=engine, redis=client)
     assert [name for name, _ in checks] == ["check_database_connected", "check_redis_connected"]
-    assert all(inspect.iscoroutinefunction(func) for _, func in checks)
+    assert all(is_async(func) for _, func in checks)
 
 
 def test_builtin_checks_reject_unknown_objects() -> None:

@@ -15,6 +15,7 @@ from redis.retry import Retry
 
 from dockerflow import health
 from dockerflow.engine import Check, Engine
+from dockerflow.integrations import release
 from dockerflow.integrations.redis import (
     check_redis_connected,
     check_redis_connected_async,
@@ -35,6 +36,23 @@ from .helpers import (
 pytestmark = pytest.mark.redis
 
 NO_RETRY = Retry(NoBackoff(), 0)
+
+
+@pytest.fixture(autouse=True)
+def released_checks(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Close the connections of every check a test makes, on the checks' loop, at teardown."""
+    made: list[Any] = []
+    make = redis_check
+
+    def tracked(client: Any, **kwargs: Any) -> Any:
+        func = make(client, **kwargs)
+        made.append(func)
+        return func
+
+    monkeypatch.setitem(globals(), "redis_check", tracked)
+    yield
+    for func in made:
+        engine.bridge.call(release, func)
 
 
 @pytest.fixture
@@ -90,36 +108,64 @@ def test_sync_refused(engine: Engine, make_client: Callable[..., Any], refused_p
     assert took < engine.timeout + SLACK
 
 
-def test_sync_black_hole_without_socket_timeout_is_bounded_by_the_engine(
-    engine: Engine, make_client: Callable[..., Any], black_hole: BlackHole
+class Wrapped(redis.Redis):
+    """A client whose ping is its own: the check pings it as it is, with its own timeouts."""
+
+    def ping(self, **kwargs: Any) -> Any:
+        return super().ping(**kwargs)
+
+
+def test_sync_unbounded_client_of_its_own_is_bounded_by_the_engine_and_warned_about(
+    engine: Engine, black_hole: BlackHole, caplog: pytest.LogCaptureFixture
 ) -> None:
-    client = make_client(port_url(black_hole.port), socket_timeout=None, retry=NO_RETRY)
-    check = Check("redis", redis_check(client))
-    report, took = timed(engine, check)
-    assert only_message(report, "redis")[0] == health.ERROR_CHECK_TIMEOUT
-    assert took < engine.timeout + SLACK
-    report, took = timed(engine, check)
-    assert "still running" in only_message(report, "redis")[1]
-    assert took < SLACK
-    black_hole.close()  # the server hangs up: the thread returns, the check runs again
-    wait_until(
-        lambda: (
-            only_message(engine.run_sync([check]), "redis")[0] == health.ERROR_CANNOT_CONNECT_REDIS
+    client = Wrapped.from_url(port_url(black_hole.port), socket_timeout=None, retry=NO_RETRY)
+    check = Check("redis", redis_check(client, timeout=engine.timeout))
+    try:
+        report, took = timed(engine, check)
+        assert only_message(report, "redis")[0] == health.ERROR_CHECK_TIMEOUT
+        assert took < engine.timeout + SLACK
+        report, took = timed(engine, check)
+        assert "still running" in only_message(report, "redis")[1]
+        assert took < SLACK
+        black_hole.close()  # the server hangs up: the thread returns, the check runs again
+        wait_until(
+            lambda: (
+                only_message(engine.run_sync([check]), "redis")[0]
+                == health.ERROR_CANNOT_CONNECT_REDIS
+            )
         )
-    )
+    finally:
+        client.close()
+    warnings = [r.getMessage() for r in caplog.records if r.name == "dockerflow.integrations"]
+    assert len(warnings) == 1, warnings  # once, however many heartbeats
+    assert "socket_timeout (None) is not under the check's timeout (1s)" in warnings[0]
 
 
-def test_sync_black_hole_with_a_short_socket_timeout(
+def test_sync_bounded_client_is_not_warned_about(
+    engine: Engine, redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = Wrapped.from_url(redis_url, socket_timeout=0.5)
+    try:
+        assert engine.run_sync([Check("redis", redis_check(client, timeout=1))]).checks == {
+            "redis": "ok"
+        }
+    finally:
+        client.close()
+    assert not [r for r in caplog.records if r.name == "dockerflow.integrations"]
+
+
+def test_sync_black_hole_is_reported_within_the_timeout(
     engine: Engine, make_client: Callable[..., Any], black_hole: BlackHole
 ) -> None:
-    client = make_client(port_url(black_hole.port), socket_timeout=0.3, retry=NO_RETRY)
-    check = Check("redis", redis_check(client))
+    """The check pings through a client of its own, bounded at 0.8 s for a 1 s timeout."""
+    client = make_client(port_url(black_hole.port), socket_timeout=None)
+    check = Check("redis", redis_check(client, timeout=engine.timeout))
     for _ in range(2):  # the thread returned in time, so the check runs each time
         report, took = timed(engine, check)
         msg_id, text = only_message(report, "redis")
         assert msg_id == health.ERROR_CANNOT_CONNECT_REDIS
         assert "Timeout" in text
-        assert 0.3 <= took < 0.3 + SLACK
+        assert 0.8 <= took < 0.8 + SLACK
 
 
 def test_sync_wrong_credentials_never_show_the_password(
@@ -215,7 +261,7 @@ def test_async_healthy(
     engine: Engine, make_async_client: Callable[..., redis.asyncio.Redis], redis_url: str
 ) -> None:
     func = redis_check(make_async_client(redis_url))
-    assert inspect.iscoroutinefunction(func)
+    assert inspect.iscoroutinefunction(type(func).__call__)
     assert engine.run_sync([Check("redis", func)]).checks == {"redis": "ok"}
 
 
@@ -295,7 +341,7 @@ def test_async_function_with_a_flask_redis_style_wrapper(
 
     store = Store(make_async_client(redis_url))
     func = redis_check(store)
-    assert inspect.iscoroutinefunction(func)
+    assert inspect.iscoroutinefunction(type(func).__call__)
     assert engine.run_sync([Check("redis", func)]).checks == {"redis": "ok"}
 
     async def direct() -> Any:

@@ -38,7 +38,7 @@ DOWN_IDS = {
     "redis_sync": health.ERROR_CANNOT_CONNECT_REDIS,
     "redis_async": health.ERROR_CANNOT_CONNECT_REDIS,
     "postgres_asyncpg": health.ERROR_CANNOT_CONNECT_DATABASE,
-    "postgres_sqlalchemy": health.ERROR_DB_API_EXCEPTION,
+    "postgres_sqlalchemy": health.ERROR_CANNOT_CONNECT_DATABASE,
 }
 
 

@@ -1,0 +1,170 @@
+"""Heartbeat subsets (?check= / ?exclude=) and the ``flask dockerflow`` CLI: the same rules."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from flask import Flask
+
+from dockerflow.checks import Error
+from dockerflow.flask import Dockerflow
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> Iterator[Flask]:
+    app = Flask("subsets", root_path=str(tmp_path / "app"))
+    ext = Dockerflow(app)
+    ext.check(lambda: [], name="up")
+    ext.check(lambda: [Error("down", id="x.E1")], name="down")
+    ext.check(lambda: [], name="other")
+    yield app
+    ext._bridge.stop()
+
+
+def checks_of(app: Flask, query: str) -> tuple[int, dict[str, object]]:
+    response = app.test_client().get(f"/__heartbeat__?{query}")
+    return response.status_code, response.json or {}
+
+
+@pytest.mark.parametrize(
+    ("query", "named"),
+    [
+        ("exclude=nope", "nope"),
+        ("check=up,nope", "nope"),
+        ("check=up&exclude=typo,other", "typo"),
+        ("exclude=up&exclude=zzz&exclude=aaa", "aaa, zzz"),
+    ],
+)
+def test_unknown_names_are_a_400_naming_them(app: Flask, query: str, named: str) -> None:
+    assert checks_of(app, query) == (400, {"error": f"unknown check: {named}"})
+
+
+def test_repeated_parameters_are_merged(app: Flask) -> None:
+    status, body = checks_of(app, "exclude=down&exclude=other")
+    assert (status, body["checks"]) == (200, {"up": "ok"})
+    status, body = checks_of(app, "check=up&check=other")
+    assert (status, body["checks"]) == (200, {"up": "ok", "other": "ok"})
+    status, body = checks_of(app, "check=up,down&exclude=down")
+    assert (status, body["checks"]) == (200, {"up": "ok"})
+
+
+@pytest.mark.parametrize(
+    "query", ["check=up&exclude=up", "exclude=up,down,other", "exclude=up&exclude=down,other"]
+)
+def test_a_request_leaving_no_check_is_a_400(app: Flask, query: str) -> None:
+    assert checks_of(app, query) == (400, {"error": "the selection leaves no check to run"})
+
+
+def test_cli_subsets_follow_the_same_rules(app: Flask) -> None:
+    runner = app.test_cli_runner(mix_stderr=False) if _mixes() else app.test_cli_runner()
+    ok = runner.invoke(args=["dockerflow", "heartbeat", "--exclude", "down"])
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(ok.stdout)["checks"] == {"up": "ok", "other": "ok"}
+    only = runner.invoke(args=["dockerflow", "heartbeat", "--check", "up", "--check", "down"])
+    assert only.exit_code == 1
+    assert json.loads(only.stdout)["checks"] == {"up": "ok", "down": "error"}
+    unknown = runner.invoke(args=["dockerflow", "heartbeat", "--exclude", "nope"])
+    assert unknown.exit_code == 2
+    assert "unknown check: nope" in unknown.stderr
+    assert unknown.stdout == ""
+    empty = runner.invoke(args=["dockerflow", "heartbeat", "--check", "up", "--exclude", "up"])
+    assert empty.exit_code == 2
+    assert "the selection leaves no check to run" in empty.stderr
+
+
+def test_cli_help_documents_the_exit_codes(app: Flask) -> None:
+    result = app.test_cli_runner().invoke(args=["dockerflow", "heartbeat", "--help"])
+    text = " ".join(result.output.split())
+    assert "Exit status: 0 if the heartbeat passes, 1 if it fails, 2 for a usage error" in text
+    assert "--check" in text and "--exclude" in text
+
+
+def test_cli_without_the_extension_is_an_app_error(tmp_path: Path) -> None:
+    from dockerflow.flask._cli import dockerflow_cli
+
+    app = Flask("bare", root_path=str(tmp_path))
+    app.cli.add_command(dockerflow_cli)
+    result = app.test_cli_runner().invoke(args=["dockerflow", "heartbeat"])
+    assert result.exit_code == 2
+    assert "not initialised" in result.output
+
+
+def test_cli_version_errors_name_the_file(tmp_path: Path) -> None:
+    app = Flask("version", root_path=str(tmp_path / "app"))
+    ext = Dockerflow(app)
+    runner = app.test_cli_runner()
+    try:
+        missing = runner.invoke(args=["dockerflow", "version"])
+        assert missing.exit_code == 1
+        path = tmp_path / "version.json"
+        assert missing.output.strip() == f"Error: version.json not found: looked for {path}"
+        path.write_text('{"version": "1",')
+        malformed = runner.invoke(args=["dockerflow", "version"])
+        assert malformed.exit_code == 1
+        lines = malformed.output.strip().splitlines()
+        assert len(lines) == 1, malformed.output  # one line, no traceback
+        assert lines[0].startswith(f"Error: {path}: not valid UTF-8 JSON")
+    finally:
+        ext._bridge.stop()
+
+
+def test_cli_report_is_the_only_thing_on_stdout(tmp_path: Path) -> None:
+    """With a mozlog config that logs to stdout, check failures are logged to stderr."""
+    (tmp_path / "probe_app.py").write_text(
+        textwrap.dedent(
+            """
+            import logging.config
+            from flask import Flask
+            from dockerflow.checks import Error
+            from dockerflow.flask import Dockerflow
+
+            logging.config.dictConfig({
+                "version": 1, "disable_existing_loggers": False,
+                "formatters": {"json": {"()": "dockerflow.logging.JsonLogFormatter"}},
+                "handlers": {"out": {"class": "logging.StreamHandler",
+                                     "stream": "ext://sys.stdout", "formatter": "json"}},
+                "root": {"handlers": ["out"], "level": "INFO"},
+            })
+
+            def create_app():
+                app = Flask("probe")
+                dockerflow = Dockerflow(app)
+                dockerflow.check(lambda: [Error("it is down", id="probe.E1")], name="svc")
+                dockerflow.check(lambda: [], name="fine")
+                return app
+            """
+        )
+    )
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    args = [sys.executable, "-m", "flask", "--app", "probe_app:create_app", "dockerflow"]
+    result = subprocess.run(
+        [*args, "heartbeat"], capture_output=True, text=True, env=env, timeout=60, check=False
+    )
+    assert result.returncode == 1, result.stderr
+    report = json.loads(result.stdout)  # one JSON document and nothing else
+    assert report["checks"] == {"svc": "error", "fine": "ok"}
+    assert "it is down" in result.stderr  # the engine's log record
+    passing = subprocess.run(
+        [*args, "heartbeat", "--check", "fine"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert (passing.returncode, json.loads(passing.stdout)["status"]) == (0, "ok")
+
+
+def _mixes() -> bool:
+    import inspect
+
+    from click.testing import CliRunner
+
+    return "mix_stderr" in inspect.signature(CliRunner.__init__).parameters
