@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import logging
+import os
+import threading
+import time
+import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from typing import Generic, TypeVar
 
@@ -213,3 +219,74 @@ class PerLoop(Generic[T]):
 
 async def _first_step(watcher: AsyncGenerator[None, None]) -> None:
     await watcher.asend(None)
+
+
+class Watchdog:
+    """Calls functions at their deadlines from one daemon thread, started on first use.
+
+    A blocking driver call cannot be cancelled, but it can be woken up from another thread (its
+    socket shut down). Arming a deadline costs a heap push, not a thread: a ``threading.Timer``
+    per check run would start a thread on every heartbeat. Deadlines almost always end
+    cancelled; cancelled ones are dropped when they come up. Fork-safe: a forked child starts
+    over with no deadline and no thread.
+    """
+
+    def __init__(self) -> None:
+        self._reset()
+        ref = weakref.ref(self)
+
+        def after_fork() -> None:
+            alive = ref()
+            if alive is not None:
+                alive._reset()
+
+        os.register_at_fork(after_in_child=after_fork)
+
+    def _reset(self) -> None:
+        self._condition = threading.Condition()
+        self._heap: list[tuple[float, int, Callable[[], object]]] = []
+        self._cancelled: set[int] = set()
+        self._numbers = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def call_after(self, seconds: float, func: Callable[[], object]) -> int:
+        """Call ``func()`` in the watchdog's thread in ``seconds``, unless cancelled first.
+
+        :returns: a number to give :meth:`cancel`.
+        """
+        with self._condition:
+            number = next(self._numbers)
+            heapq.heappush(self._heap, (time.monotonic() + seconds, number, func))
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="dockerflow-watchdog", daemon=True
+                )
+                self._thread.start()
+            elif self._heap[0][1] == number:
+                self._condition.notify()  # earlier than what the thread waits for
+        return number
+
+    def cancel(self, number: int) -> None:
+        """Do not call the function armed as ``number`` (if it has not been called yet)."""
+        with self._condition:
+            self._cancelled.add(number)
+
+    def _run(self) -> None:
+        while True:
+            with self._condition:
+                while True:
+                    while self._heap and self._heap[0][1] in self._cancelled:
+                        self._cancelled.discard(heapq.heappop(self._heap)[1])
+                    if not self._heap:
+                        self._condition.wait()
+                        continue
+                    when = self._heap[0][0]
+                    now = time.monotonic()
+                    if when <= now:
+                        func = heapq.heappop(self._heap)[2]
+                        break
+                    self._condition.wait(when - now)
+            try:
+                func()
+            except Exception:
+                logger.exception("a dockerflow watchdog callback failed")

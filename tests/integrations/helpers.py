@@ -259,7 +259,10 @@ class Proxy:
             self._selector.register(one, selectors.EVENT_READ)
 
     def _pipe(self, sock: socket.socket) -> None:
-        other, generation = self._peers[sock]
+        entry = self._peers.get(sock)
+        if entry is None:
+            return  # closed with its peer earlier in the same batch of events
+        other, generation = entry
         with self._lock:
             silenced = generation != self._generation
         if silenced:
