@@ -268,6 +268,14 @@ class Engine:
         log_results([result])
         return result
 
+    def stuck_runs(self) -> dict[str, int]:
+        """Return check name → runs of it still in progress past the check's timeout.
+
+        For a sync check each holds a worker thread (at most two per check); for monitoring
+        (a gauge of threads held by stuck checks).
+        """
+        return self.scheduler.stuck()
+
     # -- lifecycle ------------------------------------------------------------------------------
 
     def reset(self) -> None:

@@ -177,6 +177,20 @@ class Scheduler:
             self._pool.submit(lambda: self._execute_sync(run))
         return run, False
 
+    def stuck(self) -> dict[str, int]:
+        """Return check name → runs still in progress past their timeout (each holds a thread,
+        for a sync check), for the checks that have any."""
+        now = time.monotonic()
+        with self._lock:
+            runs = list(self._running.values())
+            live = dict(self._live)
+        out: dict[str, int] = {}
+        for run in runs:
+            if now - run.started >= run.timeout:
+                # The newest run is stuck, and so is any run left behind beside it.
+                out[run.check.name] = out.get(run.check.name, 0) + live.get(run.check, 1)
+        return out
+
     def blocker(self, loop: object | None) -> Run | None:
         """Return the async run blocking ``loop`` now (a step longer than
         :data:`BLOCKING_STEP`), or ``None``."""
