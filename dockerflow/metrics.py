@@ -8,8 +8,9 @@ is. The Flask extension records into one when given ``metrics=``; other code cal
 =====================================  =========  ==========  ====================================
 name                                   type       labels      meaning
 =====================================  =========  ==========  ====================================
-``dockerflow_check_level``             gauge      ``check``   level of the check in the latest
-                                                              heartbeat (0 ok ... 50 critical)
+``dockerflow_check_level``             gauge      ``check``   level the check reported in the
+                                                              latest heartbeat (0 ok ... 50
+                                                              critical), non-critical or not
 ``dockerflow_check_duration_seconds``  histogram  ``check``   seconds each run of the check took
 ``dockerflow_heartbeats_total``        counter    ``status``  heartbeats, by overall status
 ``dockerflow_check_timeouts_total``    counter    ``check``   heartbeats in which the check timed
@@ -183,7 +184,9 @@ class HeartbeatMetrics:
                 self._seen[id(report)] = report
         for name, detail in report.results.items():
             level, duration, timeouts = self._children(name)
-            level.set(detail.level)
+            # The level the check really had: a failing non-critical check (reported at
+            # warning level so the heartbeat passes) shows here as failing.
+            level.set(detail.raw_level)
             if fresh:
                 duration.observe(detail.duration)
                 if ERROR_CHECK_TIMEOUT in detail.messages:

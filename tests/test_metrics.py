@@ -116,6 +116,23 @@ def test_one_heartbeat_sets_levels_durations_counts_and_timeouts(
     assert value(samples, "dockerflow_check_duration_seconds_bucket", check="fine", le="+Inf") == 1
 
 
+def test_a_failing_noncritical_check_counts_as_failing(
+    app: Flask, registry: CollectorRegistry
+) -> None:
+    dockerflow = Dockerflow(app, metrics=HeartbeatMetrics(registry))
+
+    @dockerflow.check(critical=False)
+    def optional_cache() -> list[Any]:
+        return [Error("cache down", id="test.E002")]
+
+    response = app.test_client().get("/__heartbeat__")
+    assert response.status_code == 200
+    samples = scrape(registry)
+    assert value(samples, "dockerflow_check_level", check="optional_cache") == 40
+    assert value(samples, "dockerflow_heartbeats_total", status="warning") == 1
+    assert value(samples, "dockerflow_heartbeats_total", status="error") == 0
+
+
 def test_a_stuck_sync_check_holds_one_thread_until_it_returns(
     app: Flask, registry: CollectorRegistry, release: threading.Event
 ) -> None:
