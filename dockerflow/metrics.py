@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 import weakref
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -48,6 +49,9 @@ CHECK_STUCK_THREADS = "dockerflow_check_stuck_threads"
 #: Upper bounds of the duration histogram's buckets, in seconds: from in-process checks (1 ms)
 #: to the longest usual check timeouts.
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+#: Seconds within which a check's level gauge is not written again with the same value.
+LEVEL_REFRESH = 1.0
 
 
 class HeartbeatMetrics:
@@ -139,6 +143,8 @@ class HeartbeatMetrics:
         # Labelled children looked up once per check name: labels() takes a lock and builds a
         # tuple on each call, which adds up to most of the cost of a heartbeat's metrics.
         self._checks: dict[str, tuple[Any, Any, Any]] = {}
+        # Check name -> (level, monotonic time) last written to its gauge, by this process.
+        self._levels: dict[str, tuple[int, float]] = {}
         self._stuck: frozenset[str] = frozenset()
         # Reports served again from the heartbeat cache are the same objects: their durations
         # and timeouts were counted when they were made. Held by identity (a report compares by
@@ -182,11 +188,20 @@ class HeartbeatMetrics:
             fresh = self._seen.get(id(report)) is not report
             if fresh:
                 self._seen[id(report)] = report
+        now = time.monotonic()
         for name, detail in report.results.items():
             level, duration, timeouts = self._children(name)
             # The level the check really had: a failing non-critical check (reported at
             # warning level so the heartbeat passes) shows here as failing.
-            level.set(detail.raw_level)
+            raw = detail.raw_level
+            last = self._levels.get(name)
+            # Written when it changes, and again once a second while it does not: in
+            # multiprocess mode each write is an mmap write and the timestamp that
+            # "livemostrecent" merges by, so under a probe storm the merged value is at most
+            # LEVEL_REFRESH seconds behind a worker's, and a heartbeat costs 10 writes fewer.
+            if last is None or last[0] != raw or now - last[1] >= LEVEL_REFRESH:
+                level.set(raw)
+                self._levels[name] = (raw, now)
             if fresh:
                 duration.observe(detail.duration)
                 if ERROR_CHECK_TIMEOUT in detail.messages:

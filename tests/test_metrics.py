@@ -133,6 +133,23 @@ def test_a_failing_noncritical_check_counts_as_failing(
     assert value(samples, "dockerflow_heartbeats_total", status="error") == 0
 
 
+def test_a_level_change_is_written_at_once(app: Flask, registry: CollectorRegistry) -> None:
+    dockerflow = Dockerflow(app, metrics=HeartbeatMetrics(registry))
+    down = threading.Event()
+
+    @dockerflow.check
+    def flaky() -> list[Any]:
+        return [Error("down", id="test.E003")] if down.is_set() else []
+
+    client = app.test_client()
+    levels = []
+    for state in (False, True, True, False):
+        (down.set if state else down.clear)()
+        client.get("/__heartbeat__")
+        levels.append(value(scrape(registry), "dockerflow_check_level", check="flaky"))
+    assert levels == [0, 40, 40, 0]
+
+
 def test_a_stuck_sync_check_holds_one_thread_until_it_returns(
     app: Flask, registry: CollectorRegistry, release: threading.Event
 ) -> None:
