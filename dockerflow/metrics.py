@@ -2,22 +2,9 @@
 
 Needs the ``prometheus`` extra (``pip install 'dockerflow-async[prometheus]'``);
 ``prometheus_client`` is imported when a :class:`HeartbeatMetrics` is made, not when this module
-is. The Flask extension records into one when given ``metrics=``; other code calls
-:meth:`HeartbeatMetrics.observe` with each report.
-
-=====================================  =========  ==========  ====================================
-name                                   type       labels      meaning
-=====================================  =========  ==========  ====================================
-``dockerflow_check_level``             gauge      ``check``   level the check reported in the
-                                                              latest heartbeat (0 ok ... 50
-                                                              critical), non-critical or not
-``dockerflow_check_duration_seconds``  histogram  ``check``   seconds each run of the check took
-``dockerflow_heartbeats_total``        counter    ``status``  heartbeats, by overall status
-``dockerflow_check_timeouts_total``    counter    ``check``   heartbeats in which the check timed
-                                                              out (``dockerflow.health.E011``)
-``dockerflow_check_stuck_threads``     gauge      ``check``   worker threads held by runs of a
-                                                              sync check stuck past its timeout
-=====================================  =========  ==========  ====================================
+is. The Flask extension records into one when given ``metrics=``; other code may call
+:meth:`HeartbeatMetrics.observe` with each report. The metrics and the multiprocess set-up are
+described in ``docs/metrics.rst``.
 """
 
 from __future__ import annotations
@@ -233,7 +220,9 @@ class HeartbeatMetrics:
         from prometheus_client.multiprocess import MultiProcessCollector
 
         registry = self.registry
-        if os.environ.get(MULTIPROC_DIR_ENV):
+        # The test prometheus_client makes when it is imported: the variable being set at all
+        # (also under its old lower-case name) puts it in multiprocess mode.
+        if MULTIPROC_DIR_ENV in os.environ or MULTIPROC_DIR_ENV.lower() in os.environ:
             registry = CollectorRegistry()
             MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         encoder, content_type = choose_encoder(accept or "")
