@@ -51,14 +51,17 @@ def value(samples: Samples, name: str, **labels: str) -> float:
     return samples[(name, tuple(sorted(labels.items())))]
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[Gunicorn]:
+@pytest.fixture(params=[False, True], ids=["", "preload"])
+def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Gunicorn]:
+    """gunicorn with two sync workers; with ``--preload`` the arbiter makes the metrics, and
+    each worker must write to files of its own pid after the fork."""
     multiproc_dir = tmp_path / "prometheus"
     multiproc_dir.mkdir()
+    preload = ["--preload"] if request.param else []
     gunicorn = start_gunicorn(
         tmp_path,
         "metrics_app:create_app()",
-        ["-w", "2", "-c", str(APPS / "metrics_gunicorn_conf.py")],
+        ["-w", "2", *preload, "-c", str(APPS / "metrics_gunicorn_conf.py")],
         {"PROMETHEUS_MULTIPROC_DIR": str(multiproc_dir), "DOCKERFLOW_METRICS_ENDPOINT": "true"},
     )
     try:
