@@ -100,8 +100,8 @@ def test_one_heartbeat_sets_levels_durations_counts_and_timeouts(
     response = app.test_client().get("/__heartbeat__")
     assert response.status_code == 500
     samples = scrape(registry)
-    levels = {name: value(samples, "dockerflow_check_level", check=name) for name in
-              ("fine", "broken", "shaky", "hangs")}  # fmt: skip
+    names = ("fine", "broken", "shaky", "hangs")
+    levels = {name: value(samples, "dockerflow_check_level", check=name) for name in names}
     assert levels == {"fine": 0, "broken": 40, "shaky": 30, "hangs": 40}
     assert value(samples, "dockerflow_heartbeats_total", status="error") == 1
     assert value(samples, "dockerflow_heartbeats_total", status="ok") == 0
