@@ -28,7 +28,9 @@ pytest: $(STAMP)
 
 test: lint typecheck pytest
 
+# The migrations are a step of their own before the server starts, never in the app factory.
 demo: $(STAMP)
+	$(BIN)/flask --app examples.demo.app:create_app db upgrade
 	@echo "Serving the demo on http://localhost:$(PORT)/ (logs: mozlog JSON on stdout)" >&2
 	@PORT=$(PORT) $(BIN)/gunicorn -c examples/gunicorn.conf.py 'examples.demo.app:create_app()'
 
