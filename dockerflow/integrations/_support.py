@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
+from typing import Generic, TypeVar
 
 from ..engine import DEFAULT_TIMEOUT, DockerflowError, validate_timeout
 from ..health import CheckMessage, Error
@@ -126,3 +128,88 @@ def failure(
     if logger.isEnabledFor(logging.DEBUG):
         logger.debug("%s (%s): %s", prefix, msg_id, mask_secrets(f"{type(exc).__name__}: {exc}"))
     return cls(f"{prefix}: {short_error(exc)}", id=msg_id)
+
+
+T = TypeVar("T")
+
+
+class PerLoop(Generic[T]):
+    """One value per asyncio event loop (a pool, a client, an engine), closed when its loop ends.
+
+    Connections of async drivers belong to the loop that opened them, so a built-in async check
+    keeps its pool per loop. Each is closed on its own loop when that loop shuts down:
+    ``asyncio.run()`` and anyio close a loop's async generators before they close the loop, and
+    one of ours, parked on each loop that has a value, closes the value then. Five
+    ``asyncio.run()`` calls therefore leave no pool and no server connection behind. A value of
+    another loop (a forked child's parent's) is never touched.
+
+    :param close: ``await close(value)`` releases a value; run on the value's own loop.
+    """
+
+    def __init__(self, close: Callable[[T], Awaitable[object]]) -> None:
+        self._close = close
+        self._values: dict[asyncio.AbstractEventLoop, T] = {}
+        self._watchers: dict[asyncio.AbstractEventLoop, AsyncGenerator[None, None]] = {}
+        self._locks: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
+        self._starting: asyncio.Task[None] | None = None  # kept so it is not collected early
+
+    def current(self) -> T | None:
+        """Return the running loop's value, or ``None`` when it has none yet."""
+        return self._values.get(asyncio.get_running_loop())
+
+    async def get(self, make: Callable[[], Awaitable[T]]) -> T:
+        """Return the running loop's value, made with ``await make()`` on first use."""
+        loop = asyncio.get_running_loop()
+        value = self._values.get(loop)
+        if value is not None:
+            return value
+        # Heartbeats that arrive together on a new loop must make one value, not one each.
+        async with self._locks.setdefault(loop, asyncio.Lock()):
+            value = self._values.get(loop)
+            if value is None:
+                value = await make()
+                watcher = self._watch(loop)
+                # Its first step registers it with the loop (the loop's async generator hooks).
+                await watcher.asend(None)
+                self._values[loop], self._watchers[loop] = value, watcher
+        return value
+
+    def setdefault(self, make: Callable[[], T]) -> T:
+        """Return the running loop's value, made with ``make()`` on first use (from sync code
+        running on the loop; the value is watched from the loop's next turn on)."""
+        loop = asyncio.get_running_loop()
+        value = self._values.get(loop)
+        if value is None:
+            value = self._values[loop] = make()
+            watcher = self._watchers[loop] = self._watch(loop)
+            # Its first step, which registers it with the loop, must be awaited: in a task.
+            self._starting = loop.create_task(_first_step(watcher))
+        return value
+
+    async def discard(self) -> None:
+        """Close the running loop's value and forget it; a later :meth:`get` makes a new one."""
+        loop = asyncio.get_running_loop()
+        watcher = self._watchers.pop(loop, None)
+        self._locks.pop(loop, None)
+        value = self._values.pop(loop, None)
+        if watcher is not None:
+            await watcher.aclose()
+        if value is not None:
+            await self._close(value)
+
+    async def _watch(self, loop: asyncio.AbstractEventLoop) -> AsyncGenerator[None, None]:
+        try:
+            yield  # parked here until the loop shuts its async generators down
+        finally:
+            # At loop shutdown the generator is closed on its loop, which still runs.
+            if self._watchers.get(loop) is not None:
+                self._watchers.pop(loop, None)
+                self._locks.pop(loop, None)
+                value = self._values.pop(loop, None)
+                if value is not None:
+                    with contextlib.suppress(Exception):
+                        await self._close(value)
+
+
+async def _first_step(watcher: AsyncGenerator[None, None]) -> None:
+    await watcher.asend(None)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,7 +25,7 @@ import anyio
 from .. import health
 from ..health import CheckMessage
 from ..masking import mask_secrets
-from ._support import Bounded, failure, requires
+from ._support import Bounded, PerLoop, failure, requires
 
 # SQLSTATEs (and classes of two characters) that mean "could not get a usable connection".
 _CONNECTION_SQLSTATES = frozenset(
@@ -82,12 +81,9 @@ class AsyncpgCheck(Bounded):
         self.dsn = None if dsn is None else _asyncpg_dsn(dsn)
         self._pool = pool
         self._connect_kwargs: Mapping[str, Any] = connect_kwargs
-        self._pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
-            weakref.WeakKeyDictionary()
-        )
-        self._locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
-            weakref.WeakKeyDictionary()
-        )
+        # asyncpg connections belong to the loop that opened them: one pool per loop, closed
+        # when its loop ends.
+        self._pools: PerLoop[Any] = PerLoop(lambda pool: pool.close())
 
     async def __call__(self) -> list[CheckMessage]:
         """Run ``SELECT 1`` and return no message, or one :class:`~dockerflow.checks.Error`."""
@@ -139,18 +135,7 @@ class AsyncpgCheck(Bounded):
         """
         if self._pool is not None:
             return self._pool
-        # asyncpg connections belong to the loop that opened them: one pool per loop.
-        loop = asyncio.get_running_loop()
-        pool = self._pools.get(loop)
-        if pool is not None:
-            return pool
-        # Heartbeats that arrive together on a new loop must open one pool, not one each.
-        lock = self._locks.setdefault(loop, asyncio.Lock())
-        async with lock:
-            pool = self._pools.get(loop)
-            if pool is None:
-                pool = self._pools[loop] = await self._open_pool()
-        return pool
+        return await self._pools.get(self._open_pool)
 
     async def close(self) -> None:
         """Close the running loop's pool, if this check opened it.
@@ -159,9 +144,7 @@ class AsyncpgCheck(Bounded):
         opens a new pool.
         """
         # Only the loop that opened a pool may close it; other loops' pools are left alone.
-        pool = self._pools.pop(asyncio.get_running_loop(), None)
-        if pool is not None:
-            await pool.close()
+        await self._pools.discard()
 
     async def _open_pool(self) -> Any:
         import asyncpg

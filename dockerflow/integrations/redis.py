@@ -46,7 +46,7 @@ from .. import health
 from ..engine import CheckFunction
 from ..health import CheckMessage, Error
 from ..masking import masked_repr
-from ._support import Bounded, failure, requires
+from ._support import Bounded, PerLoop, failure, requires
 
 logger = logging.getLogger("dockerflow.integrations")
 
@@ -241,8 +241,9 @@ class AsyncRedisCheck(Bounded):
     def __init__(self, client: Any, *, timeout: float | None = None) -> None:
         super().__init__(timeout)
         self.client = client
-        self._own: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[Any, float, Any]]
-        self._own = weakref.WeakKeyDictionary()
+        # The check's own client per loop (for the client it was given and the bound it has),
+        # closed when its loop ends.
+        self._own: PerLoop[tuple[Any, float, Any]] = PerLoop(lambda own: own[2].aclose())
         # A strong reference: the id of a collected loop may be reused by the next loop.
         self._last_loop: asyncio.AbstractEventLoop | None = None
 
@@ -280,12 +281,11 @@ class AsyncRedisCheck(Bounded):
         import redis.asyncio
 
         bound = self.driver_timeout
-        own = self._own.get(loop)
+        own = self._own.current()
         if own is not None and own[0] is target and own[1] == bound:
             return own[2]
         if own is not None:
-            del self._own[loop]
-            await own[2].aclose()
+            await self._own.discard()
         if not isinstance(target, redis.asyncio.Redis) or _pinged_as_given(
             self.client, target, redis.asyncio.Redis
         ):
@@ -294,15 +294,16 @@ class AsyncRedisCheck(Bounded):
         if pool is None:
             return None
         client = redis.asyncio.Redis.from_pool(pool)
-        self._own[loop] = (target, bound, client)
-        return client
+
+        async def made() -> tuple[Any, float, Any]:
+            return (target, bound, client)
+
+        return (await self._own.get(made))[2]
 
     async def close(self) -> None:
         """Close the running loop's own client; run it on the loop the checks run on."""
         # Only the loop that opened a client's connections may close them.
-        own = self._own.pop(asyncio.get_running_loop(), None)
-        if own is not None:
-            await own[2].aclose()
+        await self._own.discard()
 
     def __repr__(self) -> str:
         return f"AsyncRedisCheck({masked_repr(self.client)}, timeout={self.timeout:g})"

@@ -69,7 +69,7 @@ from .. import health
 from ..engine import CheckFunction
 from ..health import CheckMessage
 from ..masking import masked_repr
-from ._support import Bounded, failure, requires
+from ._support import Bounded, PerLoop, failure, requires
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
@@ -159,6 +159,10 @@ async def check_database_connected_async(
         return [failure("Database misconfigured", exc, health.ERROR_SQLALCHEMY_EXCEPTION)]
     except (OSError, asyncio.TimeoutError) as exc:
         return [failure(_CANNOT_CONNECT, exc, health.ERROR_CANNOT_CONNECT_DATABASE)]
+    except Exception as exc:
+        if not _raised_by_driver(async_engine, exc):  # unwrapped, as when connecting above
+            raise
+        return [failure("DB-API error", exc, health.ERROR_DB_API_EXCEPTION)]
     return []
 
 
@@ -229,8 +233,23 @@ class CheckEngine(Bounded):
         super().__init__(timeout)
         self._db = db
         self._lock = threading.Lock()
-        self._pid = os.getpid()
         self._copies: dict[Engine, Engine] = {}
+        ref = weakref.ref(self)
+
+        def after_fork() -> None:
+            alive = ref()
+            if alive is not None:
+                alive._forget_inherited()
+
+        os.register_at_fork(after_in_child=after_fork)
+
+    def _forget_inherited(self) -> None:
+        # In a forked child: the copies' pooled connections are the parent's sockets, so they
+        # are let go without being closed. The lock may have been held at fork time.
+        self._lock = threading.Lock()
+        for inherited in self._copies.values():
+            inherited.dispose(close=False)
+        self._copies.clear()
 
     @property
     def source(self) -> Engine:
@@ -245,12 +264,6 @@ class CheckEngine(Bounded):
             return source
         # Worker threads of heartbeats that run at the same time may get here together.
         with self._lock:
-            if self._pid != os.getpid():
-                # A forked child: the copies' pooled connections are the parent's sockets.
-                for inherited in self._copies.values():
-                    inherited.dispose(close=False)
-                self._copies.clear()
-                self._pid = os.getpid()
             copy = self._copies.get(source)
             if copy is None:
                 copy = self._copies[source] = _copy_engine(source)
@@ -274,7 +287,7 @@ class AsyncCheckEngine(Bounded):
     Made like :class:`CheckEngine`, but one copy per event loop: asyncpg (and aiomysql...)
     connections belong to the loop that opened them. A copy is made on first use on each loop; a
     new loop, such as the one a forked child starts, gets a new copy and never touches the old
-    one's connections. A copy is let go when its loop is garbage collected. For SQLite
+    one's connections. A copy is disposed of on its loop when that loop ends. For SQLite
     (``aiosqlite``) it is the application's engine itself.
 
     :param engine: the application's ``AsyncEngine``.
@@ -284,9 +297,9 @@ class AsyncCheckEngine(Bounded):
     def __init__(self, engine: AsyncEngine, *, timeout: float | None = None) -> None:
         super().__init__(timeout)
         self.source = engine
-        self._copies: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncEngine] = (
-            weakref.WeakKeyDictionary()
-        )
+        # Async drivers' connections belong to the loop that opened them: one copy per loop,
+        # disposed of when its loop ends.
+        self._copies: PerLoop[AsyncEngine] = PerLoop(lambda copy: copy.dispose())
 
     @property
     def engine(self) -> AsyncEngine:
@@ -297,18 +310,12 @@ class AsyncCheckEngine(Bounded):
         if _is_sqlite(self.source.sync_engine):
             return self.source
         # Async drivers' connections belong to the loop that opened them: one copy per loop.
-        loop = asyncio.get_running_loop()
-        copy = self._copies.get(loop)
-        if copy is None:
-            copy = self._copies[loop] = _copy_async_engine(self.source)
-        return copy
+        return self._copies.setdefault(lambda: _copy_async_engine(self.source))
 
     async def dispose(self) -> None:
         """Close the running loop's copy; run it on that loop: ``bridge.call(e.dispose)``."""
         # Only the loop that opened a copy's connections may close them.
-        copy = self._copies.pop(asyncio.get_running_loop(), None)
-        if copy is not None:
-            await copy.dispose()
+        await self._copies.discard()
 
     def __repr__(self) -> str:
         return f"AsyncCheckEngine({self.source!r})"
@@ -350,6 +357,11 @@ def async_engine_of(db: object) -> AsyncEngine:
 
 class NoAnswerError(TimeoutError):
     """The database did not answer within the check's bound."""
+
+
+def _raised_by_driver(engine: AsyncEngine, exc: BaseException) -> bool:
+    """Whether ``exc`` comes from the engine's DB-API driver itself (say ``asyncpg``)."""
+    return type(exc).__module__.partition(".")[0] == engine.sync_engine.dialect.driver
 
 
 class CannotConnectError(Exception):
@@ -432,7 +444,11 @@ async def _run_retrying(
         connection = engine.connect()
         try:
             await connection.start()
-        except DBAPIError as exc:
+        except Exception as exc:
+            # SQLAlchemy 2.0 lets an async driver's own errors through unwrapped when
+            # connecting (asyncpg's): they are DB-API errors all the same.
+            if not isinstance(exc, DBAPIError) and not _raised_by_driver(engine, exc):
+                raise
             if wrap_connect:
                 raise CannotConnectError(exc) from exc
             raise
