@@ -19,7 +19,8 @@ flask = pytest.importorskip("flask")
 flask_sqlalchemy = pytest.importorskip("flask_sqlalchemy")
 flask_migrate = pytest.importorskip("flask_migrate")
 
-from dockerflow.flask import Dockerflow  # noqa: E402 - after the skips above
+from dockerflow import checks  # noqa: E402 - after the skips above
+from dockerflow.flask import Dockerflow  # noqa: E402
 
 
 def make_app(
@@ -61,6 +62,8 @@ def closing() -> Iterator[list[tuple[Any, Any, Dockerflow]]]:
         dockerflow.close()
         with app.app_context():
             db.engine.dispose()
+    # The built-in checks are listed in python-dockerflow's process-wide registry too.
+    checks.clear_checks()
 
 
 def test_sqlite_in_memory_database_is_the_apps_own(
@@ -173,3 +176,4 @@ def test_plain_engine_on_in_memory_sqlite_made_as_the_docs_say(
     finally:
         dockerflow.close()
         engine.dispose()
+        checks.clear_checks()
