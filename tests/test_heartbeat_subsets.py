@@ -142,8 +142,9 @@ def test_cli_report_is_the_only_thing_on_stdout(tmp_path: Path) -> None:
             """
         )
     )
-    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
-    args = [sys.executable, "-m", "flask", "--app", "probe_app:create_app", "dockerflow"]
+    # FLASK_APP rather than --app, which came in Flask 2.2.
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "FLASK_APP": "probe_app:create_app"}
+    args = [sys.executable, "-m", "flask", "dockerflow"]
     result = subprocess.run(
         [*args, "heartbeat"], capture_output=True, text=True, env=env, timeout=60, check=False
     )
@@ -176,17 +177,10 @@ def test_cli_exit_status_when_the_app_cannot_be_made(
     """What --help says for apps that cannot be made, from the real `flask` command."""
     if app_source is not None:
         (tmp_path / "broken_app.py").write_text(app_source)
-    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    # FLASK_APP rather than --app, which came in Flask 2.2.
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "FLASK_APP": "broken_app:create_app"}
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "flask",
-            "--app",
-            "broken_app:create_app",
-            "dockerflow",
-            "heartbeat",
-        ],
+        [sys.executable, "-m", "flask", "dockerflow", "heartbeat"],
         capture_output=True,
         text=True,
         env=env,
