@@ -55,6 +55,7 @@ COMPAT_TESTS := $(COMPAT_DIR)/python-dockerflow-$(COMPAT_VERSION)
 COMPAT_DESELECT := \
 	--deselect tests/flask/test_flask.py::test_error_returns_500_and_logs_error \
 	--deselect tests/core/test_logging.py::test_JsonLogFormatter_emits_warning
+
 $(COMPAT_SDIST): | $(BIN)/python
 	mkdir -p $(COMPAT_DIR)
 	$(BIN)/python -m pip download --quiet --no-deps --no-binary :all: \

@@ -37,10 +37,10 @@ def make_app() -> tuple[Flask, Dockerflow]:
 
     @app.route("/async-heartbeat")
     async def async_heartbeat() -> object:
-        # Keep the checks on the engine's loop: schedule there and await the future here.
+        # Keep the async checks on the engine's loop (the request's loop is a new one each
+        # time): the blocking call, in a thread.
         engine = ext._state().engine
-        future = engine.bridge.portal().start_task_soon(engine.run, ext._all_checks())
-        report = await asyncio.wrap_future(future)
+        report = await asyncio.to_thread(engine.run_sync, ext._all_checks())
         return jsonify(report.as_dict())
 
     return app, ext

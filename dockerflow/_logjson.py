@@ -29,6 +29,22 @@ the Basic Multilingual Plane is written as two ``\\uXXXX`` escapes).
 MAX_DEPTH = 64
 """Containers nested deeper than this are replaced by a placeholder (slow path only)."""
 
+
+def may_nest_too_deep(text: str) -> bool:
+    """Return whether JSON ``text`` may nest containers deeper than :data:`MAX_DEPTH`.
+
+    The C encoder takes deep nesting until its own recursion limit, which differs between
+    Python versions (Python 3.13 encodes thousands of levels where 3.12 raises), so the depth
+    bound is checked on its output: text with no more than :data:`MAX_DEPTH` brackets cannot
+    nest deeper. Brackets inside strings are counted too, which only sends more text to the
+    careful path.
+
+    :param text: JSON text from the fast path.
+    :returns: ``True`` if the text must be made again with the depth bound applied.
+    """
+    return text.count("[") + text.count("{") > MAX_DEPTH
+
+
 encode_str = json.encoder.encode_basestring_ascii
 """Quote and escape a ``str`` as a JSON string literal, all in ASCII (C speed)."""
 
@@ -121,8 +137,8 @@ def encode_fields(fields: dict[str, object]) -> str:
         text = encode_fast(fields)
     except Exception:
         return encode_fields_one_by_one(fields)
-    if len(text) > MAX_FIELD_CHARS:
-        # Only a field-by-field look can tell whether one of them is over the bound.
+    if len(text) > MAX_FIELD_CHARS or may_nest_too_deep(text):
+        # Only a field-by-field look can tell whether one of them is over a bound.
         return encode_fields_one_by_one(fields)
     return text
 

@@ -31,6 +31,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, ClassVar, Literal, TextIO
 
 from ._logjson import (
+    MAX_DEPTH,
     MAX_FIELD_CHARS,
     encode_chunks,
     encode_fields,
@@ -217,7 +218,12 @@ class JsonLogFormatter(logging.Formatter):
                 if keep_message:
                     fields["msg"] = message
                 fields_json = "".join(encode_chunks(fields, 0))
-                if len(fields_json) > MAX_FIELD_CHARS:  # a field may be over the bound
+                if len(fields_json) > MAX_FIELD_CHARS or (
+                    # may_nest_too_deep(), inline, skipped quickly for flat fields: one may be
+                    # over the depth bound.
+                    ("[" in fields_json or fields_json.find("{", 1) != -1)
+                    and fields_json.count("[") + fields_json.count("{") > MAX_DEPTH
+                ):
                     return self._format_carefully(record, logger_name)
             key = (record.name, logger_name, record.levelno, record.process)
             head = self._heads.get(key) or self._new_head(key)

@@ -94,10 +94,6 @@ class LoopThread:
             _call_soon, running, running.task_group.start_soon, _logged, func, *args
         )
 
-    def spawn(self, func: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
-        """Same as :meth:`submit` (kept for callers of the earlier name)."""
-        self.submit(func, *args)
-
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the loop, cancelling what still runs on it, and wait for its thread to end.
 

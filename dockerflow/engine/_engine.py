@@ -174,18 +174,6 @@ class Engine:
             report = self._report(plans, started)
         return report
 
-    async def run_check(self, check: Check) -> CheckResult:
-        """Run one check under its timeout and return its result; never raises for what the
-        check does."""
-        started = time.monotonic()
-        loop = anyio.lowlevel.current_token().native_token
-        async with anyio.create_task_group() as task_group:
-            plan = self._plan(check, started, loop, task_group.start_soon, on_loop=True)
-            await _wait_async([plan] if _waits(plan) else [], loop)
-            result = self._settle(plan, started)
-        log_results([result])
-        return result
-
     # -- one heartbeat --------------------------------------------------------------------------
 
     def _timeout_of(self, check: Check) -> float:
