@@ -127,8 +127,8 @@ def _parse_list(value: Any, pattern: re.Pattern[str], what: str, sample: str) ->
 
 @dataclass(frozen=True)
 class Setting:
-    """One ``DOCKERFLOW_*`` key: its name, attribute in :class:`Settings`, default, parser and
-    meaning (for the docs)."""
+    """One ``DOCKERFLOW_*`` key: its name, attribute in :class:`Settings`, default, parser, and
+    for the docs its type, meaning and an example value (as written in the environment)."""
 
     key: str
     attr: str
@@ -136,6 +136,7 @@ class Setting:
     parse: Callable[[Any], Any]
     kind: str
     help: str
+    example: str
 
 
 #: Every setting the Flask extension reads, in the order the docs list them.
@@ -147,6 +148,7 @@ SETTINGS: tuple[Setting, ...] = (
         _parse_timeout,
         "float in (0, 86400]",
         "Seconds each check may run, unless the check sets its own timeout.",
+        "5",
     ),
     Setting(
         "DOCKERFLOW_CHECK_RESTART_AFTER",
@@ -157,6 +159,7 @@ SETTINGS: tuple[Setting, ...] = (
         "Seconds after which a check run that is still going (stuck) is started again beside "
         "it, unless the check sets its own restart_after. Unset: the larger of 10 x the check's "
         "timeout and 30 s.",
+        "60",
     ),
     Setting(
         "DOCKERFLOW_HEARTBEAT_FAIL_LEVEL",
@@ -165,6 +168,7 @@ SETTINGS: tuple[Setting, ...] = (
         _parse_level,
         "debug | info | warning | error | critical",
         "Lowest overall level that makes /__heartbeat__ fail. 'warning' is strict mode.",
+        "warning",
     ),
     Setting(
         "DOCKERFLOW_HEARTBEAT_FAILED_STATUS_CODE",
@@ -173,6 +177,7 @@ SETTINGS: tuple[Setting, ...] = (
         _parse_status_code,
         "int 400-599",
         "HTTP status of a failing heartbeat.",
+        "503",
     ),
     Setting(
         "DOCKERFLOW_HEARTBEAT_DETAILS",
@@ -181,6 +186,7 @@ SETTINGS: tuple[Setting, ...] = (
         _parse_details,
         "always | debug | never",
         "When the heartbeat body carries 'details': always, only when app.debug, or never.",
+        "debug",
     ),
     Setting(
         "DOCKERFLOW_HEARTBEAT_CACHE_TTL",
@@ -189,6 +195,7 @@ SETTINGS: tuple[Setting, ...] = (
         _parse_ttl,
         "float in [0, 86400]",
         "Seconds a passing heartbeat report is served again without running checks (0: off).",
+        "5",
     ),
     Setting(
         "DOCKERFLOW_HEARTBEAT_CACHE_FAILED_TTL",
@@ -197,6 +204,7 @@ SETTINGS: tuple[Setting, ...] = (
         _parse_ttl,
         "float in [0, 86400]",
         "Seconds a failing heartbeat report is served again without running checks (0: off).",
+        "1",
     ),
     Setting(
         "DOCKERFLOW_SILENCED_CHECKS",
@@ -205,6 +213,7 @@ SETTINGS: tuple[Setting, ...] = (
         _parse_id_list,
         "comma-separated message IDs",
         "Message IDs to ignore, added to the extension's silenced_checks argument.",
+        "dockerflow.health.W001,myapp.health.W002",
     ),
     Setting(
         "DOCKERFLOW_NONCRITICAL_CHECKS",
@@ -215,6 +224,7 @@ SETTINGS: tuple[Setting, ...] = (
         "Checks whose failure counts as a warning (status 'warning', \"critical\": false in the "
         "details), so the heartbeat passes while a non-essential dependency is down; for checks "
         "registered with critical=False there is no need to list them.",
+        "check_redis_connected,search_cluster",
     ),
     Setting(
         "DOCKERFLOW_ERROR_ENDPOINT",
@@ -223,6 +233,7 @@ SETTINGS: tuple[Setting, ...] = (
         _parse_bool,
         "bool",
         "Serve /__error__, which logs an error and raises, to test error reporting.",
+        "true",
     ),
     Setting(
         "DOCKERFLOW_REQUEST_ID_HEADER_NAME",
@@ -231,6 +242,7 @@ SETTINGS: tuple[Setting, ...] = (
         _parse_header_name,
         "header name",
         "Request header that carries the request id; the id is echoed in the same header.",
+        "X-Cloud-Trace-Context",
     ),
     Setting(
         "DOCKERFLOW_SUMMARY_LOG_QUERYSTRING",
@@ -239,6 +251,7 @@ SETTINGS: tuple[Setting, ...] = (
         _parse_bool,
         "bool",
         "Add the query string to request.summary records as 'querystring'.",
+        "true",
     ),
     Setting(
         "DOCKERFLOW_SUMMARY_LOG_DOCKERFLOW_ENDPOINTS",
@@ -247,6 +260,7 @@ SETTINGS: tuple[Setting, ...] = (
         _parse_bool,
         "bool",
         "Write request.summary records for /__version__, /__heartbeat__ and /__lbheartbeat__.",
+        "false",
     ),
     Setting(
         "DOCKERFLOW_METRICS_ENDPOINT",
@@ -256,6 +270,7 @@ SETTINGS: tuple[Setting, ...] = (
         "bool",
         "Serve the Prometheus metrics at /__metrics__ (needs Dockerflow(app, metrics=True)); "
         "in multiprocess mode, those of every worker. Read in init_app only.",
+        "true",
     ),
 )
 
