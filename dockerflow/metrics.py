@@ -130,8 +130,10 @@ class HeartbeatMetrics:
         # Labelled children looked up once per check name: labels() takes a lock and builds a
         # tuple on each call, which adds up to most of the cost of a heartbeat's metrics.
         self._checks: dict[str, tuple[Any, Any, Any]] = {}
-        # Check name -> (level, monotonic time) last written to its gauge, by this process.
+        # Check name -> (level, monotonic time) last written to its gauge, by the process
+        # _levels_pid: a worker forked after a heartbeat (gunicorn --preload) writes its own.
         self._levels: dict[str, tuple[int, float]] = {}
+        self._levels_pid = os.getpid()
         self._stuck: frozenset[str] = frozenset()
         # Reports served again from the heartbeat cache are the same objects: their durations
         # and timeouts were counted when they were made. Held by identity (a report compares by
@@ -176,6 +178,8 @@ class HeartbeatMetrics:
             if fresh:
                 self._seen[id(report)] = report
         now = time.monotonic()
+        if self._levels_pid != os.getpid():
+            self._levels, self._levels_pid = {}, os.getpid()
         for name, detail in report.results.items():
             level, duration, timeouts = self._children(name)
             # The level the check really had: a failing non-critical check (reported at

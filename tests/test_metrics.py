@@ -6,6 +6,7 @@ prometheus_client's parser, as Prometheus would scrape it.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 from flask import Flask
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.parser import text_string_to_metric_families
 
 from dockerflow.checks import Error, Warning
@@ -303,3 +305,47 @@ def test_importing_the_flask_layer_does_not_import_prometheus_client() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "lazy"
+
+
+FORK_PROBE = """
+import os, sys
+from prometheus_client import CollectorRegistry
+from dockerflow.engine import CheckDetail, Report
+from dockerflow.metrics import HeartbeatMetrics
+
+metrics = HeartbeatMetrics(CollectorRegistry())
+report = lambda: Report(40, {"db": CheckDetail(40, {}, 0.01)})
+metrics.observe(report())  # in the parent, as gunicorn's arbiter with --preload may
+pid = os.fork()
+if pid == 0:
+    metrics.observe(report())  # the same level, well within a second
+    os._exit(0)
+os.waitpid(pid, 0)
+print(pid)
+"""
+
+
+def test_a_forked_worker_writes_the_level_gauge_of_its_own_pid(tmp_path: Path) -> None:
+    # Multiprocess mode is chosen when prometheus_client is imported: a process of its own.
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    result = subprocess.run(
+        [sys.executable, "-c", FORK_PROBE],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    child = int(result.stdout.strip())
+    parent = next(
+        int(path.stem.rsplit("_", 1)[1])
+        for path in tmp_path.glob("gauge_livemostrecent_*.db")
+        if path.stem != f"gauge_livemostrecent_{child}"
+    )
+    # With the parent gone, the level is what the child wrote. (A child that skipped the
+    # write, trusting the parent's record of it, shows no level at all.)
+    mark_process_dead(parent, path=str(tmp_path))
+    collected = CollectorRegistry()
+    MultiProcessCollector(collected, path=str(tmp_path))
+    assert collected.get_sample_value("dockerflow_check_level", {"check": "db"}) == 40
