@@ -194,8 +194,12 @@ class HeartbeatMetrics:
                 level.set(raw)
                 self._levels[name] = (raw, now)
             if fresh:
-                duration.observe(detail.duration)
-                if ERROR_CHECK_TIMEOUT in detail.messages:
+                timed_out = ERROR_CHECK_TIMEOUT in detail.messages
+                # A timeout with no duration is a run still going from an earlier heartbeat
+                # (the engine reports 0 s for it): nothing ran, so no duration to observe.
+                if not (timed_out and detail.duration == 0.0):
+                    duration.observe(detail.duration)
+                if timed_out:
                     timeouts.inc()
         if stuck_threads or self._stuck:
             self._set_stuck(stuck_threads or {})

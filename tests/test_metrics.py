@@ -166,6 +166,8 @@ def test_a_stuck_sync_check_holds_one_thread_until_it_returns(
     samples = scrape(registry)
     assert value(samples, "dockerflow_check_stuck_threads", check="hangs") == 1
     assert value(samples, "dockerflow_check_timeouts_total", check="hangs") == 2
+    # One run, one duration: the second heartbeat ran nothing for it.
+    assert value(samples, "dockerflow_check_duration_seconds_count", check="hangs") == 1
     release.set()
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
