@@ -259,7 +259,11 @@ class Proxy:
             self._selector.register(one, selectors.EVENT_READ)
 
     def _pipe(self, sock: socket.socket) -> None:
-        other, generation = self._peers[sock]
+        entry = self._peers.get(sock)
+        if entry is None:
+            # Both ends were ready in one select() and its peer's turn closed the pair.
+            return
+        other, generation = entry
         with self._lock:
             silenced = generation != self._generation
         if silenced:
