@@ -126,6 +126,12 @@ def test_a_stuck_check_never_holds_more_than_two_threads(release: threading.Even
             if beat % 100 == 0:
                 time.sleep(0.06)  # let the restart delay pass now and then
         assert 2 in seen  # a second run was started beside the stuck one, never a third
+        assert 1 <= engine.stuck_runs()["stuck"] <= 2
+        release.set()
+        deadline = time.monotonic() + 5
+        while engine.stuck_runs() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert engine.stuck_runs() == {}
     finally:
         release.set()
         engine.close()

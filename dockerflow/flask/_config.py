@@ -21,6 +21,7 @@ _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 # A message ID: letters, digits, '.', '_' and '-' (dockerflow.health.E001, myapp.W002).
 _MESSAGE_ID = re.compile(r"[A-Za-z0-9_.\-]+")
+_CHECK_NAME = re.compile(r"[^,\s]+")
 PREFIX = "DOCKERFLOW_"
 _LEVELS = {text: level for level, text in STATUSES.items() if level > 0}
 DETAILS_MODES = ("always", "debug", "never")
@@ -98,6 +99,14 @@ def _parse_header_name(value: Any) -> str:
 
 
 def _parse_id_list(value: Any) -> tuple[str, ...]:
+    return _parse_list(value, _MESSAGE_ID, "message IDs", "dockerflow.health.W001")
+
+
+def _parse_name_list(value: Any) -> tuple[str, ...]:
+    return _parse_list(value, _CHECK_NAME, "check names", "check_redis_connected")
+
+
+def _parse_list(value: Any, pattern: re.Pattern[str], what: str, sample: str) -> tuple[str, ...]:
     if isinstance(value, str):
         items = [item.strip() for item in value.split(",")]
         # One trailing comma is forgiven ("a,b,"); an empty item elsewhere is a typo.
@@ -106,12 +115,12 @@ def _parse_id_list(value: Any) -> tuple[str, ...]:
     elif isinstance(value, (list, tuple, set, frozenset)):
         items = [str(item).strip() for item in value]
     else:
-        raise ValueError("expected a comma-separated string or a list of message IDs")
-    bad = [item for item in items if not _MESSAGE_ID.fullmatch(item)]
+        raise ValueError(f"expected a comma-separated string or a list of {what}")
+    bad = [item for item in items if not pattern.fullmatch(item)]
     if bad:
         raise ValueError(
-            f"not message IDs: {', '.join(repr(item) for item in bad)} "
-            "(expected IDs such as dockerflow.health.W001, separated by commas)"
+            f"not {what}: {', '.join(repr(item) for item in bad)} "
+            f"(expected names such as {sample}, separated by commas)"
         )
     return tuple(items)
 
@@ -207,6 +216,17 @@ SETTINGS: tuple[Setting, ...] = (
         "dockerflow.health.W001,myapp.health.W002",
     ),
     Setting(
+        "DOCKERFLOW_NONCRITICAL_CHECKS",
+        "noncritical_checks",
+        (),
+        _parse_name_list,
+        "comma-separated check names",
+        "Checks whose failure counts as a warning (status 'warning', \"critical\": false in the "
+        "details), so the heartbeat passes while a non-essential dependency is down; for checks "
+        "registered with critical=False there is no need to list them.",
+        "check_redis_connected,search_cluster",
+    ),
+    Setting(
         "DOCKERFLOW_ERROR_ENDPOINT",
         "error_endpoint",
         False,
@@ -257,6 +277,7 @@ class Settings:
     cache_ttl: float
     cache_failed_ttl: float
     silenced_checks: tuple[str, ...]
+    noncritical_checks: tuple[str, ...]
     error_endpoint: bool
     request_id_header: str
     summary_log_querystring: bool

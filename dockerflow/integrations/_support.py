@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import logging
+import threading
+import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from typing import Generic, TypeVar
 
-from ..engine import DEFAULT_TIMEOUT, DockerflowError, validate_timeout
+from ..engine import DEFAULT_TIMEOUT, DockerflowError, after_fork_in_child, validate_timeout
 from ..health import CheckMessage, Error
 from ..masking import mask_secrets, short_error
 
@@ -213,3 +217,67 @@ class PerLoop(Generic[T]):
 
 async def _first_step(watcher: AsyncGenerator[None, None]) -> None:
     await watcher.asend(None)
+
+
+class Watchdog:
+    """Calls functions at their deadlines from one daemon thread, started on first use.
+
+    A blocking driver call cannot be cancelled, but it can be woken up from another thread (its
+    socket shut down). Arming a deadline costs a heap push, not a thread: a ``threading.Timer``
+    per check run would start a thread on every heartbeat. Deadlines almost always end
+    cancelled; cancelled ones are dropped when they come up. Fork-safe: a forked child starts
+    over with no deadline and no thread.
+    """
+
+    def __init__(self) -> None:
+        self._reset()
+        after_fork_in_child(self, Watchdog._reset)
+
+    def _reset(self) -> None:
+        self._condition = threading.Condition()
+        self._heap: list[tuple[float, int, Callable[[], object]]] = []
+        self._cancelled: set[int] = set()
+        self._numbers = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def call_after(self, seconds: float, func: Callable[[], object]) -> int:
+        """Call ``func()`` in the watchdog's thread in ``seconds``, unless cancelled first.
+
+        :returns: a number to give :meth:`cancel`.
+        """
+        with self._condition:
+            number = next(self._numbers)
+            heapq.heappush(self._heap, (time.monotonic() + seconds, number, func))
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="dockerflow-watchdog", daemon=True
+                )
+                self._thread.start()
+            elif self._heap[0][1] == number:
+                self._condition.notify()  # earlier than what the thread waits for
+        return number
+
+    def cancel(self, number: int) -> None:
+        """Do not call the function armed as ``number`` (if it has not been called yet)."""
+        with self._condition:
+            self._cancelled.add(number)
+
+    def _run(self) -> None:
+        while True:
+            with self._condition:
+                while True:
+                    while self._heap and self._heap[0][1] in self._cancelled:
+                        self._cancelled.discard(heapq.heappop(self._heap)[1])
+                    if not self._heap:
+                        self._condition.wait()
+                        continue
+                    when = self._heap[0][0]
+                    now = time.monotonic()
+                    if when <= now:
+                        func = heapq.heappop(self._heap)[2]
+                        break
+                    self._condition.wait(when - now)
+            try:
+                func()
+            except Exception:
+                logger.exception("a dockerflow watchdog callback failed")

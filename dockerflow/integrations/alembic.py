@@ -158,7 +158,7 @@ def _migrations_applied(
         db_heads = run_on_connection_sync(
             sync_engine_of(engine),
             functools.partial(_current_heads, opts=opts),
-            engine.driver_timeout if isinstance(engine, CheckEngine) else None,
+            engine if isinstance(engine, CheckEngine) else None,
         )
     except CannotConnectError as exc:
         return [_cannot_check(exc.error)]

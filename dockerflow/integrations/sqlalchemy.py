@@ -59,17 +59,16 @@ import os
 import socket
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 import anyio
 
 from .. import health
-from ..engine import CheckFunction
+from ..engine import CheckFunction, after_fork_in_child
 from ..health import CheckMessage
 from ..masking import masked_repr
-from ._support import Bounded, PerLoop, failure, requires
+from ._support import Bounded, PerLoop, Watchdog, failure, requires
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
@@ -116,9 +115,8 @@ def check_database_connected(db: Engine | HasEngine) -> list[CheckMessage]:
     with requires("sqlalchemy", extra="sqlalchemy"):
         from sqlalchemy.exc import DBAPIError, SQLAlchemyError
     engine = sync_engine_of(db)
-    bound = db.driver_timeout if isinstance(db, CheckEngine) else None
     try:
-        run_on_connection_sync(engine, _select_one, bound)
+        run_on_connection_sync(engine, _select_one, db if isinstance(db, CheckEngine) else None)
     except CannotConnectError as exc:
         return [failure(_CANNOT_CONNECT, exc.error, health.ERROR_CANNOT_CONNECT_DATABASE)]
     except DBAPIError as exc:
@@ -234,14 +232,9 @@ class CheckEngine(Bounded):
         self._db = db
         self._lock = threading.Lock()
         self._copies: dict[Engine, Engine] = {}
-        ref = weakref.ref(self)
-
-        def after_fork() -> None:
-            alive = ref()
-            if alive is not None:
-                alive._forget_inherited()
-
-        os.register_at_fork(after_in_child=after_fork)
+        #: Wakes a driver call stuck on a silent socket at the check's deadline.
+        self.watchdog = Watchdog()
+        after_fork_in_child(self, CheckEngine._forget_inherited)
 
     def _forget_inherited(self) -> None:
         # In a forked child: the copies' pooled connections are the parent's sockets, so they
@@ -373,20 +366,20 @@ class CannotConnectError(Exception):
 
 
 def run_on_connection_sync(
-    engine: Engine, work: Callable[[Connection], T], timeout: float | None = None
+    engine: Engine, work: Callable[[Connection], T], bound: CheckEngine | None = None
 ) -> T:
     """Return ``work(connection)`` on a connection of ``engine``, retrying a dropped one once.
 
     SQLAlchemy invalidates a pooled connection that the server dropped (restart, failover, idle
     timeout); one more try on a fresh connection tells a dead server from a stale connection.
 
-    :param timeout: if given, the seconds that connecting and ``work`` may take in all (see the
-        module for how each is bounded).
-    :raises NoAnswerError: if the database did not answer within ``timeout``.
+    :param bound: if given, the check engine whose :attr:`~Bounded.driver_timeout` bounds
+        connecting and ``work`` in all (see the module for how each is bounded).
+    :raises NoAnswerError: if the database did not answer within that time.
     """
     from sqlalchemy.exc import DBAPIError
 
-    if timeout is None:
+    if bound is None:
         try:
             with engine.connect() as connection:
                 return work(connection)
@@ -396,6 +389,7 @@ def run_on_connection_sync(
         with engine.connect() as connection:
             return work(connection)
 
+    timeout, watchdog = bound.driver_timeout, bound.watchdog
     deadline = time.monotonic() + timeout
     token = _connect_timeout.set(timeout)
     try:
@@ -406,7 +400,7 @@ def run_on_connection_sync(
                 except DBAPIError as exc:
                     raise CannotConnectError(exc) from exc
                 with connection:
-                    return _bounded_sync(connection, work, deadline)
+                    return _bounded_sync(connection, work, deadline, watchdog)
             except DBAPIError as exc:
                 # A second try only for a dropped pooled connection, and only with time left.
                 if attempt == 2 or not exc.connection_invalidated or _expired(deadline):
@@ -466,12 +460,14 @@ def _expired(deadline: float) -> bool:
     return time.monotonic() >= deadline
 
 
-def _bounded_sync(connection: Connection, work: Callable[[Connection], T], deadline: float) -> T:
+def _bounded_sync(
+    connection: Connection, work: Callable[[Connection], T], deadline: float, watchdog: Watchdog
+) -> T:
     remaining = deadline - time.monotonic()
     if remaining <= 0:
         raise NoAnswerError("no time left to query the database")
     statement_ms = _statement_timeout_ms(connection.engine, remaining)
-    with _socket_deadline(connection, remaining) as fired:
+    with _socket_deadline(connection, remaining, watchdog) as fired:
         try:
             return _with_statement_timeout(work, statement_ms, connection)
         except Exception as exc:
@@ -496,7 +492,9 @@ def _statement_timeout_ms(engine: Engine, timeout: float | None) -> int | None:
 
 
 @contextlib.contextmanager
-def _socket_deadline(connection: Connection, seconds: float) -> Iterator[threading.Event]:
+def _socket_deadline(
+    connection: Connection, seconds: float, watchdog: Watchdog
+) -> Iterator[threading.Event]:
     """Shut the connection's socket down if the block is still running after ``seconds``.
 
     A blocking driver waits on a silent socket for as long as the operating system keeps it
@@ -526,15 +524,13 @@ def _socket_deadline(connection: Connection, seconds: float) -> Iterator[threadi
             ):
                 sock.shutdown(socket.SHUT_RDWR)
 
-    timer = threading.Timer(seconds, shut_down)
-    timer.daemon = True
-    timer.start()
+    armed = watchdog.call_after(seconds, shut_down)
     try:
         yield fired
     finally:
         with lock:
             finished = True
-        timer.cancel()
+        watchdog.cancel(armed)
 
 
 #: The connect timeout for connections that a check opens, read by :func:`_add_connect_timeout`.

@@ -261,8 +261,7 @@ class Proxy:
     def _pipe(self, sock: socket.socket) -> None:
         entry = self._peers.get(sock)
         if entry is None:
-            # Both ends were ready in one select() and its peer's turn closed the pair.
-            return
+            return  # closed with its peer earlier in the same batch of events
         other, generation = entry
         with self._lock:
             silenced = generation != self._generation
