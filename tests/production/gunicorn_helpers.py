@@ -12,6 +12,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,7 +24,8 @@ from integrations.helpers import POSTGRES_URL, REDIS_URL, unreachable
 
 REPO = Path(__file__).resolve().parents[2]
 APPS = Path(__file__).resolve().parent / "apps"
-GUNICORN = REPO / ".venv" / "bin" / "gunicorn"
+#: gunicorn of the interpreter running the tests (each Python in CI has its own venv).
+GUNICORN = (sys.executable, "-m", "gunicorn")
 #: Seconds gunicorn may take to answer its first request.
 START_TIMEOUT = 20.0
 #: What must never show up in a server's output.
@@ -170,7 +172,7 @@ def start_gunicorn(
     stderr = (directory / "stderr.log").open("wb")
     process = subprocess.Popen(
         [
-            str(GUNICORN),
+            *GUNICORN,
             "--bind",
             f"127.0.0.1:{port}",
             "--pythonpath",
