@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import textwrap
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -291,3 +292,20 @@ def test_time_is_utc_with_milliseconds() -> None:
 def test_a_naive_time_is_refused() -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
         health_json(report(), checked_at=datetime(2026, 1, 2))
+
+
+def test_the_documented_example_is_what_the_code_builds() -> None:
+    text = (Path(__file__).parent.parent / "docs" / "checks.rst").read_text()
+    example = text.split(".. code-block:: http", 1)[1]
+    start = example.index("\n   {\n") + 1
+    end = example.index("\n   }\n", start) + len("\n   }")
+    documented = validate(json.loads(textwrap.dedent(example[start:end])))
+    built = health_json(
+        report(
+            check_database_connected=(0, {}, 0.010957),
+            queue_depth=(WARNING, {"myapp.health.W002": "1200 jobs waiting"}, 0.001549),
+        ),
+        checked_at=datetime(2026, 11, 26, 14, 1, 39, 163_000, tzinfo=timezone.utc),
+        version={"version": "2.4.0", "commit": "3f1c9e0d5b", "source": "https://example.com"},
+    )
+    assert documented == built
