@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 PORT ?= 8000
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint typecheck pytest demo bench clean compat test-min test-pythons
+.PHONY: test lint typecheck pytest demo bench clean compat test-min test-pythons settings-table
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,13 +28,20 @@ pytest: $(STAMP)
 
 test: lint typecheck pytest
 
+# The migrations are a step of their own before the server starts, never in the app factory.
 demo: $(STAMP)
+	$(BIN)/flask --app examples.demo.app:create_app db upgrade
 	@echo "Serving the demo on http://localhost:$(PORT)/ (logs: mozlog JSON on stdout)" >&2
 	@PORT=$(PORT) $(BIN)/gunicorn -c examples/gunicorn.conf.py 'examples.demo.app:create_app()'
 
 .PHONY: docs
 docs: $(STAMP)
 	$(BIN)/sphinx-build -E -W --keep-going -b html docs docs/_build/html
+
+# The settings table in docs/configuration.rst, generated from the code and committed;
+# tests/test_settings_table.py fails while it is stale.
+settings-table: $(STAMP)
+	$(BIN)/python docs/_ext/settings_table.py
 
 # python-dockerflow's own tests (tests/core and tests/flask of its sdist), run unmodified against
 # our installed package. The sdist is fetched with pip into build/compat/ and only its tests/ is

@@ -2,8 +2,9 @@
 
     gunicorn -c examples/gunicorn.conf.py 'examples.demo.app:create_app()'
 
-Every line on stdout is mozlog JSON: the app's ``request.summary`` records, the checks' messages
-and gunicorn's own log all go through ``dockerflow.logging.JsonLogFormatter``.
+Every line on stdout is mozlog JSON: the ``request.summary`` records, the app's own log records
+(INFO and above), the checks' messages and gunicorn's own log all go through
+``dockerflow.logging.JsonLogFormatter``. To use it for your service, change the two names below.
 """
 
 from __future__ import annotations
@@ -27,13 +28,18 @@ graceful_timeout = 10
 # request.summary is the access log; gunicorn's own would repeat every request in another format.
 accesslog = None
 
-_LOGGER_NAME = os.environ.get("DOCKERFLOW_LOGGER_NAME", "dockerflow-demo")
+# The mozlog "Logger" field of every line: the name of your service.
+SERVICE_NAME = "dockerflow-demo"
+# Your application's top-level package. Its loggers log INFO and above to stdout: those of its
+# modules (logging.getLogger(__name__)) and Flask's app.logger, named after the app's import name
+# (here examples.demo.app). Without this entry only WARNING and above would get through the root.
+APP_PACKAGE = "examples.demo"
 
 logconfig_dict = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
-        "json": {"()": "dockerflow.logging.JsonLogFormatter", "logger_name": _LOGGER_NAME},
+        "json": {"()": "dockerflow.logging.JsonLogFormatter", "logger_name": SERVICE_NAME},
     },
     "filters": {
         "request_id": {"()": "dockerflow.logging.RequestIdLogFilter"},
@@ -47,6 +53,7 @@ logconfig_dict = {
         },
     },
     "loggers": {
+        APP_PACKAGE: {"handlers": ["console"], "level": "INFO", "propagate": False},
         "request.summary": {"handlers": ["console"], "level": "INFO", "propagate": False},
         "dockerflow": {"handlers": ["console"], "level": "INFO", "propagate": False},
         "gunicorn.error": {"handlers": ["console"], "level": "INFO", "propagate": False},

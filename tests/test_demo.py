@@ -1,10 +1,14 @@
-"""The demo service, run as ``make demo`` runs it: gunicorn with examples/gunicorn.conf.py."""
+"""The demo service, run as ``make demo`` runs it: ``flask db upgrade``, then gunicorn with
+examples/gunicorn.conf.py; and the ``HEALTHCHECK`` and migration step of examples/Dockerfile."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
+import re
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -65,7 +69,22 @@ def _child_env(directory: Path, port: int, **extra: str) -> dict[str, str]:
     return env
 
 
+def _migrate(directory: Path, **extra: str) -> None:
+    # As `make demo` does: the migrations are a step of their own, before the server starts.
+    # FLASK_APP rather than --app, which came in Flask 2.2 (make test-min runs Flask 2.0).
+    subprocess.run(
+        [sys.executable, "-m", "flask", "db", "upgrade"],
+        cwd=REPO,
+        env=_child_env(directory, 0, FLASK_APP="examples.demo.app:create_app", **extra),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=START_TIMEOUT,
+        check=True,
+    )
+
+
 def _start(directory: Path, **extra: str) -> Demo:
+    _migrate(directory, **extra)
     port = _free_port()
     stdout_path, stderr_path = directory / "stdout.log", directory / "stderr.log"
     stdout, stderr = stdout_path.open("wb"), stderr_path.open("wb")
@@ -228,3 +247,123 @@ def test_stdout_is_mozlog_json_with_request_summaries(demo: Demo) -> None:
     assert {"agent", "lang", "uid", "t"} <= set(fields)
     # Every line gunicorn and the app write to stdout is JSON (json.loads above raised otherwise).
     assert all(line.startswith("{") for line in demo.stdout_lines())
+
+
+def test_the_apps_own_info_log_line_reaches_stdout(demo: Demo) -> None:
+    """gunicorn.conf.py gives the app's package (and app.logger) a handler at INFO."""
+    rid = f"test-demo-{uuid.uuid4()}"
+    status, _, _ = _get(demo.url + "/", headers={"X-Request-ID": rid})
+    assert status == 200
+
+    deadline = time.monotonic() + 5.0
+    line = None
+    while line is None and time.monotonic() < deadline:
+        records = [json.loads(line) for line in demo.stdout_lines()]
+        line = next(
+            (
+                r
+                for r in records
+                if r["Type"] == "examples.demo.app" and r["Fields"].get("rid") == rid
+            ),
+            None,
+        )
+        if line is None:
+            time.sleep(0.05)
+
+    assert line is not None, demo.stdout_path.read_text()
+    assert line["Fields"]["msg"] == "index served"
+    assert line["Severity"] == 6  # INFO
+    assert line["Logger"] == "dockerflow-demo"
+
+
+# -- examples/Dockerfile, its commands run as the image's shell would run them ------------------
+
+# The image installs the newest Flask; its commands use `flask --app`, which came in Flask 2.2.
+needs_flask_app_option = pytest.mark.skipif(
+    tuple(int(part) for part in importlib.metadata.version("flask").split(".")[:2]) < (2, 2),
+    reason="the Dockerfile's commands use flask --app (Flask 2.2 or later)",
+)
+
+
+def _dockerfile_instruction(name: str) -> str:
+    """Return the shell-form command of the Dockerfile's ``name`` instruction (CMD, HEALTHCHECK)."""
+    text = (REPO / "examples" / "Dockerfile").read_text()
+    joined = re.sub(r"\\\n\s*", " ", text)  # continuation lines
+    (line,) = [line for line in joined.splitlines() if line.startswith(name + " ")]
+    return line.split(" CMD ", 1)[1] if name == "HEALTHCHECK" else line[len(name) + 1 :]
+
+
+def _sh(command: str, directory: Path, **extra: str) -> subprocess.CompletedProcess[str]:
+    # The image's environment: `flask` on PATH, the repository importable (PYTHONPATH=/app).
+    env = _child_env(directory, 0, PYTHONPATH=str(REPO), **extra)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return subprocess.run(
+        ["sh", "-c", command],
+        cwd=REPO,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=START_TIMEOUT,
+    )
+
+
+def _migrated(directory: Path) -> bool:
+    with sqlite3.connect(directory / "data" / "demo.sqlite3") as connection:
+        tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
+    return "alembic_version" in tables
+
+
+@needs_flask_app_option
+def test_healthcheck_never_migrates(tmp_path: Path) -> None:
+    healthcheck = _dockerfile_instruction("HEALTHCHECK")
+    assert "dockerflow heartbeat" in healthcheck
+
+    probe = _sh(healthcheck, tmp_path)
+
+    # An unmigrated database is a warning, which does not fail the heartbeat.
+    assert probe.returncode == 0, probe.stderr
+    report = json.loads(probe.stdout)
+    assert report["checks"]["check_migrations_applied"] == "warning"
+    assert not _migrated(tmp_path)
+
+
+@needs_flask_app_option
+def test_cmd_migrates_then_the_healthcheck_passes(tmp_path: Path) -> None:
+    migrate_step, server_step = _dockerfile_instruction("CMD").split("&&")
+    assert "db upgrade" in migrate_step
+    assert server_step.strip().startswith("exec gunicorn")
+
+    migrated = _sh(migrate_step, tmp_path)
+    assert migrated.returncode == 0, migrated.stderr
+    assert _migrated(tmp_path)
+
+    probe = _sh(_dockerfile_instruction("HEALTHCHECK"), tmp_path)
+    assert probe.returncode == 0, probe.stderr
+    assert json.loads(probe.stdout) == {
+        "status": "ok",
+        "checks": dict.fromkeys(DEMO_CHECKS, "ok"),
+        "details": {},
+    }
+
+
+@needs_flask_app_option
+def test_healthcheck_exits_1_when_the_heartbeat_fails(tmp_path: Path) -> None:
+    probe = _sh(_dockerfile_instruction("HEALTHCHECK"), tmp_path, DEMO_SLOW_CHECK_SECONDS="2")
+    assert probe.returncode == 1, probe.stderr
+    report = json.loads(probe.stdout)  # the report alone on stdout: docker inspect shows it
+    assert report["status"] == "error"
+    assert list(report["details"]["slow_dependency"]["messages"]) == ["dockerflow.health.E011"]
+
+
+@needs_flask_app_option
+def test_healthcheck_turns_a_usage_error_into_1(tmp_path: Path) -> None:
+    """The CLI's usage status 2 is reserved by Docker: the HEALTHCHECK line maps it to 1."""
+    healthcheck = _dockerfile_instruction("HEALTHCHECK")
+    wrong = healthcheck.replace("dockerflow heartbeat", "dockerflow heartbeat --check nope")
+    bare = wrong.split("||", 1)[0]
+
+    assert _sh(bare, tmp_path).returncode == 2
+    probe = _sh(wrong, tmp_path)
+    assert probe.returncode == 1
+    assert "unknown check" in probe.stderr

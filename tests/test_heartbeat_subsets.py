@@ -163,6 +163,36 @@ def test_cli_report_is_the_only_thing_on_stdout(tmp_path: Path) -> None:
     assert (passing.returncode, json.loads(passing.stdout)["status"]) == (0, "ok")
 
 
+@pytest.mark.parametrize(
+    ("app_source", "status", "said"),
+    [
+        (None, 2, "No such command 'dockerflow'"),  # no app found: Flask's own usage error
+        ("def create_app():\n    raise RuntimeError('no config')\n", 1, "RuntimeError: no config"),
+    ],
+    ids=["no-app-found", "factory-raises"],
+)
+def test_cli_exit_status_when_the_app_cannot_be_made(
+    tmp_path: Path, app_source: str | None, status: int, said: str
+) -> None:
+    """What --help says for apps that cannot be made, from the real `flask` command."""
+    if app_source is not None:
+        (tmp_path / "broken_app.py").write_text(app_source)
+    # FLASK_APP rather than --app, which came in Flask 2.2.
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "FLASK_APP": "broken_app:create_app"}
+    result = subprocess.run(
+        [sys.executable, "-m", "flask", "dockerflow", "heartbeat"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == status, result.stderr
+    assert said in result.stderr
+    assert result.stdout == ""
+
+
 def _mixes() -> bool:
     import inspect
 

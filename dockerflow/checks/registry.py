@@ -39,13 +39,23 @@ _OWNER_OF: weakref.WeakKeyDictionary[Callable[..., Any], weakref.ref[object]] = 
 
 
 @overload
-def register(func: F, name: str | None = None, *, timeout: float | None = None) -> F: ...
+def register(
+    func: F, name: str | None = None, *, timeout: float | None = None, critical: bool = True
+) -> F: ...
 @overload
 def register(
-    func: None = None, name: str | None = None, *, timeout: float | None = None
+    func: None = None,
+    name: str | None = None,
+    *,
+    timeout: float | None = None,
+    critical: bool = True,
 ) -> Callable[[F], F]: ...
 def register(
-    func: F | None = None, name: str | None = None, *, timeout: float | None = None
+    func: F | None = None,
+    name: str | None = None,
+    *,
+    timeout: float | None = None,
+    critical: bool = True,
 ) -> F | Callable[[F], F]:
     """Register a check that every Dockerflow extension in the process runs.
 
@@ -55,20 +65,26 @@ def register(
     :param func: a ``def`` or ``async def`` taking no arguments, returning check messages.
     :param name: the check's name in the report; defaults to the function's ``__name__``.
     :param timeout: seconds the check may run; defaults to the extension's check timeout.
+    :param critical: ``False`` makes a failure of the check count as a warning (see
+        :class:`~dockerflow.engine.Check`).
     :returns: ``func`` itself, or a decorator when ``func`` is not given.
     :raises CheckRegistrationError: if ``func`` is not callable or ``timeout`` is not positive.
     """
     if func is None:
-        return functools.partial(register, name=name, timeout=timeout)
+        return functools.partial(register, name=name, timeout=timeout, critical=critical)
     # Made now, so a bad registration fails where it is made rather than at heartbeat time.
-    check = Check(name or callable_name(func), func, timeout)
+    check = Check(name or callable_name(func), func, timeout, critical=critical)
     _REGISTERED[check.name] = func
     _CHECKS[check.name] = check
     return func
 
 
 def register_partial(
-    func: Callable[..., Any], *args: Any, name: str | None = None, timeout: float | None = None
+    func: Callable[..., Any],
+    *args: Any,
+    name: str | None = None,
+    timeout: float | None = None,
+    critical: bool = True,
 ) -> Callable[[], Any]:
     """Register ``func(*args)`` as a check, as python-dockerflow's ``register_partial`` does.
 
@@ -76,12 +92,13 @@ def register_partial(
     :param args: the arguments it is called with.
     :param name: the check's name; defaults to ``func``'s name.
     :param timeout: seconds the check may run; defaults to the extension's check timeout.
+    :param critical: ``False`` makes a failure of the check count as a warning.
     :returns: the partial that was registered.
     :raises CheckRegistrationError: if ``func`` is not callable or ``timeout`` is not positive.
     """
     partial = functools.partial(func, *args)
     functools.update_wrapper(partial, func)
-    register(partial, name=name, timeout=timeout)
+    register(partial, name=name, timeout=timeout, critical=critical)
     return partial
 
 

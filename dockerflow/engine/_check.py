@@ -79,6 +79,10 @@ class Check:
         socket whose peer went silent) is given up and a new run is started beside it; ``None``
         takes the engine's ``restart_after`` (default: the larger of 10 x the timeout and 30 s).
         At most two runs of a check are ever in progress.
+    :param critical: ``False`` makes a failure of the check count as a warning (status
+        ``"warning"``, ``"critical": false`` in the report's details), so that a non-essential
+        dependency being down does not fail the heartbeat. Logs, signals and metrics still see
+        the check failing.
     :raises CheckRegistrationError: if the name is empty, ``func`` is not callable or a number
         is out of range.
 
@@ -94,6 +98,7 @@ class Check:
     failure_threshold: int = 1
     failure_grace: float = 0.0
     restart_after: float | None = None
+    critical: bool = True
     is_async: bool = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -125,6 +130,10 @@ class Check:
                 f"{MAX_SECONDS:g}, got {grace!r}"
             )
         object.__setattr__(self, "failure_grace", float(grace))
+        if not isinstance(self.critical, bool):
+            raise CheckRegistrationError(
+                f"{self.name}: critical must be True or False, got {self.critical!r}"
+            )
         object.__setattr__(self, "is_async", is_async_callable(self.func))
 
     @property

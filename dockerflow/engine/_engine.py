@@ -66,6 +66,8 @@ class Engine:
     :param restart_after: seconds after which a run still in progress is started again beside
         it, for checks that set no ``restart_after`` of their own; ``None`` (default) takes the
         larger of 10 x the check's timeout and 30 s.
+    :param noncritical: names of checks whose failure counts as a warning, as if they were made
+        with ``critical=False``.
     :raises ConfigurationError: if a number is out of range or not a number.
     """
 
@@ -80,6 +82,7 @@ class Engine:
         bridge: LoopThread | None = None,
         context: ContextFactory | None = None,
         restart_after: float | None = None,
+        noncritical: Collection[str] = (),
     ) -> None:
         try:
             self.timeout = validate_timeout(timeout)
@@ -92,6 +95,9 @@ class Engine:
             raise ConfigurationError(f"fail_level must be one of 10..50, got {fail_level!r}")
         self.fail_level = fail_level
         self.silenced_ids = frozenset(silenced_ids)
+        #: Names of checks whose failure counts as a warning, besides checks made with
+        #: ``critical=False``.
+        self.noncritical = frozenset(noncritical)
         self.cache = ReportCache(
             _non_negative(cache_ttl, "cache_ttl"),
             _non_negative(cache_failed_ttl, "cache_failed_ttl"),
@@ -250,7 +256,8 @@ class Engine:
     def _report(self, plans: list[_Plan], started: float) -> Report:
         results = [self._settle(plan, started) for plan in plans]
         log_results(results)
-        return aggregate(results, self.silenced_ids)
+        noncritical = self.noncritical.union(p.check.name for p in plans if not p.check.critical)
+        return aggregate(results, self.silenced_ids, noncritical)
 
     # -- background refresh on the bridge loop --------------------------------------------------
 

@@ -6,7 +6,7 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..health import CheckMessage, level_to_text
+from ..health import WARNING, CheckMessage, level_to_text
 
 
 @dataclass(frozen=True)
@@ -29,14 +29,24 @@ class CheckResult:
 class CheckDetail:
     """One check's part of a report, after silenced messages were dropped.
 
-    :param level: highest message level, ``0`` when there is none.
+    :param level: highest message level, ``0`` when there is none; for a non-critical check at
+        most :data:`~dockerflow.health.WARNING`.
     :param messages: message ID → message text.
     :param duration: seconds the check took.
+    :param critical: ``False`` for a non-critical check, whose failure counts as a warning.
+    :param raw_level: the highest message level the check really reported (above ``level``
+        when a non-critical check failed): what logs, signals and metrics count as failing.
     """
 
     level: int
     messages: Mapping[str, str]
     duration: float
+    critical: bool = True
+    raw_level: int = -1
+
+    def __post_init__(self) -> None:
+        if self.raw_level < 0:
+            object.__setattr__(self, "raw_level", self.level)
 
     @property
     def status(self) -> str:
@@ -63,12 +73,14 @@ class Report:
 
     @property
     def details(self) -> dict[str, dict[str, Any]]:
-        """Check name → ``{"status", "level", "messages"}`` for each check above level 0."""
-        return {
-            name: {"status": d.status, "level": d.level, "messages": dict(d.messages)}
-            for name, d in self.results.items()
-            if d.level > 0
-        }
+        """Check name → ``{"status", "level", "messages"}`` for each check above level 0, with
+        ``"critical": False`` added for a non-critical check."""
+        return {name: _detail(d) for name, d in self.results.items() if d.level > 0}
+
+    def failing(self, fail_level: int) -> list[str]:
+        """Return the names of the checks that reported ``fail_level`` or above, non-critical
+        checks included (their failure does not fail the heartbeat, but they are failing)."""
+        return [name for name, d in self.results.items() if d.raw_level >= fail_level]
 
     @property
     def durations(self) -> dict[str, float]:
@@ -91,27 +103,46 @@ class Report:
         }
 
 
+def _detail(detail: CheckDetail) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "status": detail.status,
+        "level": detail.level,
+        "messages": dict(detail.messages),
+    }
+    if not detail.critical:
+        out["critical"] = False
+    return out
+
+
 def message_key(check_name: str, index: int, message: CheckMessage) -> str:
     """Return the key of a message in a report: its ID, or ``"<check>.<index>"`` without one."""
     return message.id if message.id else f"{check_name}.{index}"
 
 
-def aggregate(results: Iterable[CheckResult], silenced_ids: Collection[str] = ()) -> Report:
+def aggregate(
+    results: Iterable[CheckResult],
+    silenced_ids: Collection[str] = (),
+    noncritical: Collection[str] = (),
+) -> Report:
     """Fold check results into a report.
 
     Messages whose ID is in ``silenced_ids`` are dropped before any level is computed; a check's
-    level is the highest level among its remaining messages (0 without any) and the report's level
-    the highest among its checks.
+    level is the highest level among its remaining messages (0 without any), capped at
+    :data:`~dockerflow.health.WARNING` for a check named in ``noncritical``, and the report's
+    level the highest among its checks.
 
     :param results: one result per check; a later result of the same name replaces an earlier one.
     :param silenced_ids: message IDs to ignore.
+    :param noncritical: names of the checks whose failure counts as a warning.
     :returns: the report.
     """
     details: dict[str, CheckDetail] = {}
     for result in results:
         kept = [m for m in result.messages if m.id not in silenced_ids]
-        level = max((m.level for m in kept), default=0)
+        raw = max((m.level for m in kept), default=0)
         messages = {message_key(result.name, i, m): m.msg for i, m in enumerate(kept)}
-        details[result.name] = CheckDetail(level, messages, result.duration)
+        critical = result.name not in noncritical
+        level = raw if critical else min(raw, WARNING)
+        details[result.name] = CheckDetail(level, messages, result.duration, critical, raw)
     overall = max((d.level for d in details.values()), default=0)
     return Report(overall, details)

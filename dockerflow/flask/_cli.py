@@ -31,8 +31,10 @@ _HEARTBEAT_HELP = f"""Run the checks and print the report as one JSON document o
 
 Log records written while the checks run go to stderr, so the output can be piped (for
 example into jq). Exit status: {EXIT_PASSED} if the heartbeat passes, {EXIT_FAILED} if it fails,
-{EXIT_USAGE} for a usage error (an unknown check name, a selection that leaves no check, an app
-that cannot be loaded or has no Dockerflow extension). Usable as a Docker HEALTHCHECK.
+{EXIT_USAGE} for a usage error (an unknown check name, a selection that leaves no check, no app
+found, an app without the Dockerflow extension). An exception raised while creating the app
+ends with Flask's traceback and status 1. Usable as a Docker HEALTHCHECK, which reserves
+status 2: write `flask dockerflow heartbeat || exit 1`.
 """
 
 

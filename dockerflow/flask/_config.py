@@ -21,6 +21,7 @@ _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 # A message ID: letters, digits, '.', '_' and '-' (dockerflow.health.E001, myapp.W002).
 _MESSAGE_ID = re.compile(r"[A-Za-z0-9_.\-]+")
+_CHECK_NAME = re.compile(r"[^,\s]+")
 PREFIX = "DOCKERFLOW_"
 _LEVELS = {text: level for level, text in STATUSES.items() if level > 0}
 DETAILS_MODES = ("always", "debug", "never")
@@ -98,6 +99,14 @@ def _parse_header_name(value: Any) -> str:
 
 
 def _parse_id_list(value: Any) -> tuple[str, ...]:
+    return _parse_list(value, _MESSAGE_ID, "message IDs", "dockerflow.health.W001")
+
+
+def _parse_name_list(value: Any) -> tuple[str, ...]:
+    return _parse_list(value, _CHECK_NAME, "check names", "check_redis_connected")
+
+
+def _parse_list(value: Any, pattern: re.Pattern[str], what: str, sample: str) -> tuple[str, ...]:
     if isinstance(value, str):
         items = [item.strip() for item in value.split(",")]
         # One trailing comma is forgiven ("a,b,"); an empty item elsewhere is a typo.
@@ -106,20 +115,20 @@ def _parse_id_list(value: Any) -> tuple[str, ...]:
     elif isinstance(value, (list, tuple, set, frozenset)):
         items = [str(item).strip() for item in value]
     else:
-        raise ValueError("expected a comma-separated string or a list of message IDs")
-    bad = [item for item in items if not _MESSAGE_ID.fullmatch(item)]
+        raise ValueError(f"expected a comma-separated string or a list of {what}")
+    bad = [item for item in items if not pattern.fullmatch(item)]
     if bad:
         raise ValueError(
-            f"not message IDs: {', '.join(repr(item) for item in bad)} "
-            "(expected IDs such as dockerflow.health.W001, separated by commas)"
+            f"not {what}: {', '.join(repr(item) for item in bad)} "
+            f"(expected names such as {sample}, separated by commas)"
         )
     return tuple(items)
 
 
 @dataclass(frozen=True)
 class Setting:
-    """One ``DOCKERFLOW_*`` key: its name, attribute in :class:`Settings`, default, parser and
-    meaning (for the docs)."""
+    """One ``DOCKERFLOW_*`` key: its name, attribute in :class:`Settings`, default, parser, and
+    for the docs its type, meaning and an example value (as written in the environment)."""
 
     key: str
     attr: str
@@ -127,6 +136,7 @@ class Setting:
     parse: Callable[[Any], Any]
     kind: str
     help: str
+    example: str
 
 
 #: Every setting the Flask extension reads, in the order the docs list them.
@@ -138,6 +148,7 @@ SETTINGS: tuple[Setting, ...] = (
         _parse_timeout,
         "float in (0, 86400]",
         "Seconds each check may run, unless the check sets its own timeout.",
+        "5",
     ),
     Setting(
         "DOCKERFLOW_CHECK_RESTART_AFTER",
@@ -148,6 +159,7 @@ SETTINGS: tuple[Setting, ...] = (
         "Seconds after which a check run that is still going (stuck) is started again beside "
         "it, unless the check sets its own restart_after. Unset: the larger of 10 x the check's "
         "timeout and 30 s.",
+        "60",
     ),
     Setting(
         "DOCKERFLOW_HEARTBEAT_FAIL_LEVEL",
@@ -156,6 +168,7 @@ SETTINGS: tuple[Setting, ...] = (
         _parse_level,
         "debug | info | warning | error | critical",
         "Lowest overall level that makes /__heartbeat__ fail. 'warning' is strict mode.",
+        "warning",
     ),
     Setting(
         "DOCKERFLOW_HEARTBEAT_FAILED_STATUS_CODE",
@@ -164,6 +177,7 @@ SETTINGS: tuple[Setting, ...] = (
         _parse_status_code,
         "int 400-599",
         "HTTP status of a failing heartbeat.",
+        "503",
     ),
     Setting(
         "DOCKERFLOW_HEARTBEAT_DETAILS",
@@ -173,6 +187,7 @@ SETTINGS: tuple[Setting, ...] = (
         "always | debug | never",
         "When the heartbeat body carries 'details' (health+json: 'output'): always, only when "
         "app.debug, or never.",
+        "debug",
     ),
     Setting(
         "DOCKERFLOW_HEARTBEAT_CACHE_TTL",
@@ -181,6 +196,7 @@ SETTINGS: tuple[Setting, ...] = (
         _parse_ttl,
         "float in [0, 86400]",
         "Seconds a passing heartbeat report is served again without running checks (0: off).",
+        "5",
     ),
     Setting(
         "DOCKERFLOW_HEARTBEAT_CACHE_FAILED_TTL",
@@ -189,6 +205,7 @@ SETTINGS: tuple[Setting, ...] = (
         _parse_ttl,
         "float in [0, 86400]",
         "Seconds a failing heartbeat report is served again without running checks (0: off).",
+        "1",
     ),
     Setting(
         "DOCKERFLOW_SILENCED_CHECKS",
@@ -197,6 +214,18 @@ SETTINGS: tuple[Setting, ...] = (
         _parse_id_list,
         "comma-separated message IDs",
         "Message IDs to ignore, added to the extension's silenced_checks argument.",
+        "dockerflow.health.W001,myapp.health.W002",
+    ),
+    Setting(
+        "DOCKERFLOW_NONCRITICAL_CHECKS",
+        "noncritical_checks",
+        (),
+        _parse_name_list,
+        "comma-separated check names",
+        "Checks whose failure counts as a warning (status 'warning', \"critical\": false in the "
+        "details), so the heartbeat passes while a non-essential dependency is down; for checks "
+        "registered with critical=False there is no need to list them.",
+        "check_redis_connected,search_cluster",
     ),
     Setting(
         "DOCKERFLOW_ERROR_ENDPOINT",
@@ -205,6 +234,7 @@ SETTINGS: tuple[Setting, ...] = (
         _parse_bool,
         "bool",
         "Serve /__error__, which logs an error and raises, to test error reporting.",
+        "true",
     ),
     Setting(
         "DOCKERFLOW_REQUEST_ID_HEADER_NAME",
@@ -213,6 +243,7 @@ SETTINGS: tuple[Setting, ...] = (
         _parse_header_name,
         "header name",
         "Request header that carries the request id; the id is echoed in the same header.",
+        "X-Cloud-Trace-Context",
     ),
     Setting(
         "DOCKERFLOW_SUMMARY_LOG_QUERYSTRING",
@@ -221,6 +252,7 @@ SETTINGS: tuple[Setting, ...] = (
         _parse_bool,
         "bool",
         "Add the query string to request.summary records as 'querystring'.",
+        "true",
     ),
     Setting(
         "DOCKERFLOW_SUMMARY_LOG_DOCKERFLOW_ENDPOINTS",
@@ -229,6 +261,7 @@ SETTINGS: tuple[Setting, ...] = (
         _parse_bool,
         "bool",
         "Write request.summary records for /__version__, /__heartbeat__ and /__lbheartbeat__.",
+        "false",
     ),
 )
 
@@ -245,6 +278,7 @@ class Settings:
     cache_ttl: float
     cache_failed_ttl: float
     silenced_checks: tuple[str, ...]
+    noncritical_checks: tuple[str, ...]
     error_endpoint: bool
     request_id_header: str
     summary_log_querystring: bool

@@ -65,6 +65,8 @@ class _AppState:
     version_path: str
     status_lock: threading.Lock = field(default_factory=threading.Lock)
     last_status: str | None = None
+    #: Whether DOCKERFLOW_NONCRITICAL_CHECKS was compared with the registered checks yet.
+    noncritical_checked: bool = False
     #: When each recent report was made, for health+json's "time".
     report_times: ReportTimes = field(default_factory=ReportTimes)
 
@@ -160,6 +162,7 @@ class Dockerflow:
             timeout=settings.check_timeout,
             restart_after=settings.check_restart_after,
             silenced_ids=(*self.silenced_checks, *settings.silenced_checks),
+            noncritical=settings.noncritical_checks,
             cache_ttl=settings.cache_ttl,
             cache_failed_ttl=settings.cache_failed_ttl,
             fail_level=settings.fail_level,
@@ -344,6 +347,9 @@ class Dockerflow:
         self, app: Flask, state: _AppState, exclude: Iterable[str], only: Iterable[str] | None
     ) -> Report:
         checks = self._all_checks()
+        if not state.noncritical_checked:
+            state.noncritical_checked = True
+            self._warn_unknown_noncritical(state, checks)
         excluded = set(exclude)
         if only is not None or excluded:
             wanted = set(only) if only is not None else None
@@ -371,6 +377,16 @@ class Dockerflow:
         whole = only is None and not excluded
         self._send_signals(app, state, report, whole)
         return report
+
+    def _warn_unknown_noncritical(self, state: _AppState, checks: Iterable[Check]) -> None:
+        # Checks are often registered after init_app, so the names are compared at the first
+        # heartbeat: a typo would leave a non-essential check able to fail every heartbeat.
+        unknown = set(state.engine.noncritical) - {check.name for check in checks}
+        if unknown:
+            self.logger.warning(
+                "DOCKERFLOW_NONCRITICAL_CHECKS names no registered check: %s",
+                ", ".join(sorted(unknown)),
+            )
 
     def _send_signals(self, app: Flask, state: _AppState, report: Report, whole: bool) -> None:
         failed = report.level >= state.settings.fail_level

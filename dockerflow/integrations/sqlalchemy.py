@@ -11,11 +11,13 @@ Which connections the check uses:
   the connections of the engine that made it, and a SQLite connection costs no server;
 * any other database: a copy of the application's engine with a pool of its own, made with
   ``Pool.recreate()``, so it keeps the application's URL, connection creator, ``connect_args`` and
-  ``do_connect`` hooks (such as IAM tokens). Checks run one at a time per process (concurrent
-  heartbeats share one run), so it holds **one** connection per worker process and database,
-  opened at the first heartbeat and kept. Heartbeats never queue behind application requests
-  that hold every connection of the application's pool, and an async check's connections belong
-  to dockerflow's event loop, never to the loops on which the application uses its engine.
+  ``do_connect`` hooks (such as IAM tokens). Each check runs one at a time per process
+  (concurrent heartbeats share one run), so the copy holds **one** connection per worker process
+  and check that uses it, opened at the first heartbeat and kept: one for the database check, two
+  when the migrations check shares it (both run at the same time in a heartbeat). Heartbeats
+  never queue behind application requests that hold every connection of the application's pool,
+  and an async check's connections belong to dockerflow's event loop, never to the loops on which
+  the application uses its engine.
 
 Every driver call is bounded by a little less than the check's timeout
 (:func:`~dockerflow.integrations.driver_timeout`), so that a database that stops answering is
@@ -57,14 +59,13 @@ import os
 import socket
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 import anyio
 
 from .. import health
-from ..engine import CheckFunction
+from ..engine import CheckFunction, after_fork_in_child
 from ..health import CheckMessage
 from ..masking import masked_repr
 from ._support import Bounded, PerLoop, Watchdog, failure, requires
@@ -215,7 +216,7 @@ class CheckEngine(Bounded):
     For SQLite it is the application's engine itself. Otherwise it is a copy made on first use
     with ``Pool.recreate()``: the same URL, connection creator (so ``connect_args``, ``creator=``
     and ``do_connect`` hooks still apply), pool settings and pool events, but a new, empty pool
-    that only the checks use, holding one connection per process.
+    that only the checks use, holding one connection per process and check that uses it.
 
     It stands in for a Flask-SQLAlchemy object: :func:`check_database_connected` uses its
     :attr:`engine`. A Flask-SQLAlchemy ``db.engine`` is looked up on each use (in an application
@@ -233,14 +234,7 @@ class CheckEngine(Bounded):
         self._copies: dict[Engine, Engine] = {}
         #: Wakes a driver call stuck on a silent socket at the check's deadline.
         self.watchdog = Watchdog()
-        ref = weakref.ref(self)
-
-        def after_fork() -> None:
-            alive = ref()
-            if alive is not None:
-                alive._forget_inherited()
-
-        os.register_at_fork(after_in_child=after_fork)
+        after_fork_in_child(self, CheckEngine._forget_inherited)
 
     def _forget_inherited(self) -> None:
         # In a forked child: the copies' pooled connections are the parent's sockets, so they

@@ -1,11 +1,10 @@
-"""Sphinx directives that build reference pages from the code, so the docs cannot drift from it.
+"""Sphinx additions that build reference pages from the code, so the docs cannot drift from it.
 
-``.. dockerflow-settings::``
-    One ``confval`` entry per :data:`dockerflow.flask._config.SETTINGS` item (name, type,
-    default, meaning), plus a summary table. The directive's content gives one example value per
-    key, ``KEY: value`` as it would be written in the environment; each example is run through
-    the setting's own parser, and a key without an example (or an example for a key that does
-    not exist) is a build warning, which ``sphinx-build -W`` turns into an error.
+The settings table of ``configuration.rst``
+    Plain reStructuredText, generated into the file by ``settings_table.py`` (so it reads on a
+    code host too). Here each row's target (``.. _DOCKERFLOW_...:``) becomes the ``:confval:``
+    object of its setting, and a table that differs from the code is a build warning, which
+    ``sphinx-build -W`` turns into an error.
 
 ``.. dockerflow-health-ids::``
     A table of the message IDs in :mod:`dockerflow.health`. The content gives the meaning of
@@ -15,7 +14,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from docutils import nodes
@@ -80,79 +78,6 @@ def _id_order(message_id: str) -> tuple[int, str]:
     return (order.index(prefix) if prefix in order else len(order), code)
 
 
-def _escape(text: str) -> str:
-    """Escape ``text`` so that reST shows it as it is (help texts are plain text)."""
-    return re.sub(r"([\\`*_|])", r"\\\1", text)
-
-
-def _literal(value: Any) -> str:
-    if isinstance(value, tuple) and not value:
-        return "``()`` (none)"
-    return f"``{value!r}``"
-
-
-class SettingsDirective(SphinxDirective):
-    """Render every ``DOCKERFLOW_*`` setting from ``SETTINGS``."""
-
-    has_content = True
-
-    def run(self) -> list[nodes.Node]:
-        from dockerflow.flask._config import SETTINGS
-
-        examples = _pairs(self)
-        _check_names(self, [s.key for s in SETTINGS], examples)
-        for setting in SETTINGS:
-            example = examples.get(setting.key)
-            if example is None:
-                continue
-            try:
-                setting.parse(example)
-            except ValueError as exc:
-                logger.warning(
-                    "dockerflow-settings: example %s=%r is rejected by the code: %s",
-                    setting.key,
-                    example,
-                    exc,
-                    location=self.get_location(),
-                )
-
-        lines = [
-            ".. list-table::",
-            "   :header-rows: 1",
-            "   :widths: 45 20 35",
-            "",
-            "   * - Setting",
-            "     - Default",
-            "     - Type",
-        ]
-        for setting in SETTINGS:
-            lines += [
-                f"   * - :confval:`{setting.key}`",
-                f"     - {_literal(setting.default)}",
-                f"     - {_escape(setting.kind)}",
-            ]
-        lines.append("")
-        for setting in SETTINGS:
-            example = examples.get(setting.key, "")
-            lines += [
-                f".. confval:: {setting.key}",
-                f"   :type: ``{setting.kind}``",
-                f"   :default: {_literal(setting.default)}",
-                "",
-                f"   {_escape(setting.help)}",
-                "",
-            ]
-            if example:
-                lines += [f"   Example: ``{setting.key}={example}``", ""]
-        return self._parse(lines)
-
-    def _parse(self, lines: list[str]) -> list[nodes.Node]:
-        container = nodes.container()
-        source = self.get_source_info()[0] or "<dockerflow-settings>"
-        self.state.nested_parse(StringList(lines, source=source), self.content_offset, container)
-        return list(container.children)
-
-
 class HealthIdsDirective(SphinxDirective):
     """Render the message IDs of ``dockerflow.health`` with their meanings."""
 
@@ -203,7 +128,35 @@ class HealthIdsDirective(SphinxDirective):
             domain.note_object(fullname, "data", fullname, location=first_cell)
 
 
+def _note_settings(app: Sphinx, doctree: nodes.document) -> None:
+    """Make each settings table row the ``:confval:`` target of its setting."""
+    import settings_table
+
+    if app.env.docname != "configuration":
+        return
+    source = settings_table.CONFIGURATION
+    try:
+        stale = settings_table.committed(source.read_text()) != settings_table.render()
+    except ValueError as exc:
+        logger.warning("%s", exc, location=app.env.docname)
+        return
+    if stale:
+        logger.warning(
+            "the settings table differs from the code: run %s",
+            settings_table.REGENERATE,
+            location=app.env.docname,
+        )
+    domain: Any = app.env.get_domain("std")  # StandardDomain, whose note_object we call
+    for key in settings_table.setting_keys():
+        node_id = nodes.make_id(key)
+        target = doctree.ids.get(node_id)
+        if target is None:
+            logger.warning("no row for %s in the settings table", key, location=app.env.docname)
+            continue
+        domain.note_object("confval", key, node_id, location=target)
+
+
 def setup(app: Sphinx) -> dict[str, Any]:
-    app.add_directive("dockerflow-settings", SettingsDirective)
+    app.connect("doctree-read", _note_settings)
     app.add_directive("dockerflow-health-ids", HealthIdsDirective)
     return {"parallel_read_safe": True, "parallel_write_safe": True}

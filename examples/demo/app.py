@@ -1,16 +1,23 @@
 """The demo service: a Flask app with every kind of Dockerflow check.
 
-Serve it with ``make demo``, or::
+Serve it with ``make demo``, or apply the migrations, then start the server::
 
+    flask --app examples.demo.app:create_app db upgrade
     gunicorn -c examples/gunicorn.conf.py 'examples.demo.app:create_app()'
+
+The migrations are a step of their own, run once per deployment before the server starts (a
+release command, a Kubernetes Job, the container's command before ``exec gunicorn``), never in
+``create_app()``: every worker, every ``flask`` command and every ``HEALTHCHECK`` probe
+(``flask dockerflow heartbeat``) calls the factory.
 
 Checks:
 
 ``check_database_connected``
     ``SELECT 1`` on a SQLite file through SQLAlchemy (``Dockerflow(app, db=engine)``).
 ``check_migrations_applied``
-    The database's Alembic revision against ``examples/demo/migrations``; ``create_app()``
-    upgrades the database first, so it passes.
+    The database's Alembic revision against ``examples/demo/migrations``: a warning
+    (``dockerflow.health.W001``, which does not fail the heartbeat) until ``flask db upgrade``
+    has run.
 ``event_loop_lag``
     An ``async def`` check: how late a short sleep wakes up on the checks' event loop.
 ``slow_dependency``
@@ -28,17 +35,15 @@ directory).
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
 import tempfile
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import alembic.command
 import alembic.config
 import anyio
+import click
 import sqlalchemy
 from flask import Flask, jsonify, url_for
 
@@ -78,24 +83,29 @@ def slow_check_seconds() -> float:
     return seconds
 
 
-@contextlib.contextmanager
-def _exclusive(path: str) -> Iterator[None]:
-    # Every gunicorn or uWSGI worker runs create_app(); only one may run the migrations at a time.
-    with open(path, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
 def upgrade_database(engine: sqlalchemy.Engine) -> None:
     """Apply the demo's Alembic migrations to ``engine``'s database (``alembic upgrade head``)."""
     config = alembic.config.Config()
     config.set_main_option("script_location", MIGRATIONS)
-    with _exclusive(os.path.join(data_dir(), "migrate.lock")), engine.begin() as connection:
+    with engine.begin() as connection:
         config.attributes["connection"] = connection
         alembic.command.upgrade(config, "head")
+
+
+@click.group("db", help="The demo's database.")
+def db_cli() -> None:
+    """``flask db``: the demo's database commands."""
+
+
+@db_cli.command("upgrade")
+def upgrade_command() -> None:
+    """Apply the migrations (what Flask-Migrate's ``flask db upgrade`` does for its apps)."""
+    engine = sqlalchemy.create_engine(database_url())
+    try:
+        upgrade_database(engine)
+    finally:
+        engine.dispose()
+    click.echo(f"database at head: {database_url()}", err=True)
 
 
 def _asyncpg_dsn(url: str) -> str:
@@ -105,14 +115,11 @@ def _asyncpg_dsn(url: str) -> str:
 
 
 def create_app() -> Flask:
-    """Create the demo app: migrate the SQLite database, set up Dockerflow and its checks."""
+    """Create the demo app: Dockerflow and its checks; the migrations are ``flask db upgrade``."""
     app = Flask(__name__)
+    app.cli.add_command(db_cli)
 
     engine = sqlalchemy.create_engine(database_url())
-    upgrade_database(engine)
-    # The migration ran in this process before any worker serves; with gunicorn --preload that
-    # is the master, whose pooled connections must not be shared with forked workers.
-    engine.dispose()
 
     redis_client = None
     if os.environ.get("REDIS_URL"):
@@ -155,6 +162,8 @@ def create_app() -> Flask:
 
     @app.route("/")
     def index() -> Any:
+        # An application log line: examples/gunicorn.conf.py sends the app's INFO records to stdout.
+        app.logger.info("index served")
         return jsonify(
             {
                 "service": "dockerflow-async demo",

@@ -5,18 +5,20 @@ gunicorn gets the same configuration from ``logconfig_dict`` in ``examples/gunic
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
-#: The ``Logger`` field of every line.
-LOGGER_NAME = os.environ.get("DOCKERFLOW_LOGGER_NAME", "dockerflow-demo")
+#: The mozlog ``Logger`` field of every line: the name of the service.
+SERVICE_NAME = "dockerflow-demo"
+#: The app's top-level package, whose loggers (and Flask's ``app.logger``) log at INFO.
+APP_PACKAGE = "examples.demo"
 
-#: A ``logging.config.dictConfig`` configuration: JSON lines on stdout, request.summary at INFO.
+#: A ``logging.config.dictConfig`` configuration: JSON lines on stdout; the app's records,
+#: request.summary and dockerflow's at INFO, everything else at WARNING.
 LOGGING: dict[str, Any] = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
-        "json": {"()": "dockerflow.logging.JsonLogFormatter", "logger_name": LOGGER_NAME},
+        "json": {"()": "dockerflow.logging.JsonLogFormatter", "logger_name": SERVICE_NAME},
     },
     "filters": {
         "request_id": {"()": "dockerflow.logging.RequestIdLogFilter"},
@@ -30,6 +32,7 @@ LOGGING: dict[str, Any] = {
         },
     },
     "loggers": {
+        APP_PACKAGE: {"handlers": ["console"], "level": "INFO", "propagate": False},
         "request.summary": {"handlers": ["console"], "level": "INFO", "propagate": False},
         "dockerflow": {"handlers": ["console"], "level": "INFO", "propagate": False},
     },

@@ -1,8 +1,8 @@
 """Alembic environment of the demo.
 
-``create_app()`` runs the upgrade on a connection of its own engine, handed over in
-``config.attributes["connection"]``. Run from the ``alembic`` command line instead, the database
-URL comes from ``-x url=...`` or the demo's default.
+The demo's ``flask db upgrade`` (``examples.demo.app``) runs the upgrade on a connection of its
+own engine, handed over in ``config.attributes["connection"]``. Run from the ``alembic`` command
+line instead, the database URL comes from ``-x url=...`` or the demo's default.
 """
 
 from __future__ import annotations
