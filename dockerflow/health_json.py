@@ -110,7 +110,7 @@ def health_json(
 
     ``output`` holds the check's messages, one ``<id>: <text>`` line each, as the engine
     masked them; it is left out when ``details`` is false and, as the draft advises, for a
-    check that passes.
+    check that passes. A non-critical check's entry has ``"critical": false``.
 
     :param report: the heartbeat's report.
     :param checked_at: when the report was made (timezone-aware): every entry's ``time``.
@@ -147,6 +147,9 @@ def health_json(
             "observedValue": round(detail.duration, 6),
             "observedUnit": OBSERVED_UNIT,
         }
+        if not detail.critical:
+            # An additional key (the draft's section 4.10), as in the Dockerflow body's details.
+            entry["critical"] = False
         if details and status != PASS and detail.messages:
             entry["output"] = "\n".join(f"{key}: {text}" for key, text in detail.messages.items())
         checks.setdefault(check_key(name), []).append(entry)

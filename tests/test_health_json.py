@@ -309,3 +309,26 @@ def test_the_documented_example_is_what_the_code_builds() -> None:
         version={"version": "2.4.0", "commit": "3f1c9e0d5b", "source": "https://example.com"},
     )
     assert documented == built
+
+
+def test_a_failing_non_critical_check_is_warn_and_says_so() -> None:
+    # What the engine makes of a non-critical check that reported an error: level capped at
+    # WARNING, the raw level kept.
+    down = CheckDetail(WARNING, {"myapp.health.E007": "API is down"}, 0.3, False, ERROR)
+    body = validate(
+        health_json(Report(WARNING, {"recs": down, "db": CheckDetail(0, {}, 0.1)}), checked_at=AT)
+    )
+    assert body["status"] == "warn"
+    assert body["checks"]["recs:responseTime"][0] == {
+        "componentId": "recs",
+        "status": "warn",
+        "time": "2026-11-26T13:53:51.120Z",
+        "observedValue": 0.3,
+        "observedUnit": "s",
+        "critical": False,
+        "output": "myapp.health.E007: API is down",
+    }
+    assert "critical" not in body["checks"]["db:responseTime"][0]
+    # Strict mode: a warning fails, non-critical or not.
+    strict = health_json(Report(WARNING, {"recs": down}), checked_at=AT, fail_level=WARNING)
+    assert strict["checks"]["recs:responseTime"][0]["status"] == "fail"

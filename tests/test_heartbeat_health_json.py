@@ -199,6 +199,24 @@ def test_a_check_that_times_out_is_a_failure_with_its_duration(
     assert 0.15 <= slow_entry["observedValue"] < 2
 
 
+def test_a_failing_non_critical_check_keeps_the_heartbeat_200(app: Flask) -> None:
+    app.config["DOCKERFLOW_NONCRITICAL_CHECKS"] = "recommendations"
+    ext = Dockerflow(app)
+    try:
+        ext.check(lambda: [Error("API is down", id="myapp.health.E007")], name="recommendations")
+        ext.check(lambda: [], name="up")
+        response = get(app, HEALTH_JSON)
+        assert response.status_code == 200
+        body = health(response)
+        assert body["status"] == "warn"
+        recommendations = entry(body, "recommendations")
+        assert (recommendations["status"], recommendations["critical"]) == ("warn", False)
+        assert recommendations["output"] == "myapp.health.E007: API is down"
+        assert "critical" not in entry(body, "up")
+    finally:
+        ext._bridge.stop()
+
+
 # -- details ------------------------------------------------------------------------------------
 
 
