@@ -59,11 +59,7 @@ def health_status(level: int, fail_level: int = ERROR) -> str:
     :raises ValueError: if ``fail_level`` is not one of the levels 10 to 50.
     """
     _check_fail_level(fail_level)
-    if level >= fail_level:
-        return FAIL
-    if level >= WARNING:
-        return WARN
-    return PASS
+    return _status(level, fail_level)
 
 
 def check_key(name: str) -> str:
@@ -126,7 +122,7 @@ def health_json(
         naive.
     """
     when = format_time(checked_at)
-    body: dict[str, Any] = {"status": health_status(report.level, fail_level)}
+    body: dict[str, Any] = {"status": health_status(report.level, fail_level)}  # validates
     if version is not None:
         for key, field in (("version", "version"), ("releaseId", "commit")):
             value = version.get(field)
@@ -138,7 +134,7 @@ def health_json(
         body["description"] = description
     checks: dict[str, list[dict[str, Any]]] = {}
     for name, detail in report.results.items():
-        status = health_status(detail.level, fail_level)
+        status = _status(detail.level, fail_level)
         entry: dict[str, Any] = {
             "componentId": name,
             "status": status,
@@ -155,6 +151,14 @@ def health_json(
         checks.setdefault(check_key(name), []).append(entry)
     body["checks"] = checks
     return body
+
+
+def _status(level: int, fail_level: int) -> str:
+    if level >= fail_level:
+        return FAIL
+    if level >= WARNING:
+        return WARN
+    return PASS
 
 
 def _check_fail_level(fail_level: object) -> None:
