@@ -185,7 +185,8 @@ SETTINGS: tuple[Setting, ...] = (
         "always",
         _parse_details,
         "always | debug | never",
-        "When the heartbeat body carries 'details': always, only when app.debug, or never.",
+        "When the heartbeat body carries 'details' (health+json: 'output'): always, only when "
+        "app.debug, or never.",
         "debug",
     ),
     Setting(

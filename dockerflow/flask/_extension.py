@@ -28,12 +28,14 @@ from ..engine import (
     UnknownCheckError,
     callable_name,
 )
+from ..health_json import health_json
 from ..integrations import follow_timeout
 from ..logging import request_id_context, sanitize_request_id
 from ..metrics import HeartbeatMetrics
 from ..version import get_version
 from ._config import Settings, load_settings
 from ._exceptions import AlreadyInitializedError, NotInitializedError
+from ._health_json import ReportTimes, health_json_response, wants_health_json
 from ._live import LiveSettings
 from .signals import (
     heartbeat_checked,
@@ -67,6 +69,8 @@ class _AppState:
     last_status: str | None = None
     #: Whether DOCKERFLOW_NONCRITICAL_CHECKS was compared with the registered checks yet.
     noncritical_checked: bool = False
+    #: When each recent report was made, for health+json's "time".
+    report_times: ReportTimes = field(default_factory=ReportTimes)
 
 
 class Dockerflow:
@@ -480,7 +484,32 @@ class Dockerflow:
         show = details == "always" or (details == "debug" and app.debug)
         failed = report.level >= state.settings.fail_level
         status = state.live.get("failed_status_code") if failed else 200
-        return _json_response(report.as_dict(details=show), status)
+        # Every heartbeat stamps its report, so that one served again from the cache keeps
+        # the time it was made at in a later health+json body.
+        made_at = state.report_times.time_of(report, remember=state.engine.cache.enabled)
+        if wants_health_json(flask.request.accept_mimetypes):
+            body = health_json(
+                report,
+                checked_at=made_at,
+                fail_level=state.settings.fail_level,
+                details=show,
+                version=self._health_json_version(state),
+            )
+            response = health_json_response(body, status)
+        else:
+            response = _json_response(report.as_dict(details=show), status)
+        response.vary.add("Accept")
+        return response
+
+    def _health_json_version(self, state: _AppState) -> dict[str, Any] | None:
+        # A broken version.json must not fail the heartbeat: its fields are left out.
+        path = self._version_path or state.version_path
+        try:
+            version = self._version_callback(path)
+        except Exception as exc:
+            self.logger.warning("version.json in %s left out of the heartbeat: %s", path, exc)
+            return None
+        return version if isinstance(version, dict) else None
 
     def _lbheartbeat_view(self) -> flask.Response:
         return _json_response({}, 200)
