@@ -17,7 +17,7 @@ import weakref
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from .engine import ConfigurationError, Report
+from .engine import ConfigurationError, Report, after_fork_in_child
 from .health import ERROR_CHECK_TIMEOUT, STATUSES
 from .integrations import MissingDependencyError
 
@@ -130,16 +130,19 @@ class HeartbeatMetrics:
         # Labelled children looked up once per check name: labels() takes a lock and builds a
         # tuple on each call, which adds up to most of the cost of a heartbeat's metrics.
         self._checks: dict[str, tuple[Any, Any, Any]] = {}
-        # Check name -> (level, monotonic time) last written to its gauge, by the process
-        # _levels_pid: a worker forked after a heartbeat (gunicorn --preload) writes its own.
+        # Check name -> (level, monotonic time) last written to its gauge by this process: a
+        # worker forked after a heartbeat (gunicorn --preload) forgets them and writes its own.
         self._levels: dict[str, tuple[int, float]] = {}
-        self._levels_pid = os.getpid()
+        after_fork_in_child(self, HeartbeatMetrics._forget_levels)
         self._stuck: frozenset[str] = frozenset()
         # Reports served again from the heartbeat cache are the same objects: their durations
         # and timeouts were counted when they were made. Held by identity (a report compares by
         # value) and weakly (an entry goes when the cache lets its report go).
         self._seen: weakref.WeakValueDictionary[int, Report] = weakref.WeakValueDictionary()
         self._lock = threading.Lock()
+
+    def _forget_levels(self) -> None:
+        self._levels = {}
 
     def _add(self, metric: Any) -> Any:
         self._registered.append(metric)
@@ -178,8 +181,6 @@ class HeartbeatMetrics:
             if fresh:
                 self._seen[id(report)] = report
         now = time.monotonic()
-        if self._levels_pid != os.getpid():
-            self._levels, self._levels_pid = {}, os.getpid()
         for name, detail in report.results.items():
             level, duration, timeouts = self._children(name)
             # The level the check really had: a failing non-critical check (reported at
