@@ -74,9 +74,10 @@ def test_an_async_check_that_blocks_the_loop_cannot_hold_up_heartbeats(
         # The innocent check could not run either; its message says why.
         messages = [body["details"]["innocent"]["messages"][E011] for body in bodies]
         assert any("blocked by check 'blocking_http_client'" in m for m in messages), messages
-        time.sleep(3)  # the blocking step ends: it is logged, naming the check
-    warnings = [r.getMessage() for r in caplog.records if r.name == "dockerflow.engine"]
-    assert any("'blocking_http_client' blocked the event loop" in w for w in warnings), warnings
+        # Logged while the loop is still blocked (the check may never give it back).
+        warnings = [r.getMessage() for r in caplog.records if r.name == "dockerflow.engine"]
+        assert [w for w in warnings if "'blocking_http_client' is blocking the event loop" in w]
+        assert len(warnings) == 1, warnings  # once per run, not once per heartbeat
 
 
 def test_a_check_stuck_forever_is_started_again_and_the_heartbeat_recovers(

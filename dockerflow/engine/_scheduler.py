@@ -68,6 +68,7 @@ class Run:
         "step_started",
         "timeout",
         "value",
+        "warned",
     )
 
     def __init__(self, check: Check, timeout: float, loop: object | None) -> None:
@@ -87,6 +88,8 @@ class Run:
         self.blocked_for = 0.0
         #: When the step of the coroutine running now began; ``None`` between steps.
         self.step_started: float | None = None
+        #: Whether blocking the loop was logged for this run (once per run).
+        self.warned = False
         #: What the engine made of the outcome, kept so that it is made (and logged) once.
         self.result: Any = None
         self.done = threading.Event()
@@ -185,13 +188,22 @@ class Scheduler:
 
     def blocker(self, loop: object | None) -> Run | None:
         """Return the async run blocking ``loop`` now (a step longer than
-        :data:`BLOCKING_STEP`), or ``None``."""
+        :data:`BLOCKING_STEP`), or ``None``. The first time a run is found blocking, a warning
+        naming its check is logged: it may never end its step."""
         if loop is None:
             return None
         run = self._stepping.get(loop)
         started = run.step_started if run is not None else None
         if run is None or started is None or time.monotonic() - started < BLOCKING_STEP:
             return None
+        if not run.warned:
+            run.warned = True
+            logger.warning(
+                "Dockerflow check %r is blocking the event loop (for %.2fs so far) without "
+                "awaiting; make it a def check if it calls blocking code",
+                run.check.name,
+                time.monotonic() - started,
+            )
         return run
 
     # -- executing runs -------------------------------------------------------------------------
@@ -266,7 +278,8 @@ class Scheduler:
             return
         blocked = time.monotonic() - started
         if blocked >= BLOCKING_STEP and blocked > run.blocked_for:
-            if run.blocked_for < BLOCKING_STEP:  # once per run
+            if not run.warned:
+                run.warned = True
                 logger.warning(
                     "Dockerflow check %r blocked the event loop for %.2fs without awaiting; "
                     "make it a def check if it calls blocking code",
