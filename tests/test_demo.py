@@ -55,8 +55,8 @@ def _child_env(directory: Path, port: int, **extra: str) -> dict[str, str]:
     env = {
         key: value
         for key, value in os.environ.items()
-        if key not in {"REDIS_URL", "DATABASE_URL", "WEB_CONCURRENCY", "DEMO_SLOW_CHECK_SECONDS"}
-        and not key.startswith("DOCKERFLOW_")
+        if key not in {"REDIS_URL", "DATABASE_URL", "WEB_CONCURRENCY"}
+        and not key.startswith(("DOCKERFLOW_", "DEMO_"))
     }
     env.update(
         PORT=str(port),
@@ -137,6 +137,15 @@ def _stop(demo: Demo) -> None:
         handle.close()
 
 
+def _get_raw(url: str, *, timeout: float = 5.0) -> tuple[int, dict[str, str], bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, dict(exc.headers), exc.read()
+
+
 def _get(
     url: str, *, timeout: float = 5.0, headers: dict[str, str] | None = None
 ) -> tuple[int, dict[str, str], Any]:
@@ -156,6 +165,13 @@ def demos(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Demo]]
         "default": _start(tmp_path_factory.mktemp("demo")),
         "slow": _start(
             tmp_path_factory.mktemp("demo-slow"), DEMO_SLOW_CHECK_SECONDS="2", WEB_CONCURRENCY="1"
+        ),
+        # The demo's own typed settings from DEMO_* (an int and a bool, parsed as JSON).
+        "noncritical": _start(
+            tmp_path_factory.mktemp("demo-noncritical"),
+            DEMO_SLOW_CHECK_SECONDS="2",
+            DEMO_SLOW_CHECK_CRITICAL="false",
+            WEB_CONCURRENCY="1",
         ),
     }
     try:
@@ -274,6 +290,85 @@ def test_the_apps_own_info_log_line_reaches_stdout(demo: Demo) -> None:
     assert line["Fields"]["msg"] == "index served"
     assert line["Severity"] == 6  # INFO
     assert line["Logger"] == "dockerflow-demo"
+
+
+# -- the rest of the Dockerflow guide: typed settings from DEMO_*, static files -------------------
+
+FAR_FUTURE = "max-age=315360000, public, immutable"
+
+
+def _max_age(cache_control: str) -> int:
+    (value,) = re.findall(r"max-age=(\d+)", cache_control)
+    return int(value)
+
+
+def test_prefixed_env_settings_arrive_typed(demos: dict[str, Demo]) -> None:
+    status, _, index = _get(demos["noncritical"].url + "/")
+    assert status == 200
+    # DEMO_SLOW_CHECK_SECONDS=2, DEMO_SLOW_CHECK_CRITICAL=false: a number and a bool, not strings.
+    assert index["slow_check_seconds"] == 2.0
+    assert index["slow_check_critical"] is False
+    status, _, index = _get(demos["default"].url + "/")
+    assert (index["slow_check_seconds"], index["slow_check_critical"]) == (0.2, True)
+
+
+def test_a_noncritical_timeout_keeps_the_heartbeat_up(demos: dict[str, Demo]) -> None:
+    """DEMO_SLOW_CHECK_CRITICAL=false: the slow check times out, the heartbeat says 200."""
+    demo = demos["noncritical"]
+    status, _, body = _get(demo.url + "/__heartbeat__", timeout=10.0)
+    assert status == 200, body
+    assert body["status"] == "warning"
+    assert body["checks"]["slow_dependency"] == "warning"
+    detail = body["details"]["slow_dependency"]
+    assert detail["critical"] is False
+    assert list(detail["messages"]) == ["dockerflow.health.E011"]
+
+
+def test_hashed_static_asset_is_cached_for_ever(demo: Demo) -> None:
+    _, _, index = _get(demo.url + "/")
+    url = index["assets"]["demo.css"]
+    assert re.fullmatch(r"/static/demo\.[0-9a-f]{12}\.css", url), url
+
+    status, headers, content = _get_raw(demo.url + url)
+
+    assert status == 200
+    assert headers["Cache-Control"] == FAR_FUTURE
+    assert _max_age(headers["Cache-Control"]) >= 365 * 24 * 3600
+    assert headers["Content-Type"].startswith("text/css")
+    assert content == (REPO / "examples" / "demo" / "static" / "demo.css").read_bytes()
+
+
+def test_unhashed_or_wrongly_hashed_names_are_not_cached_for_ever(demo: Demo) -> None:
+    status, headers, _ = _get_raw(demo.url + "/static/demo.css")
+    assert status == 200
+    assert "immutable" not in headers["Cache-Control"]
+    assert _max_age(headers["Cache-Control"]) <= 60
+
+    status, headers, _ = _get_raw(demo.url + "/static/demo.000000000000.css")
+    assert status == 404
+    assert "immutable" not in headers.get("Cache-Control", "")
+
+
+def test_committed_hashed_copies_are_current(tmp_path: Path) -> None:
+    """examples/demo/static holds exactly what python -m examples.demo.static_build writes."""
+    from examples.demo import static_build
+
+    static = REPO / "examples" / "demo" / "static"
+    copy = tmp_path / "static"
+    copy.mkdir()
+    for source in static_build.SOURCES:
+        (copy / source).write_bytes((static / source).read_bytes())
+    # A copy with an old hash is removed by the build.
+    (copy / "demo.0123456789ab.css").write_text("old")
+
+    built = static_build.build(str(copy))
+
+    assert sorted(p.name for p in copy.iterdir()) == sorted([*static_build.SOURCES, *built])
+    assert sorted(p.name for p in static.iterdir()) == sorted(p.name for p in copy.iterdir()), (
+        "run python -m examples.demo.static_build and commit examples/demo/static"
+    )
+    for name in built:
+        assert (static / name).read_bytes() == (copy / name).read_bytes()
 
 
 # -- examples/Dockerfile, its commands run as the image's shell would run them ------------------
