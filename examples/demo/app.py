@@ -52,6 +52,7 @@ import anyio
 import click
 import sqlalchemy
 from flask import Flask, current_app, jsonify, url_for
+from flask.cli import with_appcontext
 from whitenoise import WhiteNoise
 
 from dockerflow.checks import CheckMessage
@@ -98,6 +99,7 @@ def db_cli() -> None:
 
 
 @db_cli.command("upgrade")
+@with_appcontext  # Flask 2.2+ pushes it for every command; Flask 2.0 only with this.
 def upgrade_command() -> None:
     """Apply the migrations (what Flask-Migrate's ``flask db upgrade`` does for its apps)."""
     url = settings.database_url(current_app.config["DATA_DIR"])
