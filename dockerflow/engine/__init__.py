@@ -22,6 +22,7 @@ from ._exceptions import (
     DockerflowError,
     UnknownCheckError,
 )
+from ._fork import after_fork_in_child
 from ._report import CheckDetail, CheckResult, Report, aggregate
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "LoopThread",
     "Report",
     "UnknownCheckError",
+    "after_fork_in_child",
     "aggregate",
     "callable_name",
     "validate_timeout",

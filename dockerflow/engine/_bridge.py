@@ -5,9 +5,7 @@ from __future__ import annotations
 import atexit
 import contextvars
 import logging
-import os
 import threading
-import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -16,6 +14,8 @@ import anyio
 import anyio.from_thread
 import anyio.lowlevel
 from anyio.abc import TaskGroup
+
+from ._fork import after_fork_in_child
 
 T = TypeVar("T")
 
@@ -48,7 +48,7 @@ class LoopThread:
         self.backend = backend
         self._lock = threading.Lock()
         self._running: _Running | None = None
-        _forget_in_forked_child(self)
+        after_fork_in_child(self, LoopThread._forget)
 
     @property
     def running(self) -> bool:
@@ -167,18 +167,6 @@ def _call_soon(running: _Running, func: Callable[..., object], *args: Any) -> No
     """Schedule ``func(*args)`` on the loop of ``running`` without waiting (thread-safe)."""
     token = running.token
     token.backend_class.run_sync_soon(func, args, token.native_token)
-
-
-def _forget_in_forked_child(bridge: LoopThread) -> None:
-    # A weak reference: the fork hook cannot be unregistered and must not keep the bridge alive.
-    ref = weakref.ref(bridge)
-
-    def after_fork() -> None:
-        alive = ref()
-        if alive is not None:
-            alive._forget()
-
-    os.register_at_fork(after_in_child=after_fork)
 
 
 async def _logged(func: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:

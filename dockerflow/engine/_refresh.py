@@ -3,10 +3,8 @@ its latest result at once. A policy around the scheduler, which runs every refre
 
 from __future__ import annotations
 
-import os
 import threading
 import time
-import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -16,6 +14,7 @@ from .. import health
 from ..health import Error
 from ._bridge import LoopThread
 from ._check import Check
+from ._fork import after_fork_in_child
 from ._report import CheckResult
 from ._scheduler import Run
 
@@ -56,14 +55,7 @@ class Refresher:
         self._start = start
         self._finish = finish
         self.reset()
-        ref = weakref.ref(self)
-
-        def after_fork() -> None:
-            alive = ref()
-            if alive is not None:
-                alive.reset()
-
-        os.register_at_fork(after_in_child=after_fork)
+        after_fork_in_child(self, Refresher.reset)
 
     def reset(self) -> None:
         """Forget every latest result; running refresh tasks end at their next round."""

@@ -15,10 +15,8 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
-import os
 import threading
 import time
-import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from contextlib import AbstractContextManager
 from typing import Any
@@ -27,6 +25,7 @@ import anyio
 
 from ._bridge import LoopThread
 from ._check import Check
+from ._fork import after_fork_in_child
 from ._workers import WorkerPool
 
 logger = logging.getLogger("dockerflow.engine")
@@ -111,15 +110,8 @@ class Scheduler:
         self.bridge = bridge
         self._context = context
         self._reset()
-        ref = weakref.ref(self)
-
-        def after_fork() -> None:
-            # The child has none of the parent's threads: what ran there is not running here.
-            alive = ref()
-            if alive is not None:
-                alive._reset()
-
-        os.register_at_fork(after_in_child=after_fork)
+        # The child has none of the parent's threads: what ran there is not running here.
+        after_fork_in_child(self, Scheduler._reset)
 
     def _reset(self) -> None:
         self._lock = threading.Lock()

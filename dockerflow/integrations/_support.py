@@ -7,14 +7,12 @@ import contextlib
 import heapq
 import itertools
 import logging
-import os
 import threading
 import time
-import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from typing import Generic, TypeVar
 
-from ..engine import DEFAULT_TIMEOUT, DockerflowError, validate_timeout
+from ..engine import DEFAULT_TIMEOUT, DockerflowError, after_fork_in_child, validate_timeout
 from ..health import CheckMessage, Error
 from ..masking import mask_secrets, short_error
 
@@ -233,14 +231,7 @@ class Watchdog:
 
     def __init__(self) -> None:
         self._reset()
-        ref = weakref.ref(self)
-
-        def after_fork() -> None:
-            alive = ref()
-            if alive is not None:
-                alive._reset()
-
-        os.register_at_fork(after_in_child=after_fork)
+        after_fork_in_child(self, Watchdog._reset)
 
     def _reset(self) -> None:
         self._condition = threading.Condition()

@@ -59,14 +59,13 @@ import os
 import socket
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 import anyio
 
 from .. import health
-from ..engine import CheckFunction
+from ..engine import CheckFunction, after_fork_in_child
 from ..health import CheckMessage
 from ..masking import masked_repr
 from ._support import Bounded, PerLoop, Watchdog, failure, requires
@@ -235,14 +234,7 @@ class CheckEngine(Bounded):
         self._copies: dict[Engine, Engine] = {}
         #: Wakes a driver call stuck on a silent socket at the check's deadline.
         self.watchdog = Watchdog()
-        ref = weakref.ref(self)
-
-        def after_fork() -> None:
-            alive = ref()
-            if alive is not None:
-                alive._forget_inherited()
-
-        os.register_at_fork(after_in_child=after_fork)
+        after_fork_in_child(self, CheckEngine._forget_inherited)
 
     def _forget_inherited(self) -> None:
         # In a forked child: the copies' pooled connections are the parent's sockets, so they
