@@ -108,7 +108,7 @@ def snippets(page: Path) -> list[Snippet]:
 
 
 def _dedent(text: str) -> str:
-    lines = [line for line in text.splitlines()]
+    lines = text.splitlines()
     widths = [len(line) - len(line.lstrip()) for line in lines if line.strip()]
     cut = min(widths, default=0)
     return "\n".join(line[cut:] for line in lines).strip("\n") + "\n"
