@@ -277,7 +277,7 @@ def _sh(command: str, directory: Path, **extra: str) -> subprocess.CompletedProc
 
 
 def _migrated(directory: Path) -> bool:
-    # sqlite3's own context manager commits but does not close (Python 3.13 warns at GC).
+    # sqlite3's own context manager ends the transaction but leaves the connection open.
     with contextlib.closing(sqlite3.connect(directory / "data" / "demo.sqlite3")) as connection:
         tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
     return "alembic_version" in tables

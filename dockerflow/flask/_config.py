@@ -262,6 +262,16 @@ SETTINGS: tuple[Setting, ...] = (
         "Write request.summary records for /__version__, /__heartbeat__ and /__lbheartbeat__.",
         "false",
     ),
+    Setting(
+        "DOCKERFLOW_METRICS_ENDPOINT",
+        "metrics_endpoint",
+        False,
+        _parse_bool,
+        "bool",
+        "Serve the Prometheus metrics at /__metrics__ (needs Dockerflow(app, metrics=True)); "
+        "in multiprocess mode, those of every worker. Read in init_app only.",
+        "true",
+    ),
 )
 
 
@@ -282,6 +292,7 @@ class Settings:
     request_id_header: str
     summary_log_querystring: bool
     summary_log_dockerflow_endpoints: bool
+    metrics_endpoint: bool
 
     @functools.cached_property
     def request_id_environ_key(self) -> str:

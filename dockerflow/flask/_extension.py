@@ -21,6 +21,7 @@ from ..checks.registry import checks_for, owned_checks, register_owned
 from ..engine import (
     Check,
     CheckRegistry,
+    ConfigurationError,
     Engine,
     LoopThread,
     Report,
@@ -29,6 +30,7 @@ from ..engine import (
 )
 from ..integrations import follow_timeout
 from ..logging import request_id_context, sanitize_request_id
+from ..metrics import HeartbeatMetrics
 from ..version import get_version
 from ._config import Settings, load_settings
 from ._exceptions import AlreadyInitializedError, NotInitializedError
@@ -91,6 +93,14 @@ class Dockerflow:
     :param silenced_checks: message IDs to ignore in every heartbeat.
     :param version_path: directory holding ``version.json``; defaults to the parent directory
         of ``app.root_path``.
+    :param metrics: record Prometheus metrics of every heartbeat: ``True`` for a new
+        :class:`~dockerflow.metrics.HeartbeatMetrics` in ``prometheus_client.REGISTRY``, or a
+        :class:`~dockerflow.metrics.HeartbeatMetrics` of your own (another registry, or one
+        shared by several extensions). Needs the ``prometheus`` extra.
+    :raises MissingDependencyError: if ``metrics`` is given and ``prometheus_client`` is not
+        installed.
+    :raises ConfigurationError: if ``metrics=True`` and the default registry already holds
+        Dockerflow's metrics.
     """
 
     def __init__(
@@ -102,6 +112,7 @@ class Dockerflow:
         migrate: Any = None,
         silenced_checks: Iterable[str] | None = None,
         version_path: str | os.PathLike[str] | None = None,
+        metrics: bool | HeartbeatMetrics = False,
     ) -> None:
         #: Logger for the extension's own messages.
         self.logger = logging.getLogger("dockerflow.flask")
@@ -119,6 +130,16 @@ class Dockerflow:
         self._apps: weakref.WeakKeyDictionary[Flask, _AppState] = weakref.WeakKeyDictionary()
         self._version_callback: VersionCallback = get_version
         self._blueprint = self._make_blueprint()
+        #: The Prometheus metrics every heartbeat is recorded in, or ``None``.
+        self.metrics: HeartbeatMetrics | None = None
+        if isinstance(metrics, HeartbeatMetrics):
+            self.metrics = metrics
+        elif metrics is True:
+            self.metrics = HeartbeatMetrics()
+        elif metrics is not False:
+            raise TypeError(
+                f"metrics must be True, False or a HeartbeatMetrics, not {type(metrics).__name__}"
+            )
         if db is not None or redis is not None or migrate is not None:
             from ..integrations import builtin_checks
 
@@ -154,6 +175,11 @@ class Dockerflow:
                 "use that one, or one extension per app"
             )
         settings = load_settings(app.config)
+        if settings.metrics_endpoint and self.metrics is None:
+            raise ConfigurationError(
+                "DOCKERFLOW_METRICS_ENDPOINT is on but metrics are off: pass "
+                "Dockerflow(app, metrics=True) to record them"
+            )
         engine = Engine(
             timeout=settings.check_timeout,
             restart_after=settings.check_restart_after,
@@ -185,6 +211,9 @@ class Dockerflow:
         app.before_request_funcs.setdefault(None, []).insert(0, before_request)
         app.after_request(after_request)
         flask.got_request_exception.connect(self._got_request_exception, app)
+        if self.metrics is not None:
+            # A bound method is held weakly by the signal: the app's extension keeps it alive.
+            heartbeat_checked.connect(self._record_metrics, app)
         from ._cli import dockerflow_cli
 
         app.cli.add_command(dockerflow_cli)
@@ -197,6 +226,7 @@ class Dockerflow:
         bp.add_url_rule("/__heartbeat__", "heartbeat", self._heartbeat_view)
         bp.add_url_rule("/__lbheartbeat__", "lbheartbeat", self._lbheartbeat_view)
         bp.add_url_rule("/__error__", "error", self._error_view)
+        bp.add_url_rule("/__metrics__", "metrics", self._metrics_view)
         return bp
 
     @property
@@ -405,6 +435,19 @@ class Dockerflow:
                 previous_status=previous,
             )
 
+    def _record_metrics(self, sender: Flask, *, report: Report, **_: Any) -> None:
+        # A receiver of heartbeat_checked: one that raises is logged by _send, and the
+        # heartbeat's response stays what it was.
+        state = self._apps.get(sender)
+        if self.metrics is None or state is None:
+            return
+        stuck = state.engine.stuck_runs()
+        if stuck:
+            # Only a stuck run of a sync check holds a thread; an async one holds a task.
+            sync = {check.name for check in self._all_checks() if not check.is_async}
+            stuck = {name: runs for name, runs in stuck.items() if name in sync}
+        self.metrics.observe(report, stuck)
+
     def _send(self, signal: Any, sender: Flask, **kwargs: Any) -> None:
         # Each receiver called on its own: one that raises is logged, the others still run
         # and the heartbeat's response stays what the checks made it.
@@ -454,6 +497,14 @@ class Dockerflow:
         except Exception:
             self.logger.exception("version.json in %s could not be served", path)
             return _json_response({"error": "version.json could not be read"}, 500)
+
+    def _metrics_view(self) -> flask.Response:
+        if self.metrics is None or not self._state().settings.metrics_endpoint:
+            flask.abort(404)
+        body, content_type = self.metrics.exposition(flask.request.headers.get("Accept"))
+        response = flask.Response(body, 200, content_type=content_type)
+        response.headers["Cache-Control"] = "no-store"
+        return response
 
     def _error_view(self) -> flask.Response:
         if not self._state().live.get("error_endpoint"):

@@ -27,10 +27,10 @@ from integrations.helpers import BlackHole
 from dockerflow.flask import Dockerflow
 from dockerflow.integrations import AsyncpgCheck
 
-TIMEOUT = 0.3
+TIMEOUT = 0.8
 #: How long past the timeout a heartbeat may take to answer.
 SLACK = 0.2
-HEARTBEATS = 100
+HEARTBEATS = 40
 CLIENT_THREADS = 8
 E011 = "dockerflow.health.E011"
 #: What each check reports: the async built-ins bound their own calls under the timeout.
