@@ -8,165 +8,53 @@ import importlib.metadata
 import json
 import os
 import re
-import socket
 import sqlite3
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
 
 import pytest
-
-REPO = Path(__file__).resolve().parent.parent
-DEMO_CHECKS = {
-    "check_database_connected",
-    "check_migrations_applied",
-    "event_loop_lag",
-    "slow_dependency",
-}
-START_TIMEOUT = 20.0
-
-
-@dataclass
-class Demo:
-    url: str
-    process: subprocess.Popen[bytes]
-    stdout_path: Path
-    stderr_path: Path
-    files: tuple[IO[bytes], ...]
-
-    def stdout_lines(self) -> list[str]:
-        return [line for line in self.stdout_path.read_text().splitlines() if line.strip()]
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _child_env(directory: Path, port: int, **extra: str) -> dict[str, str]:
-    # Nothing from the caller's environment may add checks or change settings.
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if key not in {"REDIS_URL", "DATABASE_URL", "WEB_CONCURRENCY", "DEMO_SLOW_CHECK_SECONDS"}
-        and not key.startswith("DOCKERFLOW_")
-    }
-    env.update(
-        PORT=str(port),
-        DEMO_DATA_DIR=str(directory / "data"),
-        # gunicorn >= 25 opens a control socket there; each instance gets its own.
-        XDG_RUNTIME_DIR=str(directory),
-        PYTHONUNBUFFERED="1",
-        **extra,
-    )
-    return env
-
-
-def _migrate(directory: Path, **extra: str) -> None:
-    # As `make demo` does: the migrations are a step of their own, before the server starts.
-    # FLASK_APP rather than --app, which came in Flask 2.2 (make test-min runs Flask 2.0).
-    subprocess.run(
-        [sys.executable, "-m", "flask", "db", "upgrade"],
-        cwd=REPO,
-        env=_child_env(directory, 0, FLASK_APP="examples.demo.app:create_app", **extra),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        timeout=START_TIMEOUT,
-        check=True,
-    )
-
-
-def _start(directory: Path, **extra: str) -> Demo:
-    _migrate(directory, **extra)
-    port = _free_port()
-    stdout_path, stderr_path = directory / "stdout.log", directory / "stderr.log"
-    stdout, stderr = stdout_path.open("wb"), stderr_path.open("wb")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "-c",
-            "examples/gunicorn.conf.py",
-            "examples.demo.app:create_app()",
-        ],
-        cwd=REPO,
-        env=_child_env(directory, port, **extra),
-        stdin=subprocess.DEVNULL,
-        stdout=stdout,
-        stderr=stderr,
-    )
-    return Demo(f"http://127.0.0.1:{port}", process, stdout_path, stderr_path, (stdout, stderr))
-
-
-def _wait_until_serving(demo: Demo, deadline: float) -> None:
-    while time.monotonic() < deadline:
-        if demo.process.poll() is not None:
-            pytest.fail(
-                f"the demo exited with status {demo.process.returncode}:\n"
-                f"{demo.stderr_path.read_text()}\n{demo.stdout_path.read_text()}"
-            )
-        try:
-            status, _, _ = _get(demo.url + "/__lbheartbeat__", timeout=1.0)
-        except OSError:
-            time.sleep(0.1)
-            continue
-        if status == 200:
-            return
-    pytest.fail(
-        f"the demo did not answer within {START_TIMEOUT:g}s:\n{demo.stderr_path.read_text()}"
-    )
-
-
-def _stop(demo: Demo) -> None:
-    if demo.process.poll() is None:
-        demo.process.terminate()
-        try:
-            demo.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            demo.process.kill()
-            demo.process.wait(timeout=5)
-    for handle in demo.files:
-        handle.close()
-
-
-def _get(
-    url: str, *, timeout: float = 5.0, headers: dict[str, str] | None = None
-) -> tuple[int, dict[str, str], Any]:
-    request = urllib.request.Request(url, headers=headers or {})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, dict(response.headers), json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        with exc:
-            return exc.code, dict(exc.headers), json.loads(exc.read())
+from demo_helpers import (
+    DEMO_CHECKS,
+    REPO,
+    START_TIMEOUT,
+    Demo,
+    child_env,
+    get,
+    get_raw,
+    start,
+    stop,
+    wait_until_serving,
+)
 
 
 @pytest.fixture(scope="module")
 def demos(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Demo]]:
-    # Both instances start at once: start-up is most of this module's run time.
+    # The instances start at once: start-up is most of this module's run time.
     started = {
-        "default": _start(tmp_path_factory.mktemp("demo")),
-        "slow": _start(
+        "default": start(tmp_path_factory.mktemp("demo")),
+        "slow": start(
             tmp_path_factory.mktemp("demo-slow"), DEMO_SLOW_CHECK_SECONDS="2", WEB_CONCURRENCY="1"
+        ),
+        # The demo's own typed settings from DEMO_* (an int and a bool, parsed as JSON).
+        "noncritical": start(
+            tmp_path_factory.mktemp("demo-noncritical"),
+            DEMO_SLOW_CHECK_SECONDS="2",
+            DEMO_SLOW_CHECK_CRITICAL="false",
+            WEB_CONCURRENCY="1",
         ),
     }
     try:
         deadline = time.monotonic() + START_TIMEOUT
         for demo in started.values():
-            _wait_until_serving(demo, deadline)
+            wait_until_serving(demo, deadline)
         yield started
     finally:
         for demo in started.values():
-            _stop(demo)
+            stop(demo)
 
 
 @pytest.fixture
@@ -175,7 +63,7 @@ def demo(demos: dict[str, Demo]) -> Demo:
 
 
 def test_lbheartbeat_answers_an_empty_object(demo: Demo) -> None:
-    status, headers, body = _get(demo.url + "/__lbheartbeat__")
+    status, headers, body = get(demo.url + "/__lbheartbeat__")
     assert status == 200
     assert headers["Content-Type"] == "application/json"
     assert body == {}
@@ -183,13 +71,13 @@ def test_lbheartbeat_answers_an_empty_object(demo: Demo) -> None:
 
 def test_version_serves_the_shipped_version_json(demo: Demo) -> None:
     shipped = json.loads((REPO / "examples" / "demo" / "version.json").read_text())
-    status, _, body = _get(demo.url + "/__version__")
+    status, _, body = get(demo.url + "/__version__")
     assert status == 200
     assert body == shipped
 
 
 def test_heartbeat_passes_with_every_demo_check(demo: Demo) -> None:
-    status, _, body = _get(demo.url + "/__heartbeat__")
+    status, _, body = get(demo.url + "/__heartbeat__")
     assert status == 200, body
     assert body["status"] == "ok"
     assert body["checks"] == dict.fromkeys(DEMO_CHECKS, "ok")
@@ -197,7 +85,7 @@ def test_heartbeat_passes_with_every_demo_check(demo: Demo) -> None:
 
 
 def test_heartbeat_subset_leaves_the_slow_check_out(demo: Demo) -> None:
-    status, _, body = _get(demo.url + "/__heartbeat__?exclude=slow_dependency")
+    status, _, body = get(demo.url + "/__heartbeat__?exclude=slow_dependency")
     assert status == 200
     assert set(body["checks"]) == DEMO_CHECKS - {"slow_dependency"}
 
@@ -205,11 +93,11 @@ def test_heartbeat_subset_leaves_the_slow_check_out(demo: Demo) -> None:
 def test_slow_check_times_out_and_the_heartbeat_still_answers(demos: dict[str, Demo]) -> None:
     demo = demos["slow"]
     # Warm up the worker (its event loop thread, the database pools) without the slow check.
-    status, _, _ = _get(demo.url + "/__heartbeat__?exclude=slow_dependency")
+    status, _, _ = get(demo.url + "/__heartbeat__?exclude=slow_dependency")
     assert status == 200
 
     started = time.monotonic()
-    status, _, body = _get(demo.url + "/__heartbeat__", timeout=10.0)
+    status, _, body = get(demo.url + "/__heartbeat__", timeout=10.0)
     elapsed = time.monotonic() - started
 
     assert status == 500, body
@@ -222,7 +110,7 @@ def test_slow_check_times_out_and_the_heartbeat_still_answers(demos: dict[str, D
 
 def test_stdout_is_mozlog_json_with_request_summaries(demo: Demo) -> None:
     rid = f"test-demo-{uuid.uuid4()}"
-    status, headers, _ = _get(demo.url + "/__lbheartbeat__", headers={"X-Request-ID": rid})
+    status, headers, _ = get(demo.url + "/__lbheartbeat__", headers={"X-Request-ID": rid})
     assert status == 200
     assert headers["X-Request-ID"] == rid
 
@@ -253,7 +141,7 @@ def test_stdout_is_mozlog_json_with_request_summaries(demo: Demo) -> None:
 def test_the_apps_own_info_log_line_reaches_stdout(demo: Demo) -> None:
     """gunicorn.conf.py gives the app's package (and app.logger) a handler at INFO."""
     rid = f"test-demo-{uuid.uuid4()}"
-    status, _, _ = _get(demo.url + "/", headers={"X-Request-ID": rid})
+    status, _, _ = get(demo.url + "/", headers={"X-Request-ID": rid})
     assert status == 200
 
     deadline = time.monotonic() + 5.0
@@ -277,6 +165,85 @@ def test_the_apps_own_info_log_line_reaches_stdout(demo: Demo) -> None:
     assert line["Logger"] == "dockerflow-demo"
 
 
+# -- the rest of the Dockerflow guide: typed settings from DEMO_*, static files -------------------
+
+FAR_FUTURE = "max-age=315360000, public, immutable"
+
+
+def _max_age(cache_control: str) -> int:
+    (value,) = re.findall(r"max-age=(\d+)", cache_control)
+    return int(value)
+
+
+def test_prefixed_env_settings_arrive_typed(demos: dict[str, Demo]) -> None:
+    status, _, index = get(demos["noncritical"].url + "/")
+    assert status == 200
+    # DEMO_SLOW_CHECK_SECONDS=2, DEMO_SLOW_CHECK_CRITICAL=false: a number and a bool, not strings.
+    assert index["slow_check_seconds"] == 2.0
+    assert index["slow_check_critical"] is False
+    status, _, index = get(demos["default"].url + "/")
+    assert (index["slow_check_seconds"], index["slow_check_critical"]) == (0.2, True)
+
+
+def test_a_noncritical_timeout_keeps_the_heartbeat_up(demos: dict[str, Demo]) -> None:
+    """DEMO_SLOW_CHECK_CRITICAL=false: the slow check times out, the heartbeat says 200."""
+    demo = demos["noncritical"]
+    status, _, body = get(demo.url + "/__heartbeat__", timeout=10.0)
+    assert status == 200, body
+    assert body["status"] == "warning"
+    assert body["checks"]["slow_dependency"] == "warning"
+    detail = body["details"]["slow_dependency"]
+    assert detail["critical"] is False
+    assert list(detail["messages"]) == ["dockerflow.health.E011"]
+
+
+def test_hashed_static_asset_is_cached_for_ever(demo: Demo) -> None:
+    _, _, index = get(demo.url + "/")
+    url = index["assets"]["demo.css"]
+    assert re.fullmatch(r"/static/demo\.[0-9a-f]{12}\.css", url), url
+
+    status, headers, content = get_raw(demo.url + url)
+
+    assert status == 200
+    assert headers["Cache-Control"] == FAR_FUTURE
+    assert _max_age(headers["Cache-Control"]) >= 365 * 24 * 3600
+    assert headers["Content-Type"].startswith("text/css")
+    assert content == (REPO / "examples" / "demo" / "static" / "demo.css").read_bytes()
+
+
+def test_unhashed_or_wrongly_hashed_names_are_not_cached_for_ever(demo: Demo) -> None:
+    status, headers, _ = get_raw(demo.url + "/static/demo.css")
+    assert status == 200
+    assert "immutable" not in headers["Cache-Control"]
+    assert _max_age(headers["Cache-Control"]) <= 60
+
+    status, headers, _ = get_raw(demo.url + "/static/demo.000000000000.css")
+    assert status == 404
+    assert "immutable" not in headers.get("Cache-Control", "")
+
+
+def test_committed_hashed_copies_are_current(tmp_path: Path) -> None:
+    """examples/demo/static holds exactly what python -m examples.demo.static_build writes."""
+    from examples.demo import static_build
+
+    static = REPO / "examples" / "demo" / "static"
+    copy = tmp_path / "static"
+    copy.mkdir()
+    for source in static_build.SOURCES:
+        (copy / source).write_bytes((static / source).read_bytes())
+    # A copy with an old hash is removed by the build.
+    (copy / "demo.0123456789ab.css").write_text("old")
+
+    built = static_build.build(str(copy))
+
+    assert sorted(p.name for p in copy.iterdir()) == sorted([*static_build.SOURCES, *built])
+    assert sorted(p.name for p in static.iterdir()) == sorted(p.name for p in copy.iterdir()), (
+        "run python -m examples.demo.static_build and commit examples/demo/static"
+    )
+    for name in built:
+        assert (static / name).read_bytes() == (copy / name).read_bytes()
+
+
 # -- examples/Dockerfile, its commands run as the image's shell would run them ------------------
 
 # The image installs the newest Flask; its commands use `flask --app`, which came in Flask 2.2.
@@ -296,7 +263,7 @@ def _dockerfile_instruction(name: str) -> str:
 
 def _sh(command: str, directory: Path, **extra: str) -> subprocess.CompletedProcess[str]:
     # The image's environment: `flask` on PATH, the repository importable (PYTHONPATH=/app).
-    env = _child_env(directory, 0, PYTHONPATH=str(REPO), **extra)
+    env = child_env(directory, 0, PYTHONPATH=str(REPO), **extra)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     return subprocess.run(
         ["sh", "-c", command],

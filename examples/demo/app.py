@@ -10,6 +10,12 @@ release command, a Kubernetes Job, the container's command before ``exec gunicor
 ``create_app()``: every worker, every ``flask`` command and every ``HEALTHCHECK`` probe
 (``flask dockerflow heartbeat``) calls the factory.
 
+It follows each point of the Dockerflow guide (docs/checklist.rst): its own settings come from
+``DEMO_*`` environment variables with types (:mod:`examples.demo.settings`), it listens on
+``$PORT`` (examples/gunicorn.conf.py, examples/uwsgi.ini), and WhiteNoise serves its static files,
+those with a content hash in their name (:mod:`examples.demo.static_build`) with far-future cache
+headers.
+
 Checks:
 
 ``check_database_connected``
@@ -23,7 +29,8 @@ Checks:
 ``slow_dependency``
     A blocking check that sleeps ``$DEMO_SLOW_CHECK_SECONDS`` (default 0.2) under a timeout of
     1 s. Start the demo with ``DEMO_SLOW_CHECK_SECONDS=2`` to see it reported as timed out
-    (``dockerflow.health.E011``) while the heartbeat still answers after about one second.
+    (``dockerflow.health.E011``) while the heartbeat still answers after about one second; add
+    ``DEMO_SLOW_CHECK_CRITICAL=false`` and the timeout is a warning: the heartbeat stays 200.
 ``check_redis_connected``
     Only when ``$REDIS_URL`` is set: ``PING`` through ``redis.Redis``.
 ``postgres``
@@ -36,7 +43,6 @@ directory).
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from typing import Any
 
@@ -45,12 +51,16 @@ import alembic.config
 import anyio
 import click
 import sqlalchemy
-from flask import Flask, jsonify, url_for
+from flask import Flask, current_app, jsonify, url_for
+from flask.cli import with_appcontext
+from whitenoise import WhiteNoise
 
 from dockerflow.checks import CheckMessage
 from dockerflow.checks import Warning as CheckWarning
 from dockerflow.flask import Dockerflow
 from dockerflow.integrations import AsyncpgCheck, migrations_check
+
+from . import settings, static_build
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MIGRATIONS = os.path.join(HERE, "migrations")
@@ -59,28 +69,19 @@ MIGRATIONS = os.path.join(HERE, "migrations")
 SLOW_CHECK_TIMEOUT = 1.0
 
 
-def data_dir() -> str:
-    """Return the directory of the demo's SQLite file, creating it if needed."""
-    path = os.environ.get("DEMO_DATA_DIR") or os.path.join(tempfile.gettempdir(), "dockerflow-demo")
-    os.makedirs(path, exist_ok=True)
-    return path
+#: ``Cache-Control: max-age`` of static files without a hash in their name, in seconds: short,
+#: since their content changes under the same URL.
+STATIC_MAX_AGE = 60
 
 
 def database_url() -> str:
-    """Return the SQLAlchemy URL of the demo's SQLite database."""
-    return f"sqlite:///{os.path.join(data_dir(), 'demo.sqlite3')}"
+    """Return the SQLAlchemy URL of the demo's SQLite database, from ``$DEMO_DATA_DIR``.
 
-
-def slow_check_seconds() -> float:
-    """Return how long the slow check sleeps, from ``$DEMO_SLOW_CHECK_SECONDS``."""
-    raw = os.environ.get("DEMO_SLOW_CHECK_SECONDS", "0.2")
-    try:
-        seconds = float(raw)
-    except ValueError:
-        raise ValueError(f"DEMO_SLOW_CHECK_SECONDS={raw!r} is not a number of seconds") from None
-    if seconds < 0:
-        raise ValueError(f"DEMO_SLOW_CHECK_SECONDS={raw!r} must not be negative")
-    return seconds
+    For code that runs without the app (Alembic's own command line in ``migrations/env.py``).
+    """
+    config: dict[str, Any] = {}
+    settings.load(config)
+    return settings.database_url(config["DATA_DIR"])
 
 
 def upgrade_database(engine: sqlalchemy.Engine) -> None:
@@ -98,14 +99,16 @@ def db_cli() -> None:
 
 
 @db_cli.command("upgrade")
+@with_appcontext  # Flask 2.2+ pushes it for every command; Flask 2.0 only with this.
 def upgrade_command() -> None:
     """Apply the migrations (what Flask-Migrate's ``flask db upgrade`` does for its apps)."""
-    engine = sqlalchemy.create_engine(database_url())
+    url = settings.database_url(current_app.config["DATA_DIR"])
+    engine = sqlalchemy.create_engine(url)
     try:
         upgrade_database(engine)
     finally:
         engine.dispose()
-    click.echo(f"database at head: {database_url()}", err=True)
+    click.echo(f"database at head: {url}", err=True)
 
 
 def _asyncpg_dsn(url: str) -> str:
@@ -114,12 +117,49 @@ def _asyncpg_dsn(url: str) -> str:
     return f"{scheme.split('+', 1)[0]}{sep}{rest}"
 
 
-def create_app() -> Flask:
-    """Create the demo app: Dockerflow and its checks; the migrations are ``flask db upgrade``."""
-    app = Flask(__name__)
-    app.cli.add_command(db_cli)
+def serve_static(app: Flask) -> dict[str, str]:
+    """Serve ``app``'s static folder with WhiteNoise; return the URL of each hashed asset.
 
-    engine = sqlalchemy.create_engine(database_url())
+    WhiteNoise answers ``/static/...`` before Flask sees the request (so those requests have no
+    ``request.summary`` line), with ``Cache-Control: max-age=315360000, public, immutable`` for
+    names with a content hash and ``max-age=60, public`` for the others. A name it does not know
+    (a wrong hash) falls through to Flask, which answers 404.
+
+    :param app: the app.
+    :returns: source name -> URL path of its hashed copy, for templates and the index page.
+    :raises RuntimeError: if a hashed copy is missing (the build step has not run).
+    """
+    static = app.static_folder
+    assert static is not None and app.static_url_path is not None  # Flask's defaults
+    urls = {}
+    for source in static_build.SOURCES:
+        name = static_build.hashed_name(source, static)
+        if not os.path.isfile(os.path.join(static, name)):
+            raise RuntimeError(
+                f"{name} is missing from {static}: run python -m examples.demo.static_build"
+            )
+        urls[source] = f"{app.static_url_path}/{name}"
+    app.wsgi_app = WhiteNoise(  # type: ignore[method-assign]
+        app.wsgi_app,
+        root=static,
+        prefix=app.static_url_path,
+        max_age=STATIC_MAX_AGE,
+        immutable_file_test=static_build.HASHED.pattern,
+    )
+    return urls
+
+
+def create_app() -> Flask:
+    """Create the demo app: Dockerflow and its checks; the migrations are ``flask db upgrade``.
+
+    :raises ValueError: naming the variable, if a ``DEMO_*`` setting has the wrong type.
+    """
+    app = Flask(__name__)
+    settings.load(app.config)
+    app.cli.add_command(db_cli)
+    assets = serve_static(app)
+
+    engine = sqlalchemy.create_engine(settings.database_url(app.config["DATA_DIR"]))
 
     redis_client = None
     if os.environ.get("REDIS_URL"):
@@ -152,9 +192,9 @@ def create_app() -> Flask:
             return [CheckWarning(f"event loop woke up {lag:.3f}s late", id="demo.health.W001")]
         return []
 
-    delay = slow_check_seconds()
+    delay = app.config["SLOW_CHECK_SECONDS"]
 
-    @dockerflow.check(timeout=SLOW_CHECK_TIMEOUT)
+    @dockerflow.check(timeout=SLOW_CHECK_TIMEOUT, critical=app.config["SLOW_CHECK_CRITICAL"])
     def slow_dependency() -> list[CheckMessage]:
         """Stand in for a slow dependency: block for $DEMO_SLOW_CHECK_SECONDS."""
         time.sleep(delay)
@@ -175,6 +215,8 @@ def create_app() -> Flask:
                 "checks": sorted(dockerflow.checks),
                 "slow_check_seconds": delay,
                 "slow_check_timeout": SLOW_CHECK_TIMEOUT,
+                "slow_check_critical": app.config["SLOW_CHECK_CRITICAL"],
+                "assets": assets,
             }
         )
 
