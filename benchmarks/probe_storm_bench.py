@@ -30,8 +30,8 @@ application's engine (our check's own engine is a ``pool.recreate()`` copy, whic
 event listeners) count check runs in flight; ``/_storm/stats`` reports the maximum per process.
 
 wrk comes from Debian's packages: if it is not on ``PATH`` the script runs ``apt-get install -y
-wrk`` (after ``apt-get update`` if that fails), printing what it does. Target: ours (both runs)
-serves at least as many heartbeats per second as the reference.
+wrk`` (after ``apt-get update`` if that fails), printing what it does. Target: ours without a
+cache serves at least 3 times the reference's heartbeats per second.
 """
 
 from __future__ import annotations
@@ -59,6 +59,8 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 REF_VENV = Path("/tmp/dfref-venv")
 REF_VERSION = "2026.3.4"
+#: Heartbeats per second, ours without a cache against python-dockerflow's, in the same run.
+TARGET_RATIO = 3.0
 DATABASE = "storm"
 #: The check's ``SELECT 1`` (python-dockerflow sends ``SELECT 1;``) as pg_stat_statements keeps it.
 CHECK_QUERY = r"^\s*select \$1\s*;?\s*$"
@@ -485,11 +487,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         for mode in modes:
             ours = [r for r in results if r.mode == mode and not r.label.startswith("python")]
             (ref,) = [r for r in results if r.mode == mode and r.label.startswith("python")]
-            met = all(r.rps >= ref.rps for r in ours)
             ratios = ", ".join(f"{r.label}: {r.rps / ref.rps:.2f}x" for r in ours)
+            (uncached,) = [r for r in ours if "no cache" in r.label]
+            met = uncached.rps >= TARGET_RATIO * ref.rps
             print(
-                f"target ({mode}): ours >= reference heartbeats/s: "
-                f"{'met' if met else 'MISSED'} ({ratios})"
+                f"target ({mode}): ours without a cache >= {TARGET_RATIO:g}x the reference's "
+                f"heartbeats/s: {'met' if met else 'MISSED'} ({ratios})"
             )
 
 
