@@ -69,6 +69,9 @@ class _AppState:
     last_status: str | None = None
     #: Whether DOCKERFLOW_NONCRITICAL_CHECKS was compared with the registered checks yet.
     noncritical_checked: bool = False
+    #: The checks already told the timeout they run under in this app (weakly: a check that
+    #: is replaced goes away).
+    followed: weakref.WeakSet[Check] = field(default_factory=weakref.WeakSet)
     #: When each recent report was made, for health+json's "time".
     report_times: ReportTimes = field(default_factory=ReportTimes)
 
@@ -396,9 +399,12 @@ class Dockerflow:
             if not checks:
                 raise ValueError("the selection leaves no check to run")
         for check in checks:
-            # Built-in checks bound their driver calls by the timeout they run under: the
-            # check's own, else DOCKERFLOW_CHECK_TIMEOUT (the smallest, for several apps).
-            follow_timeout(check.func, check.timeout or state.settings.check_timeout)
+            if check not in state.followed:
+                # Built-in checks bound their driver calls by the timeout they run under: the
+                # check's own, else DOCKERFLOW_CHECK_TIMEOUT (the smallest, for several apps).
+                # Once per check object and app: a check registered again is a new object.
+                follow_timeout(check.func, check.timeout or state.settings.check_timeout)
+                state.followed.add(check)
         silenced = frozenset((*self.silenced_checks, *state.live.get("silenced_checks")))
         if silenced != state.engine.silenced_ids:
             # IDs added to silenced_checks or DOCKERFLOW_SILENCED_CHECKS after init_app.
