@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import concurrent.futures
 import contextvars
 import logging
 import threading
@@ -70,15 +71,36 @@ class LoopThread:
                 self._running = self._start()
             return self._running
 
-    def call(self, func: Callable[..., Awaitable[T]], *args: Any) -> T:
+    def call(
+        self, func: Callable[..., Awaitable[T]], *args: Any, timeout: float | None = None
+    ) -> T:
         """Run ``await func(*args)`` on the loop and return its result; blocks the caller.
 
+        :param timeout: seconds to wait at most; ``None`` waits as long as it takes. The
+            coroutine is cancelled when the time is up, and the wait ends then even if the loop
+            is blocked and the cancellation cannot be delivered.
         :raises RuntimeError: if called from the loop thread itself.
+        :raises TimeoutError: if ``timeout`` passed first.
         """
         running = self._get()
         if running.thread is threading.current_thread():
             raise RuntimeError("LoopThread.call() cannot be used from the loop's own thread")
-        return anyio.from_thread.run(func, *args, token=running.token)  # type: ignore[arg-type]
+        if timeout is None:
+            return anyio.from_thread.run(func, *args, token=running.token)  # type: ignore[arg-type]
+        outcome: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+        async def bounded() -> None:
+            with anyio.move_on_after(timeout):
+                try:
+                    outcome.set_result(await func(*args))
+                except Exception as exc:
+                    outcome.set_exception(exc)
+
+        self.submit(bounded)
+        try:
+            return outcome.result(timeout)
+        except concurrent.futures.TimeoutError:
+            raise TimeoutError(f"{func!r} did not finish within {timeout:g}s") from None
 
     def submit(self, func: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
         """Start ``func(*args)`` as a task on the loop, without waiting for the loop.
@@ -91,7 +113,7 @@ class LoopThread:
         # From an empty context: the task copies the context it is started from, and the
         # caller's (a Flask request's, say) must not travel to the loop thread.
         contextvars.Context().run(
-            _call_soon, running, running.task_group.start_soon, _logged, func, *args
+            call_soon, running.token, running.task_group.start_soon, _logged, func, *args
         )
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -107,7 +129,7 @@ class LoopThread:
             return
         atexit.unregister(self._stop_at_exit)
         try:
-            _call_soon(running, running.task_group.cancel_scope.cancel)
+            call_soon(running.token, running.task_group.cancel_scope.cancel)
         except anyio.RunFinishedError:
             return  # the loop already ended
         if running.thread is not threading.current_thread():
@@ -163,9 +185,14 @@ class LoopThread:
         self._running = None
 
 
-def _call_soon(running: _Running, func: Callable[..., object], *args: Any) -> None:
-    """Schedule ``func(*args)`` on the loop of ``running`` without waiting (thread-safe)."""
-    token = running.token
+def call_soon(
+    token: anyio.lowlevel.EventLoopToken, func: Callable[..., object], *args: Any
+) -> None:
+    """Schedule ``func(*args)`` on the loop of ``token`` without waiting; callable from any
+    thread, the loop's own included, and returns at once even while the loop is blocked.
+
+    :raises RuntimeError: if that loop has closed.
+    """
     token.backend_class.run_sync_soon(func, args, token.native_token)
 
 

@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Hashable
 
+from ._fork import after_fork_in_child
 from ._report import Report
 
 # Distinct check subsets whose report is kept; beyond this the cache starts over.
@@ -24,8 +25,9 @@ class ReportCache:
         self.ttl = ttl
         self.failed_ttl = failed_ttl
         self.fail_level = fail_level
-        self._lock = threading.Lock()
-        self._reports: dict[Hashable, tuple[Report, float]] = {}
+        self.clear()
+        # A lock held by another thread at fork time would block the child for ever.
+        after_fork_in_child(self, ReportCache.clear)
 
     @property
     def enabled(self) -> bool:
@@ -51,5 +53,5 @@ class ReportCache:
 
     def clear(self) -> None:
         """Forget every report."""
-        with self._lock:
-            self._reports.clear()
+        self._lock = threading.Lock()
+        self._reports: dict[Hashable, tuple[Report, float]] = {}

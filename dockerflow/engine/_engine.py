@@ -8,14 +8,10 @@ around that path, each in its module.
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 import time
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Hashable, Iterable
 from dataclasses import dataclass
-
-import anyio
-import anyio.lowlevel
-import anyio.to_thread
 
 from ..health import ERROR, STATUSES
 from ._bridge import LoopThread
@@ -23,22 +19,27 @@ from ._cache import ReportCache
 from ._check import DEFAULT_TIMEOUT, MAX_SECONDS, Check, restart_delay, validate_timeout
 from ._damping import Damper
 from ._exceptions import ConfigurationError
-from ._refresh import Latest, Refresher
+from ._refresh import Refresher
 from ._report import CheckResult, Report, aggregate
-from ._results import log_results, run_result, timed_out
-from ._scheduler import GRACE, ContextFactory, Run, Scheduler, Spawner, wait_all
+from ._results import log_results, run_key, run_result, timed_out
+from ._scheduler import MAX_RUNS_PER_CHECK, ContextFactory, Host, Run, Scheduler
 
 
 @dataclass
 class _Plan:
-    """What one heartbeat does about one check: serve a result, or wait for a run."""
+    """What one heartbeat does about one check: wait for a run, or serve a result at once.
+
+    ``key`` identifies the run a ready ``result`` is of, for flap damping; ``None`` reports
+    the result as it is.
+    """
 
     check: Check
     timeout: float
-    result: CheckResult | None = None
     run: Run | None = None
-    stuck: bool = False
-    deadline: float = 0.0
+    #: The run was already past its deadline when this heartbeat asked (an earlier one's).
+    overdue: bool = False
+    result: CheckResult | None = None
+    key: Hashable | None = None
 
 
 class Engine:
@@ -48,10 +49,11 @@ class Engine:
     caller's own loop for async callers); sync checks run in daemon worker threads. Each run of a
     check executes in a fresh context, entered through ``context`` (the Flask layer passes
     ``app.app_context``). Heartbeats asking for a check whose run is in progress share that run.
-    A heartbeat of a sync caller answers by its longest check timeout plus
-    :data:`~._scheduler.GRACE`, whatever the checks do; a check not finished by then is reported
-    as timed out (``E011``). A run still going after its restart delay is started again beside
-    it (at most two runs of a check at a time). An optional cache serves a recent report for
+    Every heartbeat sharing a run answers by that run's start plus its timeout (plus
+    :data:`~._scheduler.GRACE` for an async check), whatever the checks do; a run not finished by
+    then, or finished later, is reported as timed out (``E011``) to everyone who sees it. A run
+    still going after its restart delay is started again beside it (at most two runs of a check
+    function at a time in the process). An optional cache serves a recent report for
     ``cache_ttl`` seconds (``cache_failed_ttl`` when it is failing).
 
     :param timeout: seconds a check may run when it sets no timeout of its own.
@@ -107,7 +109,7 @@ class Engine:
         self.bridge = bridge if bridge is not None else LoopThread()
         self.scheduler = Scheduler(self.bridge, context)
         self.damper = Damper(fail_level)
-        self.refresher = Refresher(self.bridge, self._start_on_bridge, self._finish_on_bridge)
+        self.refresher = Refresher(self.bridge, self._start_on_bridge, self._settle_refresh)
 
     @property
     def cache_ttl(self) -> float:
@@ -134,8 +136,11 @@ class Engine:
         report = self.cache.get(key)
         if report is None:
             started = time.monotonic()
-            plans = [self._plan(c, started, self.bridge, self.bridge.submit) for c in _once(key)]
-            wait_all([(plan.run, plan.deadline) for plan in plans if plan.run and _waits(plan)])
+            host = self.scheduler.bridge_host
+            plans = [self._plan(check, started, host) for check in _once(key)]
+            for plan in plans:
+                if plan.run is not None:
+                    plan.run.wait(plan.run.deadline)
             report = self._report(plans, started)
             self.cache.put(key, report)
         return report
@@ -143,9 +148,11 @@ class Engine:
     async def run(self, checks: Iterable[Check]) -> Report:
         """Run ``checks`` concurrently and return the report, or a cached one.
 
-        Async checks run on the caller's event loop (so they may use clients bound to it); sync
-        checks in worker threads. An async check that blocks the caller's loop holds up the
-        caller too; the engine's own loop, which sync callers use, is not affected.
+        Async checks run on the caller's event loop (so they may use clients bound to it), as
+        tasks the engine owns there; sync checks in worker threads. The caller answers by the
+        same deadline as a sync caller: the longest timeout of ``checks`` plus
+        :data:`~._scheduler.GRACE`, unless a check blocks the caller's loop itself (the engine's
+        own loop, which sync callers use, is not affected then).
 
         :param checks: the checks to run.
         :returns: the report; failures of the checks are in it, never raised.
@@ -158,100 +165,96 @@ class Engine:
         return report
 
     async def run_uncached(self, checks: Iterable[Check]) -> Report:
-        """Run ``checks`` concurrently now, bypassing the cache.
+        """Run ``checks`` concurrently now, bypassing the cache (see :meth:`run`).
 
         :returns: the report.
         """
         started = time.monotonic()
-        loop = anyio.lowlevel.current_token().native_token
-        async with anyio.create_task_group() as task_group:
-            plans = [
-                self._plan(check, started, loop, task_group.start_soon, on_loop=True)
-                for check in _once(checks)
-            ]
-            await _wait_async([plan for plan in plans if _waits(plan)], loop)
-            # A run another caller started on this loop and then abandoned (that caller was
-            # cancelled) has no outcome: run the check again, within the same deadline.
-            while retry := [p for p in plans if _abandoned(p) and time.monotonic() < p.deadline]:
-                for plan in retry:
-                    plan.run, plan.stuck = self._start(plan.check, loop, task_group.start_soon)
-                    self._wait_on_loop(plan, loop)
-                await _wait_async([plan for plan in retry if _waits(plan)], loop)
-            report = self._report(plans, started)
-        return report
+        unique = _once(checks)
+        host = await self.scheduler.host_here() if any(c.is_async for c in unique) else None
+        plans = [self._plan(check, started, host) for check in unique]
+        for plan in plans:
+            if plan.run is not None:
+                await plan.run.wait_async(plan.run.deadline)
+        return self._report(plans, started)
 
-    # -- one heartbeat --------------------------------------------------------------------------
+    # -- one heartbeat: run -> damp (keyed by the run) -> aggregate; the cache is the callers' -
 
     def _timeout_of(self, check: Check) -> float:
         return check.timeout if check.timeout is not None else self.timeout
 
-    def _start(self, check: Check, loop: object, spawn: Spawner) -> tuple[Run, bool]:
-        timeout = self._timeout_of(check)
-        restart = restart_delay(check, timeout, self.restart_after)
-        return self.scheduler.start(check, timeout, restart, loop=loop, spawn=spawn)
+    def _restart_of(self, check: Check, timeout: float) -> float:
+        return restart_delay(check, timeout, self.restart_after)
 
-    def _plan(
-        self, check: Check, started: float, loop: object, spawn: Spawner, *, on_loop: bool = False
-    ) -> _Plan:
-        """Decide what this heartbeat does about ``check``.
-
-        :param loop: where async checks run: the bridge, or the caller's loop (native token).
-        :param spawn: starts a task on that loop.
-        :param on_loop: whether the caller runs on ``loop`` (an async caller).
-        """
+    def _plan(self, check: Check, started: float, host: Host | None) -> _Plan:
+        """Decide what this heartbeat does about ``check``: serve its background result, or
+        share (or start) a run and wait until that run's deadline."""
         timeout = self._timeout_of(check)
-        plan = _Plan(check, timeout)
         if check.interval is not None:
-            wanted = self.refresher.want(check)
-            if isinstance(wanted, Latest):
-                stale = self.refresher.stale(check, wanted, timeout)
-                plan.result = stale or self.damper.apply(check, wanted.result, wanted.run)
-                return plan
-            plan.run, plan.stuck = wanted
-        else:
-            plan.run, plan.stuck = self._start(check, loop, spawn)
-        if on_loop:
-            self._wait_on_loop(plan, loop)
-        plan.deadline = started + timeout + (GRACE if check.is_async else 0.0)
-        return plan
+            latest = self.refresher.latest(check)
+            if latest is not None:
+                stale = self.refresher.stale(check, latest, timeout)
+                if stale is not None:
+                    # The refresh stopped: not a flap of the dependency, never held back.
+                    return _Plan(check, timeout, result=stale)
+                return _Plan(check, timeout, result=latest.result, key=latest.key)
+            # No background result yet: wait for the refresh's first run.
+            run = self.refresher.pending(check)
+            if run is not None:
+                return _Plan(check, timeout, run=run, overdue=started >= run.deadline)
+        run = self.scheduler.start(check, timeout, self._restart_of(check, timeout), host)
+        if run is None:
+            result, key = self._refused(check, timeout)
+            return _Plan(check, timeout, result=result, key=key)
+        return _Plan(check, timeout, run=run, overdue=started >= run.deadline)
 
-    @staticmethod
-    def _wait_on_loop(plan: _Plan, loop: object) -> None:
-        run = plan.run
-        if run is not None and run.loop is loop and run.loop_done is None:
-            # Waiters on the run's own loop wait on a loop event. (No await since start(): the
-            # run's task, on this same thread, cannot have begun yet.)
-            run.loop_done = anyio.Event()
+    def _refused(self, check: Check, timeout: float) -> tuple[CheckResult, Hashable]:
+        """The result of a check that could not start: its runs elsewhere hold every slot."""
+        now = time.monotonic()
+        oldest = self.scheduler.oldest_elsewhere(check)
+        running = f" for {now - oldest.started:.1f}s" if oldest is not None else ""
+        result = timed_out(
+            check,
+            timeout,
+            0.0,
+            f"not started: {MAX_RUNS_PER_CHECK} runs of it are still in progress in this "
+            f"process{running}",
+        )
+        return result, (run_key(oldest, now) if oldest is not None else ("refused", check))
 
-    def _settle(self, plan: _Plan, started: float) -> CheckResult:
-        if plan.result is not None:
-            return plan.result
-        check, run = plan.check, plan.run
-        assert run is not None
-        if plan.stuck:
-            stuck_for = time.monotonic() - run.started
-            restart = restart_delay(check, run.timeout, self.restart_after)
-            result = timed_out(
-                check,
-                plan.timeout,
-                0.0,
-                f"still running from an earlier heartbeat, stuck for {stuck_for:.1f}s "
-                f"(started again once stuck for {restart:g}s)",
-            )
-            return self.damper.apply(check, result, object())
-        if run.done.is_set() and not run.abandoned:
-            return self.damper.apply(check, run_result(run), run)
+    def _observe(self, check: Check, run: Run, overdue: bool, since: float) -> CheckResult:
+        """Return the raw result of ``run`` as seen now, at or after its deadline, by a caller
+        that asked at ``since`` (a run not finished took that caller the time it waited)."""
+        if run.done:
+            return run_result(run)
         why = ""
-        blocker = self.scheduler.blocker(run.loop)
-        if run.abandoned:
-            why = "its run was cancelled before it finished"
+        blocker = self.scheduler.blocker(run.host)
+        if overdue:
+            why = (
+                f"still running from an earlier heartbeat, stuck for {run.duration:.1f}s "
+                f"(started again once stuck for {self._restart_of(check, run.timeout):g}s)"
+            )
         elif blocker is not None:
             why = (
                 f"the event loop was blocked by check {blocker.check.name!r} "
                 f"for {time.monotonic() - (blocker.step_started or 0.0):.1f}s"
             )
-        result = timed_out(check, plan.timeout, time.monotonic() - started, why)
-        return self.damper.apply(check, result, object())
+        # How long this caller waited for it: nothing, for a run already past its deadline.
+        waited = 0.0 if overdue else min(run.duration, time.monotonic() - since)
+        return timed_out(check, run.timeout, waited, why)
+
+    def _settle(self, plan: _Plan, started: float) -> CheckResult:
+        check = plan.check
+        if plan.run is not None:
+            raw = self._observe(check, plan.run, plan.overdue, started)
+            key: Hashable | None = run_key(plan.run, time.monotonic())
+        else:
+            assert plan.result is not None
+            raw, key = plan.result, plan.key
+        if raw.name != check.name:
+            # Checks of one function under two names share its runs.
+            raw = dataclasses.replace(raw, name=check.name)
+        return raw if key is None else self.damper.apply(check, raw, key)
 
     def _report(self, plans: list[_Plan], started: float) -> Report:
         results = [self._settle(plan, started) for plan in plans]
@@ -259,27 +262,32 @@ class Engine:
         noncritical = self.noncritical.union(p.check.name for p in plans if not p.check.critical)
         return aggregate(results, self.silenced_ids, noncritical)
 
-    # -- background refresh on the bridge loop --------------------------------------------------
+    # -- background refresh, on the bridge loop ------------------------------------------------
 
-    def _start_on_bridge(self, check: Check) -> tuple[Run, bool]:
-        return self._start(check, self.bridge, self.bridge.submit)
+    def _start_on_bridge(self, check: Check) -> Run | None:
+        timeout = self._timeout_of(check)
+        restart = self._restart_of(check, timeout)
+        return self.scheduler.start(check, timeout, restart, self.scheduler.bridge_host)
 
-    async def _finish_on_bridge(self, run: Run, stuck: bool) -> CheckResult:
-        plan = _Plan(run.check, run.timeout, run=run, stuck=stuck)
-        plan.deadline = run.started + run.timeout + (GRACE if run.check.is_async else 0.0)
-        if not stuck and not run.done.is_set():
-            await anyio.to_thread.run_sync(
-                functools.partial(wait_all, [(run, plan.deadline)]), abandon_on_cancel=True
-            )
-        result = self._settle(plan, run.started)
+    async def _settle_refresh(
+        self, check: Check, run: Run | None, started: float
+    ) -> tuple[CheckResult, Hashable]:
+        """Wait for a refresh's run (started at ``started``) and return its raw result and run
+        key; ``run`` is ``None`` when the check could not start."""
+        if run is None:
+            result, key = self._refused(check, self._timeout_of(check))
+        else:
+            await run.wait_async(run.deadline)
+            result = self._observe(check, run, started >= run.deadline, started)
+            key = run_key(run, time.monotonic())
         log_results([result])
-        return result
+        return result, key
 
     def stuck_runs(self) -> dict[str, int]:
         """Return check name → runs of it still in progress past the check's timeout.
 
-        For a sync check each holds a worker thread (at most two per check); for monitoring
-        (a gauge of threads held by stuck checks).
+        For a sync check each holds a worker thread (at most two per check function in the
+        process); for monitoring (a gauge of threads held by stuck checks).
         """
         return self.scheduler.stuck()
 
@@ -289,7 +297,7 @@ class Engine:
         """Forget cached reports, background results and damping streaks."""
         self.cache.clear()
         self.refresher.reset()
-        self.damper = Damper(self.fail_level)
+        self.damper.clear()
 
     def close(self) -> None:
         """Stop the engine's loop thread, unless it was given one to share (its owner stops
@@ -300,34 +308,6 @@ class Engine:
 
 def _once(checks: Iterable[Check]) -> tuple[Check, ...]:
     return tuple(dict.fromkeys(checks))
-
-
-def _abandoned(plan: _Plan) -> bool:
-    return plan.run is not None and plan.run.abandoned
-
-
-def _waits(plan: _Plan) -> bool:
-    return plan.run is not None and not plan.stuck and not plan.run.done.is_set()
-
-
-async def _wait_async(plans: list[_Plan], loop: object) -> None:
-    """Wait until each planned run is done or its deadline passed, without blocking ``loop``."""
-    on_loop = [p for p in plans if p.run is not None and p.run.loop_done is not None]
-    elsewhere = [(p.run, p.deadline) for p in plans if p.run is not None and p not in on_loop]
-    async with anyio.create_task_group() as task_group:
-        if elsewhere:
-            # Threads (and other loops) finish runs: wait for their events in a worker thread.
-            task_group.start_soon(
-                functools.partial(
-                    anyio.to_thread.run_sync,
-                    functools.partial(wait_all, elsewhere),
-                    abandon_on_cancel=True,
-                )
-            )
-        for plan in on_loop:
-            assert plan.run is not None and plan.run.loop_done is not None
-            with anyio.move_on_after(max(0.0, plan.deadline - time.monotonic())):
-                await plan.run.loop_done.wait()
 
 
 def _non_negative(value: object, name: str) -> float:

@@ -1,11 +1,15 @@
 """Background refresh: a check with an ``interval`` runs on its own schedule, and heartbeats serve
-its latest result at once. A policy around the scheduler, which runs every refresh."""
+its latest result at once. A policy around the scheduler, which runs every refresh.
+
+The refresher stores each run's raw result with the key of the run it is of; heartbeats apply
+flap damping to it like to any result, so a run is counted once however often it is served.
+"""
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 
 import anyio
@@ -21,17 +25,18 @@ from ._scheduler import Run
 
 @dataclass(frozen=True)
 class Latest:
-    """A background-refreshed check's latest result, the run that gave it and when it came."""
+    """A background-refreshed check's latest raw result, the key of the run that gave it (for
+    flap damping) and when it came."""
 
     result: CheckResult
-    run: object
+    key: Hashable
     stored_at: float
 
 
-#: Starts (or joins) a run of a check and returns it with whether it was already stuck.
-StartRun = Callable[[Check], "tuple[Run, bool]"]
-#: ``await finish(run, stuck)`` waits (on the loop thread) for a run and returns its result.
-FinishRun = Callable[[Run, bool], Awaitable[CheckResult]]
+#: Starts (or joins) a run of a check through the scheduler; ``None`` if it could not start.
+StartRun = Callable[[Check], "Run | None"]
+#: ``await settle(check, run, started)`` waits for a run and returns its raw result and key.
+SettleRun = Callable[[Check, "Run | None", float], Awaitable["tuple[CheckResult, Hashable]"]]
 
 
 class Refresher:
@@ -41,19 +46,14 @@ class Refresher:
     seconds (a check re-registered or removed), or when :meth:`reset` is called (after fork too).
 
     :param bridge: the loop thread the refresh tasks run on.
-    :param start: starts a run of a check (the scheduler's single path).
-    :param finish: ``await finish(run, stuck)`` waits for a run and returns its result.
+    :param start: starts a run of a check, through the scheduler.
+    :param settle: waits for a run and returns its raw result and run key.
     """
 
-    def __init__(
-        self,
-        bridge: LoopThread,
-        start: StartRun,
-        finish: FinishRun,
-    ) -> None:
+    def __init__(self, bridge: LoopThread, start: StartRun, settle: SettleRun) -> None:
         self.bridge = bridge
         self._start = start
-        self._finish = finish
+        self._settle = settle
         self.reset()
         after_fork_in_child(self, Refresher.reset)
 
@@ -63,20 +63,34 @@ class Refresher:
         self._generation = object()
         self._latest: dict[Check, Latest] = {}
         self._wanted: dict[Check, float] = {}
-        # Checks with a refresh task, and the run to wait for before there is a latest result.
-        self._tasks: dict[Check, tuple[Run, bool]] = {}
+        # Checks with a refresh task.
+        self._tasks: set[Check] = set()
+        # The run each refresh task waits for now.
+        self._pending: dict[Check, Run | None] = {}
 
-    def want(self, check: Check) -> Latest | tuple[Run, bool]:
-        """Return the latest result of ``check``, or, before there is one, the first run to
-        wait for. Starts the check's refresh task (with that run) when it has none."""
+    def latest(self, check: Check) -> Latest | None:
+        """Return the latest result of ``check``, or ``None`` before its first refresh ended.
+
+        Starts the check's refresh task when it has none.
+        """
         self._wanted[check] = time.monotonic()
-        with self._lock:
-            first = self._tasks.get(check)
-            if first is None:
-                first = self._tasks[check] = self._start(check)
-                self.bridge.submit(self._refresh, check, first, self._generation)
-        latest = self._latest.get(check)
-        return latest if latest is not None else first
+        if check not in self._tasks:
+            with self._lock:
+                if check not in self._tasks:
+                    self._tasks.add(check)
+                    try:
+                        self.bridge.submit(self._refresh, check, self._generation)
+                    except RuntimeError:
+                        # No loop thread (it could not start): heartbeats run the check
+                        # themselves meanwhile, and the next one tries again.
+                        self._tasks.discard(check)
+                        return None
+        return self._latest.get(check)
+
+    def pending(self, check: Check) -> Run | None:
+        """Return the run the check's refresh task started last, or ``None`` before it started
+        one (or when it could not start one)."""
+        return self._pending.get(check)
 
     def stale(self, check: Check, latest: Latest, timeout: float) -> CheckResult | None:
         """Return an ``E014`` result if ``latest`` is older than the check's ``max_age``."""
@@ -91,23 +105,23 @@ class Refresher:
         )
         return CheckResult(check.name, (message,), latest.result.duration)
 
-    async def _refresh(self, check: Check, first: tuple[Run, bool], generation: object) -> None:
+    async def _refresh(self, check: Check, generation: object) -> None:
         assert check.interval is not None
         unwanted_after = max(10 * check.interval, 60.0)
-        started = first
         try:
             while self._generation is generation:
-                run, stuck = started
-                result = await self._finish(run, stuck)
+                started = time.monotonic()
+                run = self._pending[check] = self._start(check)
+                result, key = await self._settle(check, run, started)
                 if self._generation is not generation:
                     return
-                self._latest[check] = Latest(result, run, time.monotonic())
+                self._latest[check] = Latest(result, key, time.monotonic())
                 await anyio.sleep(check.interval)
                 if time.monotonic() - self._wanted.get(check, 0.0) > unwanted_after:
                     self._latest.pop(check, None)
                     return
-                started = self._start(check)
         finally:
             # Also when the loop stops: the next heartbeat starts a new task.
             if self._generation is generation:
-                self._tasks.pop(check, None)
+                self._tasks.discard(check)
+                self._pending.pop(check, None)

@@ -17,7 +17,7 @@ from ..health import CheckMessage, Error
 from ..masking import mask_secrets, masked_repr, short_error
 from ._check import Check
 from ._report import CheckResult
-from ._scheduler import DeadlinePassedError, Run
+from ._scheduler import Run
 
 #: python-dockerflow's logger for check messages: one ``"<id>: <msg>"`` record per message.
 MESSAGES_LOGGER = "dockerflow.checks.registry"
@@ -35,15 +35,51 @@ def run_result(run: Run) -> CheckResult:
     return result
 
 
+def run_key(run: Run, now: float) -> tuple[Run, int]:
+    """Return what identifies ``run``'s result at ``now`` for flap damping.
+
+    A run that ended within its timeout is one failing run, however many heartbeats share it.
+    A run past its timeout counts as one more failing run for each further timeout it overruns
+    (it holds back the new runs that would have failed meanwhile), so that damping cannot hold a
+    hung dependency back for ever.
+    """
+    elapsed = run.duration if run.done else now - run.started
+    if run.done and elapsed <= run.timeout and not run.timed_out:
+        return (run, 0)
+    # The async grace is the engine's, not the check's: it does not make another failed run.
+    grace = run.deadline - run.started - run.timeout
+    return (run, max(1, int((elapsed - grace) // run.timeout)))
+
+
 def _outcome(run: Run) -> CheckResult:
     check = run.check
-    if run.cancelled or isinstance(run.error, DeadlinePassedError):
-        return timed_out(check, run.timeout, run.duration)
+    if run.abandoned:
+        message = Error(
+            f"Check was cancelled after {run.duration:.2f}s, before it finished: the event "
+            "loop it ran on stopped",
+            id=health.ERROR_CHECK_EXCEPTION,
+        )
+        return CheckResult(check.name, (message,), run.duration)
+    if run.start_error and run.error is not None:
+        message = Error(
+            f"Check could not be started: {short_error(run.error)}",
+            id=health.ERROR_CHECK_EXCEPTION,
+        )
+        return CheckResult(check.name, (message,), run.duration, run.error)
     if run.blocked_for > run.timeout:
         # An async check that blocked the loop past its timeout: its timeout could not fire.
         message = Error(
             f"Check timed out: it blocked the event loop for {run.blocked_for:.1f}s "
             f"(timeout {run.timeout:g}s)",
+            id=health.ERROR_CHECK_TIMEOUT,
+        )
+        return CheckResult(check.name, (message,), run.duration)
+    if run.timed_out:
+        return timed_out(check, run.timeout, run.duration)
+    if run.duration > run.timeout:
+        # It finished, but too late: every heartbeat that shared it answered without it.
+        message = Error(
+            f"Check timed out: it took {run.duration:.2f}s (timeout {run.timeout:g}s)",
             id=health.ERROR_CHECK_TIMEOUT,
         )
         return CheckResult(check.name, (message,), run.duration)

@@ -1,29 +1,42 @@
 """The one scheduler: every run of every check starts here, whoever asks for it.
 
-A :class:`Run` is one execution of one check. Sync checks run in daemon worker threads, async
-checks as tasks on an event loop (the engine's loop thread for sync callers, the caller's own loop
-for async callers). Each run gets a fresh context of its own: a new :mod:`contextvars` context and
-whatever the engine's ``context`` factory returns (the Flask layer passes ``app.app_context``),
-entered where the run executes and exited when the check returns, also when no heartbeat waits for
-it any more. Heartbeats asking for a check whose run is in progress share that run (single-flight);
-a run still going after its restart delay is left behind and a new one started beside it, never
-more than two per check.
+A :class:`Run` is one execution of one check, with one completion primitive: a
+:class:`concurrent.futures.Future` that the run completes when the check returns, whatever the
+check did. Threads wait on it; coroutines register a callback that wakes them on their own loop.
+
+Sync checks run in daemon worker threads; async checks run as tasks of a task group the scheduler
+owns on an event loop (the engine's loop thread for sync callers, a host on the caller's own loop
+for async callers), never in a caller's task group: a caller that leaves at its deadline, or is
+cancelled, leaves the run going, and a run ends only by finishing, by its own timeout or when its
+loop shuts down.
+
+Each run executes in a fresh context of its own: a new :mod:`contextvars` context and whatever the
+engine's ``context`` factory returns (the Flask layer passes ``app.app_context``), entered where
+the run executes and exited when the check returns. Heartbeats asking for a check whose run is in
+progress share that run (single-flight); a run still going after its restart delay is left behind
+and a new one started beside it. However many engines and APIs run one check function, at most
+:data:`MAX_RUNS_PER_CHECK` runs of it are in progress in the process.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import contextvars
 import logging
+import math
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
+import anyio.lowlevel
+from anyio.abc import TaskGroup
 
-from ._bridge import LoopThread
+from ._bridge import LoopThread, call_soon
 from ._check import Check
 from ._fork import after_fork_in_child
 from ._workers import WorkerPool
@@ -32,74 +45,159 @@ logger = logging.getLogger("dockerflow.engine")
 
 #: Makes the context each run of a check executes in (for Flask: ``app.app_context``).
 ContextFactory = Callable[[], AbstractContextManager[Any]]
-#: Starts a coroutine function as a task on some event loop, without waiting for it.
-Spawner = Callable[[Callable[[], Coroutine[Any, Any, None]]], object]
+#: A coroutine function a host starts as a task.
+TaskFunction = Callable[[], Coroutine[Any, Any, None]]
 
 #: Seconds a heartbeat waits for an async run past the run's timeout, for the run to report its
 #: own timeout (it is cancelled then); past it the heartbeat answers without the run.
 GRACE = 0.1
 #: An async check that runs this long without awaiting anything blocks the loop; it is logged.
 BLOCKING_STEP = 0.1
-#: Most runs of one check in progress at a time (threads, for a sync check).
+#: Most runs of one check function in progress at a time in the process (threads, for a sync
+#: check), whichever engines and APIs started them.
 MAX_RUNS_PER_CHECK = 2
+
+
+class Host(Protocol):
+    """Where async runs execute: a task group on one event loop, owned by the scheduler."""
+
+    def spawn(self, func: TaskFunction) -> None:
+        """Start ``func()`` as a task of the host, without waiting for it."""
 
 
 class Run:
     """One execution of one check, shared by every heartbeat that asks while it is in progress.
 
-    Its outcome is ``value`` or ``error``, or ``cancelled`` (an async run cancelled at its
-    timeout), unless it was ``abandoned``. ``done`` is set when the check has returned (a
-    :class:`threading.Event`, so any thread can wait on it); ``loop_done`` is the same for
-    waiters on the run's own loop.
+    ``future`` completes when the run has ended, whatever its outcome: ``value``, ``error``,
+    ``timed_out`` (its timeout fired), ``abandoned`` (its loop shut down under it) or
+    ``start_error`` (it could not be started). Everything else is set before it completes.
     """
 
     __slots__ = (
         "abandoned",
         "blocked_for",
-        "cancelled",
         "check",
-        "done",
         "error",
         "finished",
-        "loop",
-        "loop_done",
+        "future",
+        "host",
         "result",
+        "start_error",
         "started",
         "step_started",
+        "timed_out",
         "timeout",
         "value",
         "warned",
     )
 
-    def __init__(self, check: Check, timeout: float, loop: object | None) -> None:
+    def __init__(self, check: Check, timeout: float, host: Host | None) -> None:
         self.check = check
         self.timeout = timeout
-        #: The event loop an async run executes on (its native token), ``None`` for a thread.
-        self.loop = loop
+        #: The host an async run executes on; ``None`` for a sync run (a worker thread).
+        self.host = host
         self.started = time.monotonic()
         self.finished = 0.0
+        self.future: concurrent.futures.Future[None] = concurrent.futures.Future()
         self.value: Any = None
         self.error: BaseException | None = None
-        self.cancelled = False
-        #: The run was cancelled from outside before it finished (its caller went away, or the
-        #: loop stopped): it has no outcome.
+        self.timed_out = False
         self.abandoned = False
+        self.start_error = False
         #: Longest time the check ran without awaiting (async runs), in seconds.
         self.blocked_for = 0.0
         #: When the step of the coroutine running now began; ``None`` between steps.
         self.step_started: float | None = None
         #: Whether blocking the loop was logged for this run (once per run).
         self.warned = False
-        #: What the engine made of the outcome, kept so that it is made (and logged) once.
+        #: What the engine made of the outcome, kept so that it is made once per run.
         self.result: Any = None
-        self.done = threading.Event()
-        self.loop_done: anyio.Event | None = None
+
+    @property
+    def done(self) -> bool:
+        """Whether the run has ended."""
+        return self.future.done()
+
+    @property
+    def deadline(self) -> float:
+        """The ``time.monotonic()`` value by which every heartbeat sharing the run answers:
+        its start plus its timeout (plus :data:`GRACE` for an async run, to be cancelled in)."""
+        return self.started + self.timeout + (GRACE if self.check.is_async else 0.0)
 
     @property
     def duration(self) -> float:
         """Seconds from the start to the end of the run (to now while it is in progress)."""
-        end = self.finished if self.done.is_set() else time.monotonic()
+        end = self.finished if self.done else time.monotonic()
         return end - self.started
+
+    def wait(self, deadline: float) -> None:
+        """Block the calling thread until the run has ended or ``deadline`` has passed."""
+        with contextlib.suppress(concurrent.futures.TimeoutError):
+            self.future.exception(max(0.0, deadline - time.monotonic()))
+
+    async def wait_async(self, deadline: float) -> None:
+        """Wait until the run has ended or ``deadline`` has passed, holding no thread."""
+        if self.done:
+            return
+        token = anyio.lowlevel.current_token()
+        ended = anyio.Event()
+
+        def wake(_: object) -> None:
+            # Called in whichever thread completes the run: reach the waiter's loop safely.
+            with contextlib.suppress(RuntimeError):  # that loop closed: nobody waits any more
+                call_soon(token, ended.set)
+
+        self.future.add_done_callback(wake)
+        with anyio.move_on_after(max(0.0, deadline - time.monotonic())):
+            await ended.wait()
+
+
+class RunSlots:
+    """The runs in progress of each check function in this process, for the bound of
+    :data:`MAX_RUNS_PER_CHECK`.
+
+    The one piece of process-wide state of the engine: the bound is per process by definition
+    (every engine, extension and API shares the threads a stuck check holds). A forked child
+    starts with none: the parent's threads are not in it.
+    """
+
+    def __init__(self) -> None:
+        self._reset()
+        after_fork_in_child(self, RunSlots._reset)
+
+    def _reset(self) -> None:
+        self._lock = threading.Lock()
+        # id(function) -> its runs in progress; each run holds its function, so ids stay unique.
+        self._runs: dict[int, list[Run]] = {}
+
+    def take(self, run: Run) -> bool:
+        """Count ``run`` in if its function has a free slot; return whether it had one."""
+        with self._lock:
+            runs = self._runs.setdefault(id(run.check.func), [])
+            if len(runs) >= MAX_RUNS_PER_CHECK:
+                return False
+            runs.append(run)
+            return True
+
+    def give_back(self, run: Run) -> None:
+        """Count ``run`` out (it ended, or never started)."""
+        key = id(run.check.func)
+        with self._lock:
+            runs = self._runs.get(key, [])
+            if run in runs:
+                runs.remove(run)
+            if not runs:
+                self._runs.pop(key, None)
+
+    def oldest(self, func: object) -> Run | None:
+        """Return the longest-running run of ``func`` in progress, or ``None``."""
+        with self._lock:
+            runs = self._runs.get(id(func))
+            return runs[0] if runs else None
+
+
+#: The process's run slots (see :class:`RunSlots`).
+PROCESS_SLOTS = RunSlots()
 
 
 class Scheduler:
@@ -107,92 +205,136 @@ class Scheduler:
 
     :param bridge: the loop thread that runs async checks for sync callers.
     :param context: makes the context each run executes in, or ``None`` for none.
+    :param slots: the bound on runs per check function; defaults to the process's.
     """
 
-    def __init__(self, bridge: LoopThread, context: ContextFactory | None = None) -> None:
+    def __init__(
+        self,
+        bridge: LoopThread,
+        context: ContextFactory | None = None,
+        slots: RunSlots = PROCESS_SLOTS,
+    ) -> None:
         self.bridge = bridge
+        self.slots = slots
         self._context = context
+        #: The host of async runs for sync callers: the bridge's own task group.
+        self.bridge_host: Host = _BridgeHost(bridge)
         self._reset()
         # The child has none of the parent's threads: what ran there is not running here.
         after_fork_in_child(self, Scheduler._reset)
 
     def _reset(self) -> None:
         self._lock = threading.Lock()
-        # The newest run of each check in progress, per loop (``None``: worker threads).
-        self._running: dict[tuple[Check, object | None], Run] = {}
-        # Runs in progress per check, the ones left behind included.
-        self._live: dict[Check, int] = {}
-        # The async run executing a step on each loop right now (at most one per loop).
-        self._stepping: dict[object, Run] = {}
+        # The newest run in progress of each (function, timeout, host): what heartbeats share.
+        self._running: dict[tuple[int, float, Host | None], Run] = {}
+        # Every run of this scheduler in progress, the ones left behind included.
+        self._live: set[Run] = set()
+        # The async run executing a step on each host's loop right now (at most one per loop).
+        self._stepping: dict[Host, Run] = {}
+        # Hosts on async callers' loops, by native loop.
+        self._hosts: dict[object, _LoopHost] = {}
+        # Host tasks started on asyncio loops, held until done.
+        self._detached: set[asyncio.Task[None]] = set()
         self._pool = WorkerPool()
 
     # -- starting runs --------------------------------------------------------------------------
 
     def start(
-        self,
-        check: Check,
-        timeout: float,
-        restart_after: float,
-        *,
-        loop: object | None = None,
-        spawn: Spawner | None = None,
-    ) -> tuple[Run, bool]:
-        """Return the run of ``check`` a heartbeat should wait on, starting one if needed.
+        self, check: Check, timeout: float, restart_after: float, host: Host | None
+    ) -> Run | None:
+        """Return the run of ``check`` a heartbeat should report on, starting one if needed.
+
+        A run of the same function and timeout in progress is shared. A new run starts beside
+        one that has been in progress for ``restart_after`` seconds, if the function has a free
+        slot in the process.
 
         :param timeout: the check's timeout.
-        :param restart_after: a run in progress for this long is left behind and a new one
-            started, when fewer than :data:`MAX_RUNS_PER_CHECK` are in progress.
-        :param loop: for an async check, the event loop it runs on (a native loop token).
-        :param spawn: for an async check, starts a task on that loop.
-        :returns: ``(run, stuck)``; ``stuck`` is true when the run was already in progress for
-            longer than ``timeout`` (an earlier heartbeat's), so there is nothing to wait for.
+        :param restart_after: seconds after which a run in progress is left behind.
+        :param host: for an async check, the host it runs on; ignored for a sync check.
+        :returns: the run, or ``None`` if no run is in progress here and the function has no
+            free slot (its runs elsewhere in the process are stuck).
         """
-        key = (check, loop if check.is_async else None)
-        now = time.monotonic()
+        where = host if check.is_async else None
+        key = (id(check.func), timeout, where)
         with self._lock:
-            run = self._running.get(key)
-            if run is not None:
-                age = now - run.started
-                if age < timeout:
-                    return run, False
-                if age < restart_after or self._live.get(check, 0) >= MAX_RUNS_PER_CHECK:
-                    return run, True
+            current = self._running.get(key)
+            if current is not None and time.monotonic() - current.started < restart_after:
+                return current
+            run = Run(check, timeout, where)
+            if not self.slots.take(run):
+                return current
+            if current is not None:
                 logger.warning(
                     "Dockerflow check %r has been running for %.1fs; starting it again beside "
                     "the stuck run",
                     check.name,
-                    age,
+                    current.duration,
                 )
-            run = self._running[key] = Run(check, timeout, key[1])
-            self._live[check] = self._live.get(check, 0) + 1
-        if check.is_async:
-            assert spawn is not None, "an async check needs a loop to run on"
-            spawn(lambda: self._execute_async(run))
-        else:
-            self._pool.submit(lambda: self._execute_sync(run))
-        return run, False
+            self._running[key] = run
+            self._live.add(run)
+        try:
+            if where is not None:
+                where.spawn(lambda: self._execute_async(run))
+            else:
+                self._pool.submit(lambda: self._execute_sync(run))
+        except BaseException as exc:
+            # No thread, or no loop to run on: that is this check's error, and the slot is free.
+            run.error = exc
+            run.start_error = True
+            self._finish(run)
+        return run
+
+    def oldest_elsewhere(self, check: Check) -> Run | None:
+        """Return the longest-running run of ``check``'s function in the process, or ``None``."""
+        return self.slots.oldest(check.func)
 
     def stuck(self) -> dict[str, int]:
-        """Return check name → runs still in progress past their timeout (each holds a thread,
-        for a sync check), for the checks that have any."""
+        """Return check name → runs of this scheduler still in progress past their timeout
+        (each holds a thread, for a sync check), for the checks that have any."""
         now = time.monotonic()
         with self._lock:
-            runs = list(self._running.values())
-            live = dict(self._live)
+            live = list(self._live)
         out: dict[str, int] = {}
-        for run in runs:
+        for run in live:
             if now - run.started >= run.timeout:
-                # The newest run is stuck, and so is any run left behind beside it.
-                out[run.check.name] = out.get(run.check.name, 0) + live.get(run.check, 1)
+                out[run.check.name] = out.get(run.check.name, 0) + 1
         return out
 
-    def blocker(self, loop: object | None) -> Run | None:
-        """Return the async run blocking ``loop`` now (a step longer than
+    async def host_here(self) -> Host:
+        """Return the host of async runs on the running event loop, starting it if needed.
+
+        The host is a task of its own on that loop, not the caller's: a caller's deadline or
+        cancellation does not reach the runs. It ends when the loop shuts down.
+        """
+        native = anyio.lowlevel.current_token().native_token
+        host = self._hosts.get(native)
+        if host is None or host.ended:
+            host = self._hosts[native] = _LoopHost()
+            self._start_detached(native, host.serve)
+        await host.ready.wait()
+        return host
+
+    def _start_detached(self, native_loop: object, func: TaskFunction) -> None:
+        """Start ``func()`` as a task of its own on the running loop, outside any caller's task
+        group, from an empty context (nothing of the caller's travels with it)."""
+        empty = contextvars.Context()
+        if isinstance(native_loop, asyncio.AbstractEventLoop):
+            task = empty.run(native_loop.create_task, func())
+            # The loop holds tasks weakly: keep this one until it is done.
+            self._detached.add(task)
+            task.add_done_callback(self._detached.discard)
+        else:  # anyio's other backend
+            import trio
+
+            empty.run(trio.lowlevel.spawn_system_task, func)
+
+    def blocker(self, host: Host | None) -> Run | None:
+        """Return the async run blocking ``host``'s loop now (a step longer than
         :data:`BLOCKING_STEP`), or ``None``. The first time a run is found blocking, a warning
         naming its check is logged: it may never end its step."""
-        if loop is None:
+        if host is None:
             return None
-        run = self._stepping.get(loop)
+        run = self._stepping.get(host)
         started = run.step_started if run is not None else None
         if run is None or started is None or time.monotonic() - started < BLOCKING_STEP:
             return None
@@ -216,6 +358,8 @@ class Scheduler:
         try:
             # A fresh context: nothing of the caller's, nor of an earlier run in this thread.
             run.value = contextvars.Context().run(self._call_sync, run)
+        except DeadlinePassedError:
+            run.timed_out = True
         except BaseException as exc:  # a check's SystemExit must not end the worker thread
             run.error = exc
         finally:
@@ -231,49 +375,50 @@ class Scheduler:
             return value
 
     async def _execute_async(self, run: Run) -> None:
-        """Run an async check as this task, under its timeout; never raises."""
-        if run.loop_done is None:
-            run.loop_done = anyio.Event()
+        """Run an async check as this task, under its timeout; raises only the host's own
+        cancellation (its loop is shutting down)."""
         try:
-            with anyio.move_on_after(max(0.0, run.started + run.timeout - time.monotonic())):
-                try:
-                    with self._enter():
-                        run.value = await _Stepped(run.check.func(), self, run)
-                except Exception as exc:
-                    run.error = exc
-                return
-            run.cancelled = True
-        except anyio.get_cancelled_exc_class():
-            run.abandoned = True
-            raise
+            with anyio.move_on_after(max(0.0, run.started + run.timeout - time.monotonic())) as s:
+                with self._enter():
+                    run.value = await _Stepped(run.check.func(), self, run)
+            run.timed_out = s.cancel_called
+        except anyio.get_cancelled_exc_class() as exc:
+            if _cancelled_from_outside():
+                # The host is cancelled: the loop shuts down under the run.
+                run.abandoned = True
+                raise
+            # A cancellation the check raised itself (a driver's, say) is its own failure.
+            run.timed_out = s.cancel_called
+            run.error = exc
+        except BaseException as exc:
+            run.timed_out = s.cancel_called
+            run.error = exc
         finally:
             self._finish(run)
-            run.loop_done.set()
 
     def _finish(self, run: Run) -> None:
         run.finished = time.monotonic()
-        key = (run.check, run.loop)
+        key = (id(run.check.func), run.timeout, run.host)
         with self._lock:
             # Only this run's own entry: a newer run of the check may own it by now.
             if self._running.get(key) is run:
                 del self._running[key]
-            left = self._live.get(run.check, 1) - 1
-            if left > 0:
-                self._live[run.check] = left
-            else:
-                self._live.pop(run.check, None)
-        run.done.set()
+            self._live.discard(run)
+        self.slots.give_back(run)
+        run.future.set_result(None)
 
     def _step_started(self, run: Run) -> None:
         # Called on the run's loop thread only: one step runs at a time per loop.
         run.step_started = time.monotonic()
-        self._stepping[run.loop] = run
+        assert run.host is not None
+        self._stepping[run.host] = run
 
     def _step_ended(self, run: Run) -> None:
         started = run.step_started
         run.step_started = None
-        if self._stepping.get(run.loop) is run:
-            del self._stepping[run.loop]
+        assert run.host is not None
+        if self._stepping.get(run.host) is run:
+            del self._stepping[run.host]
         if started is None:
             return
         blocked = time.monotonic() - started
@@ -287,6 +432,43 @@ class Scheduler:
                     blocked,
                 )
             run.blocked_for = blocked
+
+
+class _BridgeHost:
+    """The loop thread's own task group, as the host of sync callers' async runs."""
+
+    __slots__ = ("_bridge",)
+
+    def __init__(self, bridge: LoopThread) -> None:
+        self._bridge = bridge
+
+    def spawn(self, func: TaskFunction) -> None:
+        self._bridge.submit(func)
+
+
+class _LoopHost:
+    """A task group of the scheduler's on an async caller's loop, hosting the runs started
+    there. Used from that loop's thread only."""
+
+    def __init__(self) -> None:
+        self.ready = anyio.Event()
+        self.ended = False
+        self._group: TaskGroup | None = None
+
+    def spawn(self, func: TaskFunction) -> None:
+        if self._group is None or self.ended:
+            raise RuntimeError("the event loop this check would run on is shutting down")
+        self._group.start_soon(func)
+
+    async def serve(self) -> None:
+        try:
+            async with anyio.create_task_group() as group:
+                self._group = group
+                self.ready.set()
+                await anyio.sleep_forever()
+        finally:
+            self.ended = True
+            self.ready.set()
 
 
 class _Stepped:
@@ -328,6 +510,20 @@ class _Stepped:
                 thrown = exc
 
 
+def _cancelled_from_outside() -> bool:
+    """Whether the running task is being cancelled by a scope around it or by its loop (not
+    merely handed a cancellation exception that a check raised itself)."""
+    if anyio.current_effective_deadline() == -math.inf:
+        return True
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # not an asyncio loop
+        return False
+    # Python 3.11 on: cancellation requests made with task.cancel() (asyncio.run's shutdown).
+    cancelling = getattr(task, "cancelling", None)
+    return bool(cancelling is not None and cancelling())
+
+
 class DeadlinePassedError(Exception):
     """The awaitable a sync check returned did not finish within the check's timeout."""
 
@@ -336,9 +532,3 @@ async def _await_within(awaitable: Awaitable[Any], deadline: float) -> Any:
     with anyio.move_on_after(max(0.0, deadline - time.monotonic())):
         return await awaitable
     raise DeadlinePassedError
-
-
-def wait_all(waits: list[tuple[Run, float]]) -> None:
-    """Block until each run is done or its deadline (a ``time.monotonic()`` value) passed."""
-    for run, deadline in waits:
-        run.done.wait(max(0.0, deadline - time.monotonic()))

@@ -25,13 +25,18 @@ class WorkerPool:
         self._threads = 0
 
     def submit(self, func: Callable[[], None]) -> None:
-        """Run ``func()`` in a worker thread soon; ``func`` must not raise."""
+        """Run ``func()`` in a worker thread soon; ``func`` must not raise.
+
+        :raises RuntimeError: if a new thread was needed and could not be started (``can't
+            start new thread``); ``func`` is then not run, and the pool is as it was.
+        """
         with self._lock:
             if self._idle > 0:
                 self._idle -= 1
             else:
+                thread = threading.Thread(target=self._work, name=self._name, daemon=True)
+                thread.start()
                 self._threads += 1
-                threading.Thread(target=self._work, name=self._name, daemon=True).start()
         self._queue.put(func)
 
     @property

@@ -339,19 +339,36 @@ class Dockerflow:
         """
         return self._bridge.call(func, *args)
 
-    def close(self) -> None:
+    def close(self, timeout: float = 5.0) -> None:
         """Close the connections the built-in checks opened and stop the loop thread.
 
         Call it when the app shuts down (tests, or a worker exit hook). The extension stays
         usable: the next heartbeat starts the loop again and reconnects.
+
+        :param timeout: seconds it may take at most. A check that blocks the loop (or a
+            connection that does not close) is left behind when they are up, with a warning:
+            a worker's exit hook must not hang on it.
         """
+        deadline = time.monotonic() + timeout
         checks = [*self.registry, *owned_checks(self)]
         if checks:
             from ..integrations import release
 
             for check in checks:
-                self._bridge.call(release, check.func)
-        self._bridge.stop()
+                left = deadline - time.monotonic()
+                try:
+                    if left <= 0:
+                        raise TimeoutError
+                    self._bridge.call(release, check.func, timeout=left)
+                except TimeoutError:
+                    self.logger.warning(
+                        "Dockerflow.close(): connections of check %r not closed within %gs; "
+                        "left behind",
+                        check.name,
+                        timeout,
+                    )
+                    break
+        self._bridge.stop(timeout=max(0.0, deadline - time.monotonic()))
 
     # -- running --------------------------------------------------------------------------------
 
