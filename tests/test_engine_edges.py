@@ -447,3 +447,42 @@ def test_a_run_cancelled_when_its_loop_stops_says_so() -> None:
     message = text(reports[0], "waits")
     assert "cancelled" in message and "timed out" not in message
     engine.close()
+
+
+def test_the_engine_keeps_no_event_loop_of_an_async_caller_alive(engine: Engine) -> None:
+    import gc
+    import weakref
+
+    loops: list[weakref.ref[asyncio.AbstractEventLoop]] = []
+
+    async def heartbeat() -> Report:
+        loops.append(weakref.ref(asyncio.get_running_loop()))
+        return await engine.run([Check("fine", healthy_after_a_moment)])
+
+    for _ in range(3):
+        assert asyncio.run(heartbeat()).status == "ok"
+    gc.collect()
+    assert [ref() for ref in loops] == [None, None, None]
+
+
+def test_an_async_caller_on_trio_leaves_at_its_deadline(engine: Engine) -> None:
+    import trio
+
+    async def slow_clean_up() -> None:
+        try:
+            await anyio.sleep(30)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.sleep(1.5)
+
+    async def heartbeat() -> tuple[Report, float]:
+        started = time.monotonic()
+        report = await engine.run(
+            [Check("slow", slow_clean_up, timeout=0.3), Check("fine", healthy_after_a_moment)]
+        )
+        return report, time.monotonic() - started
+
+    report, elapsed = trio.run(heartbeat)
+    assert ids(report, "slow") == [E011]
+    assert report.checks["fine"] == "ok"
+    assert elapsed < 1.0

@@ -309,10 +309,15 @@ class Scheduler:
         native = anyio.lowlevel.current_token().native_token
         host = self._hosts.get(native)
         if host is None or host.ended:
-            host = self._hosts[native] = _LoopHost()
+            host = self._hosts[native] = _LoopHost(lambda ended: self._forget_host(native, ended))
             self._start_detached(native, host.serve)
         await host.ready.wait()
         return host
+
+    def _forget_host(self, native_loop: object, host: _LoopHost) -> None:
+        # The loop is shutting down: let it (and its host) go.
+        if self._hosts.get(native_loop) is host:
+            del self._hosts[native_loop]
 
     def _start_detached(self, native_loop: object, func: TaskFunction) -> None:
         """Start ``func()`` as a task of its own on the running loop, outside any caller's task
@@ -450,10 +455,11 @@ class _LoopHost:
     """A task group of the scheduler's on an async caller's loop, hosting the runs started
     there. Used from that loop's thread only."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_end: Callable[[_LoopHost], object]) -> None:
         self.ready = anyio.Event()
         self.ended = False
         self._group: TaskGroup | None = None
+        self._on_end = on_end
 
     def spawn(self, func: TaskFunction) -> None:
         if self._group is None or self.ended:
@@ -469,6 +475,7 @@ class _LoopHost:
         finally:
             self.ended = True
             self.ready.set()
+            self._on_end(self)
 
 
 class _Stepped:
