@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 PORT ?= 8000
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint typecheck pytest demo demo-static bench clean compat test-min test-pythons settings-table
+.PHONY: test lint typecheck pytest demo demo-static bench clean compat test-min test-pythons settings-table dist
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,8 +17,8 @@ $(STAMP): $(BIN)/python pyproject.toml
 install: $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check dockerflow tests benchmarks examples docs
-	$(BIN)/ruff format --check dockerflow tests benchmarks examples docs
+	$(BIN)/ruff check dockerflow tests benchmarks examples docs .ci
+	$(BIN)/ruff format --check dockerflow tests benchmarks examples docs .ci
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -112,8 +112,30 @@ test-py%: .venv-py%/.installed
 
 test-pythons: $(foreach v,$(PYTHONS),test-py$(v))
 
+# The distribution a user installs from an index: an sdist, and a wheel built from that sdist
+# (python -m build's default), in dist/. twine check --strict checks them as PyPI would;
+# .ci/check_dist.py checks their version against dockerflow.__version__, the sdist's files
+# against the source files git tracks (tests/ and docs/ included, nothing generated or ignored),
+# the wheel's (py.typed, LICENSE) and the classifiers against the trove list. Then the wheel is
+# installed with the flask extra into a throwaway venv outside the checkout, so that only the
+# installed copy is importable, and .ci/dist_smoke.py runs there. The egg-info left in the
+# checkout by an earlier build is removed first: setuptools would add the files it lists.
+DIST_DIR := dist
+
+dist: $(STAMP)
+	rm -rf $(DIST_DIR) dockerflow_async.egg-info
+	$(BIN)/python -m build --quiet --outdir $(DIST_DIR) .
+	$(BIN)/twine check --strict $(DIST_DIR)/*
+	$(BIN)/python .ci/check_dist.py $(DIST_DIR)
+	version=$$($(BIN)/python -c 'import dockerflow; print(dockerflow.__version__)') && \
+	smoke=$$(mktemp -d) && trap 'rm -rf "$$smoke"' EXIT && \
+	$(PYTHON) -m venv "$$smoke/venv" && \
+	"$$smoke/venv/bin/python" -m pip install --quiet \
+		"$(abspath $(DIST_DIR))/dockerflow_async-$$version-py3-none-any.whl[flask]" && \
+	cd "$$smoke" && "$$smoke/venv/bin/python" -I -W error $(abspath .ci/dist_smoke.py) "$$version"
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/engine_bench.py
 
 clean:
-	rm -rf $(VENV) $(MIN_VENV) .venv-py* .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(MIN_VENV) .venv-py* .mypy_cache .ruff_cache .pytest_cache $(DIST_DIR)
