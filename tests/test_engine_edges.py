@@ -486,3 +486,42 @@ def test_an_async_caller_on_trio_leaves_at_its_deadline(engine: Engine) -> None:
     assert ids(report, "slow") == [E011]
     assert report.checks["fine"] == "ok"
     assert elapsed < 1.0
+
+
+# --- policies together -------------------------------------------------------------------------
+
+
+def test_a_held_back_failure_is_cached_like_a_failure_not_like_a_pass() -> None:
+    # A passing report may be served for a long TTL; one with a failure held back by damping
+    # must not be, or the next failing runs (which would report it) never happen meanwhile.
+    engine = Engine(cache_ttl=30, cache_failed_ttl=0)
+    runs: list[int] = []
+
+    def down() -> list[Error]:
+        runs.append(1)
+        return [Error("down", id="x.E1")]
+
+    check = Check("down", down, failure_threshold=2)
+    try:
+        assert engine.run_sync([check]).checks["down"] == "info"
+        assert engine.run_sync([check]).checks["down"] == "error"
+        assert len(runs) == 2
+    finally:
+        engine.close()
+
+
+def test_a_failing_noncritical_check_is_cached_like_a_failure() -> None:
+    engine = Engine(cache_ttl=30, cache_failed_ttl=0)
+    state = {"up": False}
+
+    def flaky() -> list[Error]:
+        return [] if state["up"] else [Error("down", id="x.E1")]
+
+    check = Check("flaky", flaky, critical=False)
+    try:
+        assert engine.run_sync([check]).results["flaky"].raw_level == 40
+        state["up"] = True
+        # Recovery shows at the next heartbeat, not 30 s later.
+        assert engine.run_sync([check]).results["flaky"].raw_level == 0
+    finally:
+        engine.close()

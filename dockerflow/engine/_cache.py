@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Hashable
 
+from .. import health
 from ._fork import after_fork_in_child
 from ._report import Report
 
@@ -14,7 +15,8 @@ MAX_ENTRIES = 64
 
 
 class ReportCache:
-    """Keeps each report for ``ttl`` seconds (``failed_ttl`` when it is failing).
+    """Keeps each report for ``ttl`` seconds (``failed_ttl`` when a check in it is failing:
+    a non-critical check, or a failure held back by flap damping, counts).
 
     :param ttl: seconds a passing report is served again; 0 keeps none.
     :param failed_ttl: seconds a failing report is served again; 0 keeps none.
@@ -43,13 +45,20 @@ class ReportCache:
 
     def put(self, key: Hashable, report: Report) -> None:
         """Keep ``report`` for ``key`` for the TTL its level calls for."""
-        ttl = self.failed_ttl if report.is_failure(self.fail_level) else self.ttl
+        ttl = self.failed_ttl if self._failing(report) else self.ttl
         if ttl <= 0:
             return
         with self._lock:
             if len(self._reports) >= MAX_ENTRIES:
                 self._reports.clear()
             self._reports[key] = (report, time.monotonic() + ttl)
+
+    def _failing(self, report: Report) -> bool:
+        # Failing checks that do not fail the heartbeat count too: a non-critical one, and a
+        # failure held back by flap damping (its next runs are what report it).
+        return bool(report.failing(self.fail_level)) or any(
+            health.INFO_FAILURE_DAMPED in detail.messages for detail in report.results.values()
+        )
 
     def clear(self) -> None:
         """Forget every report."""

@@ -204,7 +204,8 @@ SETTINGS: tuple[Setting, ...] = (
         0.0,
         _parse_ttl,
         "float in [0, 86400]",
-        "Seconds a failing heartbeat report is served again without running checks (0: off).",
+        "Seconds a heartbeat report with a failing check (a non-critical one, or one held back by "
+        "flap damping, included) is served again without running checks (0: off).",
         "1",
     ),
     Setting(
