@@ -77,6 +77,7 @@ class Run:
         "abandoned",
         "blocked_for",
         "check",
+        "ended",
         "error",
         "finished",
         "future",
@@ -99,6 +100,9 @@ class Run:
         self.started = time.monotonic()
         self.finished = 0.0
         self.future: concurrent.futures.Future[None] = concurrent.futures.Future()
+        #: Set just before ``future`` completes: a plain read, for the many "is it done yet?"
+        #: questions of a heartbeat (the future's own answer takes its lock).
+        self.ended = False
         self.value: Any = None
         self.error: BaseException | None = None
         self.timed_out = False
@@ -116,7 +120,7 @@ class Run:
     @property
     def done(self) -> bool:
         """Whether the run has ended."""
-        return self.future.done()
+        return self.ended
 
     @property
     def deadline(self) -> float:
@@ -132,6 +136,8 @@ class Run:
 
     def wait(self, deadline: float) -> None:
         """Block the calling thread until the run has ended or ``deadline`` has passed."""
+        if self.ended:
+            return
         with contextlib.suppress(concurrent.futures.TimeoutError):
             self.future.exception(max(0.0, deadline - time.monotonic()))
 
@@ -410,6 +416,7 @@ class Scheduler:
                 del self._running[key]
             self._live.discard(run)
         self.slots.give_back(run)
+        run.ended = True
         run.future.set_result(None)
 
     def _step_started(self, run: Run) -> None:
