@@ -17,6 +17,7 @@ from typing import Any, TypeVar, overload
 import flask
 from flask import Flask
 
+from .._errors import AlreadyInitializedError, NotInitializedError
 from ..checks.registry import checks_for, owned_checks, register_owned
 from ..engine import (
     Check,
@@ -34,7 +35,6 @@ from ..logging import request_id_context, sanitize_request_id
 from ..metrics import HeartbeatMetrics
 from ..version import get_version
 from ._config import Settings, load_settings
-from ._exceptions import AlreadyInitializedError, NotInitializedError
 from ._health_json import ReportTimes, health_json_response, wants_health_json
 from ._live import LiveSettings
 from .signals import (
