@@ -102,6 +102,26 @@ def cycles(graph: Mapping[str, set[str]]) -> list[list[str]]:
     return found
 
 
+def test_the_package_has_no_import_circle() -> None:
+    graph = import_graph(PACKAGE_DIR)
+    assert {"dockerflow.flask._cli", "dockerflow.flask._extension"} <= set(graph)
+    assert cycles(graph) == []
+
+
+def test_a_circle_through_a_lazy_or_type_checking_import_is_found(tmp_path: Path) -> None:
+    # The detector itself must be able to fail: the circle the CLI and the extension had.
+    package = tmp_path / "pkg"
+    (package / "sub").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "sub" / "__init__.py").write_text("from . import ext\n")
+    (package / "sub" / "ext.py").write_text("def init():\n    from ._cli import group\n")
+    (package / "sub" / "_cli.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .ext import Ext\n"
+    )
+    (package / "plain.py").write_text("from .sub import ext\n")
+    assert cycles(import_graph(package)) == [["pkg.sub._cli", "pkg.sub.ext"]]
+
+
 def test_every_module_imports_first_and_alone() -> None:
     """Each module is imported first in a clean slate of the package: no import order matters."""
     names = sorted(module_files(PACKAGE_DIR))

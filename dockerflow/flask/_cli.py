@@ -6,18 +6,14 @@ import contextlib
 import json
 import os
 import sys
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Iterator
+from typing import Any, Protocol
 
 import click
 import flask
 from flask.cli import with_appcontext
 
-from ..engine import UnknownCheckError
-from ..version import VersionFileError
-
-if TYPE_CHECKING:
-    from ._extension import Dockerflow
+from .._errors import UnknownCheckError, VersionFileError
 
 #: Exit status of ``flask dockerflow heartbeat`` when the heartbeat passes.
 EXIT_PASSED = 0
@@ -38,6 +34,20 @@ status 2: write `flask dockerflow heartbeat || exit 1`.
 """
 
 
+class CliExtension(Protocol):
+    """What the commands use of the app's extension, found in ``app.extensions``.
+
+    The extension imports this module to register the commands; this module does not import
+    the extension.
+    """
+
+    def _cli_heartbeat(
+        self, *, exclude: Iterable[str], only: Iterable[str] | None, health_json: bool
+    ) -> tuple[dict[str, Any], bool]: ...
+
+    def _cli_version(self) -> tuple[str, dict[str, Any] | None]: ...
+
+
 class _AppError(click.ClickException):
     """An error in the app's set-up, reported with the usage status."""
 
@@ -49,11 +59,11 @@ def dockerflow_cli() -> None:
     """The ``flask dockerflow`` command group."""
 
 
-def _extension() -> Dockerflow:
-    ext = flask.current_app.extensions.get("dockerflow")
+def _extension() -> CliExtension:
+    ext: CliExtension | None = flask.current_app.extensions.get("dockerflow")
     if ext is None:
         raise _AppError("the Dockerflow extension is not initialised on this app")
-    return ext  # type: ignore[no-any-return]
+    return ext
 
 
 @contextlib.contextmanager
@@ -105,13 +115,16 @@ def heartbeat_command(only: tuple[str, ...], exclude: tuple[str, ...]) -> None:
         raise click.UsageError("--check names no check")
     with _stdout_to_stderr():
         try:
-            report = ext.run_checks(exclude=_names(exclude), only=selected)
+            body, failed = ext._cli_heartbeat(
+                exclude=_names(exclude),
+                only=selected,
+                health_json=False,
+            )
         except UnknownCheckError as exc:
             raise click.UsageError(f"unknown check: {exc}") from None
         except ValueError as exc:
             raise click.UsageError(str(exc)) from None
-        failed = report.level >= ext._state().settings.fail_level
-    click.echo(json.dumps(report.as_dict(), sort_keys=True))
+    click.echo(json.dumps(body, sort_keys=True))
     sys.exit(EXIT_FAILED if failed else EXIT_PASSED)
 
 
@@ -119,10 +132,8 @@ def heartbeat_command(only: tuple[str, ...], exclude: tuple[str, ...]) -> None:
 @with_appcontext
 def version_command() -> None:
     """Print the version object from version.json; exit 1 if it is missing or malformed."""
-    ext = _extension()
-    directory = ext.version_path or ext._state().version_path
     try:
-        version = ext._version_callback(directory)
+        directory, version = _extension()._cli_version()
     except VersionFileError as exc:
         raise click.ClickException(str(exc)) from None
     if version is None:
