@@ -23,14 +23,19 @@ EXIT_FAILED = 1
 #: cannot be loaded or has no Dockerflow extension: click's and Flask's own usage status.
 EXIT_USAGE = 2
 
+#: The bodies ``flask dockerflow heartbeat --format`` prints: the Dockerflow report, or
+#: ``application/health+json`` as ``/__heartbeat__`` serves it to a client that asks for it.
+FORMATS = ("json", "health+json")
+
 _HEARTBEAT_HELP = f"""Run the checks and print the report as one JSON document on stdout.
 
-Log records written while the checks run go to stderr, so the output can be piped (for
-example into jq). Exit status: {EXIT_PASSED} if the heartbeat passes, {EXIT_FAILED} if it fails,
-{EXIT_USAGE} for a usage error (an unknown check name, a selection that leaves no check, no app
-found, an app without the Dockerflow extension). An exception raised while creating the app
-ends with Flask's traceback and status 1. Usable as a Docker HEALTHCHECK, which reserves
-status 2: write `flask dockerflow heartbeat || exit 1`.
+The report is the body of /__heartbeat__ with its details, in the Dockerflow format or, with
+--format health+json, as application/health+json. Log records written while the checks run go
+to stderr, so the output can be piped (for example into jq). Exit status: {EXIT_PASSED} if the
+heartbeat passes, {EXIT_FAILED} if it fails, {EXIT_USAGE} for a usage error (an unknown check
+name, a selection that leaves no check, no app found, an app without the Dockerflow extension).
+An exception raised while creating the app ends with Flask's traceback and status 1. Usable as a
+Docker HEALTHCHECK, which reserves status 2: write `flask dockerflow heartbeat || exit 1`.
 """
 
 
@@ -106,8 +111,16 @@ def _stdout_to_stderr() -> Iterator[None]:
     metavar="NAME[,NAME...]",
     help="Leave these checks out (repeatable), like ?exclude= on /__heartbeat__.",
 )
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(FORMATS),
+    default=FORMATS[0],
+    show_default=True,
+    help="The body to print: the Dockerflow report, or application/health+json.",
+)
 @with_appcontext
-def heartbeat_command(only: tuple[str, ...], exclude: tuple[str, ...]) -> None:
+def heartbeat_command(only: tuple[str, ...], exclude: tuple[str, ...], output_format: str) -> None:
     """Run the checks and print the report as JSON; the exit status tells pass or fail."""
     ext = _extension()
     selected = _names(only) if only else None
@@ -118,7 +131,7 @@ def heartbeat_command(only: tuple[str, ...], exclude: tuple[str, ...]) -> None:
             body, failed = ext._cli_heartbeat(
                 exclude=_names(exclude),
                 only=selected,
-                health_json=False,
+                health_json=output_format == "health+json",
             )
         except UnknownCheckError as exc:
             raise click.UsageError(f"unknown check: {exc}") from None
