@@ -546,7 +546,11 @@ class Dockerflow:
         return version if isinstance(version, dict) else None
 
     def _lbheartbeat_view(self) -> flask.Response:
-        return _json_response({}, 200)
+        # An empty body, as python-dockerflow's view returns "": Flask's default text/html
+        # response. Services' own tests assert `not response.data`.
+        response: flask.Response = flask.current_app.response_class(b"", 200)
+        response.headers["Cache-Control"] = "no-store"
+        return response
 
     def _version_view(self) -> flask.Response:
         state = self._state()
