@@ -35,7 +35,7 @@ from ..logging import request_id_context, sanitize_request_id
 from ..metrics import HeartbeatMetrics
 from ..version import get_version
 from ._cli import CliExtension, dockerflow_cli
-from ._config import Settings, load_settings
+from ._config import SUMMARY_DEBUG, Settings, load_settings
 from ._health_json import ReportTimes, health_json_response, wants_health_json
 from ._live import LiveSettings
 from .signals import (
@@ -614,14 +614,20 @@ class Dockerflow:
             if "request_id" not in g.__dict__:
                 g.request_id = rid
         response.headers[state.live.get("request_id_header")] = rid
+        level = logging.INFO
+        if response.status_code < 400:
+            # Probes that pass may be quieter; an error status (a failing heartbeat) is not.
+            mode = state.live.get("summary_log_dockerflow_endpoints")
+            if mode is not True and _is_own_endpoint():
+                level = logging.DEBUG if mode == SUMMARY_DEBUG else 0
         if (
-            self.summary_logger.isEnabledFor(logging.INFO)
+            level
+            and self.summary_logger.isEnabledFor(level)
             and "_dockerflow_failed" not in g.__dict__
-            and (state.live.get("summary_log_dockerflow_endpoints") or not _is_own_endpoint())
         ):
             extra = self.summary_extra()
             extra["code"] = response.status_code
-            _log_fast(self.summary_logger, logging.INFO, "", extra)
+            _log_fast(self.summary_logger, level, "", extra)
         _forget_request_id(g)
         return response
 
