@@ -17,9 +17,9 @@ import weakref
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from .engine import ConfigurationError, Report, after_fork_in_child
+from ._errors import ConfigurationError, MissingDependencyError
+from .engine import Report, after_fork_in_child
 from .health import ERROR_CHECK_TIMEOUT, STATUSES
-from .integrations import MissingDependencyError
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry

@@ -7,16 +7,12 @@ import os
 import stat
 from typing import Any
 
-from .engine import DockerflowError
+from ._errors import VersionFileError
 
 #: Largest ``version.json`` that is read; a real one is a few hundred bytes.
 MAX_VERSION_FILE_SIZE = 1024 * 1024
 
 __all__ = ["MAX_VERSION_FILE_SIZE", "VersionFileError", "get_version"]
-
-
-class VersionFileError(DockerflowError, ValueError):
-    """``version.json`` exists but is not a regular file, is too large, or is not a JSON object."""
 
 
 def get_version(root: str | os.PathLike[str]) -> dict[str, Any] | None:

@@ -144,10 +144,15 @@ def get_raw(url: str, *, timeout: float = 5.0) -> tuple[int, dict[str, str], byt
 def get(
     url: str, *, timeout: float = 5.0, headers: dict[str, str] | None = None
 ) -> tuple[int, dict[str, str], Any]:
+    """GET ``url``; return the status, the headers and the JSON body (``None`` if empty)."""
     request = urllib.request.Request(url, headers=headers or {})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, dict(response.headers), json.loads(response.read())
+            return response.status, dict(response.headers), _json_or_none(response.read())
     except urllib.error.HTTPError as exc:
         with exc:
-            return exc.code, dict(exc.headers), json.loads(exc.read())
+            return exc.code, dict(exc.headers), _json_or_none(exc.read())
+
+
+def _json_or_none(raw: bytes) -> Any:
+    return json.loads(raw) if raw else None

@@ -62,11 +62,10 @@ def demo(demos: dict[str, Demo]) -> Demo:
     return demos["default"]
 
 
-def test_lbheartbeat_answers_an_empty_object(demo: Demo) -> None:
-    status, headers, body = get(demo.url + "/__lbheartbeat__")
-    assert status == 200
-    assert headers["Content-Type"] == "application/json"
-    assert body == {}
+def test_lbheartbeat_answers_an_empty_body(demo: Demo) -> None:
+    status, headers, body = get_raw(demo.url + "/__lbheartbeat__")
+    assert (status, body) == (200, b"")
+    assert headers["Content-Type"] == "text/html; charset=utf-8"
 
 
 def test_version_serves_the_shipped_version_json(demo: Demo) -> None:

@@ -96,6 +96,33 @@ def test_exceptions_have_public_module() -> None:
     assert NotInitializedError.__module__ == "dockerflow.flask"
 
 
+# -- /__lbheartbeat__ ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_lbheartbeat_is_an_empty_200_as_in_python_dockerflow(
+    app: Flask, dockerflow: Dockerflow, method: str
+) -> None:
+    """Services' own tests assert ``not r.data`` and ``r.text == ""``.
+
+    python-dockerflow 2026.3.4's view returns ``"", 200``: Flask makes it an HTML response with
+    an empty body. Ours adds only the request id and ``Cache-Control: no-store``.
+    """
+    response = app.test_client().open("/__lbheartbeat__", method=method)
+    assert response.status_code == 200
+    assert not response.data
+    assert response.get_data(as_text=True) == ""
+    assert response.headers["Content-Type"] == "text/html; charset=utf-8"
+    assert response.headers["Content-Length"] == "0"
+    assert set(response.headers.keys()) == {
+        "Content-Type",
+        "Content-Length",
+        "Cache-Control",
+        "X-Request-ID",
+    }
+    assert response.headers["Cache-Control"] == "no-store"
+
+
 # -- signals ------------------------------------------------------------------------------------
 
 

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
+import os
+import subprocess
+import sys
+import textwrap
 import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -387,3 +392,98 @@ def test_report_times_forget_the_oldest_beyond_their_bound() -> None:
     time.sleep(0.002)
     assert times.time_of(reports[-1], remember=True) == remembered
     assert times.time_of(reports[-1], remember=False) > remembered
+
+
+# -- flask dockerflow heartbeat --format health+json ---------------------------------------------
+
+
+def cli(app: Flask, *args: str) -> Any:
+    """Run ``flask dockerflow heartbeat ARGS`` through Flask's CliRunner, stdout apart."""
+    from click.testing import CliRunner
+
+    mixes = "mix_stderr" in inspect.signature(CliRunner.__init__).parameters
+    runner = app.test_cli_runner(mix_stderr=False) if mixes else app.test_cli_runner()
+    return runner.invoke(args=["dockerflow", "heartbeat", *args])
+
+
+def test_cli_prints_the_body_the_view_gives(app: Flask, tmp_path: Path) -> None:
+    # A cached report, so that both bodies have the same times and durations; details shown,
+    # as the command always shows them.
+    app.config["DOCKERFLOW_HEARTBEAT_CACHE_TTL"] = 60
+    app.config["DOCKERFLOW_HEARTBEAT_DETAILS"] = "always"
+    (tmp_path / "version.json").write_text(json.dumps({"version": "2.4.0", "commit": "3f1c9e0"}))
+    ext = Dockerflow(app)
+    ext.check(lambda: [], name="up")
+    ext.check(lambda: [Warning("queue is long", id="x.W1")], name="queue")
+    try:
+        view = health(get(app, HEALTH_JSON))
+        result = cli(app, "--format", "health+json")
+        assert result.exit_code == 0, result.output
+        printed = json.loads(result.stdout)
+        jsonschema.validate(printed, SCHEMA)
+        assert printed == view
+        assert (printed["status"], printed["version"]) == ("warn", "2.4.0")
+        assert entry(printed, "queue")["output"] == "x.W1: queue is long"
+    finally:
+        ext._bridge.stop()
+
+
+def test_cli_exit_status_is_the_same_for_both_formats(app: Flask, dockerflow: Dockerflow) -> None:
+    state = {"up": True}
+    dockerflow.check(lambda: [] if state["up"] else [Error("down", id="x.E1")], name="svc")
+    dockerflow.check(lambda: [], name="other")
+    passing = cli(app, "--format", "health+json")
+    assert passing.exit_code == 0, passing.output
+    assert json.loads(passing.stdout)["status"] == "pass"
+    state["up"] = False
+    failing = cli(app, "--format", "health+json")
+    assert failing.exit_code == 1
+    body = json.loads(failing.stdout)
+    jsonschema.validate(body, SCHEMA)
+    assert (body["status"], entry(body, "svc")["output"]) == ("fail", "x.E1: down")
+    subset = cli(app, "--format", "health+json", "--check", "other")
+    assert (subset.exit_code, list(json.loads(subset.stdout)["checks"])) == (
+        0,
+        ["other:responseTime"],
+    )
+    plain = cli(app, "--format", "json")
+    assert (plain.exit_code, json.loads(plain.stdout)["status"]) == (1, "error")
+    unknown = cli(app, "--format", "health+json", "--check", "nope")
+    assert (unknown.exit_code, unknown.stdout) == (2, "")
+    assert "unknown check: nope" in unknown.stderr
+    bad_format = cli(app, "--format", "yaml")
+    assert bad_format.exit_code == 2
+    assert "yaml" in bad_format.stderr and "health+json" in bad_format.stderr
+
+
+def test_cli_health_json_from_the_flask_command(tmp_path: Path) -> None:
+    (tmp_path / "probe_app.py").write_text(
+        textwrap.dedent(
+            """
+            from flask import Flask
+            from dockerflow.checks import Error
+            from dockerflow.flask import Dockerflow
+
+            def create_app():
+                app = Flask("probe")
+                dockerflow = Dockerflow(app)
+                dockerflow.check(lambda: [Error("it is down", id="probe.E1")], name="svc")
+                return app
+            """
+        )
+    )
+    # FLASK_APP rather than --app, which Flask 2.0 and 2.1 (make test-min) do not have.
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "FLASK_APP": "probe_app:create_app"}
+    result = subprocess.run(
+        [sys.executable, "-m", "flask", "dockerflow", "heartbeat", "--format", "health+json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1, result.stderr
+    body = json.loads(result.stdout)  # one JSON document and nothing else
+    jsonschema.validate(body, SCHEMA)
+    assert (body["status"], entry(body, "svc")["output"]) == ("fail", "probe.E1: it is down")

@@ -335,7 +335,7 @@ def test_probes_answer_in_time_while_dependencies_fail(tmp_path: Path) -> None:
         status, body, elapsed = _timed_get(
             demo.url + liveness["httpGet"]["path"], liveness["timeoutSeconds"]
         )
-        assert (status, body) == (200, {})
+        assert (status, body) == (200, None)  # None: the empty body
         waiting.join()
 
         # The full heartbeat fails (the slow check is critical), within the probe's timeout.

@@ -7,12 +7,12 @@
 
 from __future__ import annotations
 
+from .._errors import AlreadyInitializedError, NotInitializedError
 from ..engine import UnknownCheckError
 
 # app is python-dockerflow's module path; imported so that its has_flask_login is read.
 from . import app as app
 from . import checks, signals
-from ._exceptions import AlreadyInitializedError, NotInitializedError
 from ._extension import Dockerflow
 
 __all__ = [
@@ -23,7 +23,3 @@ __all__ = [
     "checks",
     "signals",
 ]
-
-# Public names show their public module in tracebacks and reprs, not the private one.
-AlreadyInitializedError.__module__ = __name__
-NotInitializedError.__module__ = __name__

@@ -6,18 +6,14 @@ import contextlib
 import json
 import os
 import sys
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Iterator
+from typing import Any, Protocol
 
 import click
 import flask
 from flask.cli import with_appcontext
 
-from ..engine import UnknownCheckError
-from ..version import VersionFileError
-
-if TYPE_CHECKING:
-    from ._extension import Dockerflow
+from .._errors import UnknownCheckError, VersionFileError
 
 #: Exit status of ``flask dockerflow heartbeat`` when the heartbeat passes.
 EXIT_PASSED = 0
@@ -27,15 +23,34 @@ EXIT_FAILED = 1
 #: cannot be loaded or has no Dockerflow extension: click's and Flask's own usage status.
 EXIT_USAGE = 2
 
+#: The bodies ``flask dockerflow heartbeat --format`` prints: the Dockerflow report, or
+#: ``application/health+json`` as ``/__heartbeat__`` serves it to a client that asks for it.
+FORMATS = ("json", "health+json")
+
 _HEARTBEAT_HELP = f"""Run the checks and print the report as one JSON document on stdout.
 
-Log records written while the checks run go to stderr, so the output can be piped (for
-example into jq). Exit status: {EXIT_PASSED} if the heartbeat passes, {EXIT_FAILED} if it fails,
-{EXIT_USAGE} for a usage error (an unknown check name, a selection that leaves no check, no app
-found, an app without the Dockerflow extension). An exception raised while creating the app
-ends with Flask's traceback and status 1. Usable as a Docker HEALTHCHECK, which reserves
-status 2: write `flask dockerflow heartbeat || exit 1`.
+The report is the body of /__heartbeat__ with its details, in the Dockerflow format or, with
+--format health+json, as application/health+json. Log records written while the checks run go
+to stderr, so the output can be piped (for example into jq). Exit status: {EXIT_PASSED} if the
+heartbeat passes, {EXIT_FAILED} if it fails, {EXIT_USAGE} for a usage error (an unknown check
+name, a selection that leaves no check, no app found, an app without the Dockerflow extension).
+An exception raised while creating the app ends with Flask's traceback and status 1. Usable as a
+Docker HEALTHCHECK, which reserves status 2: write `flask dockerflow heartbeat || exit 1`.
 """
+
+
+class CliExtension(Protocol):
+    """What the commands use of the app's extension, found in ``app.extensions``.
+
+    The extension imports this module to register the commands; this module does not import
+    the extension.
+    """
+
+    def _cli_heartbeat(
+        self, *, exclude: Iterable[str], only: Iterable[str] | None, health_json: bool
+    ) -> tuple[dict[str, Any], bool]: ...
+
+    def _cli_version(self) -> tuple[str, dict[str, Any] | None]: ...
 
 
 class _AppError(click.ClickException):
@@ -49,11 +64,11 @@ def dockerflow_cli() -> None:
     """The ``flask dockerflow`` command group."""
 
 
-def _extension() -> Dockerflow:
-    ext = flask.current_app.extensions.get("dockerflow")
+def _extension() -> CliExtension:
+    ext: CliExtension | None = flask.current_app.extensions.get("dockerflow")
     if ext is None:
         raise _AppError("the Dockerflow extension is not initialised on this app")
-    return ext  # type: ignore[no-any-return]
+    return ext
 
 
 @contextlib.contextmanager
@@ -96,8 +111,16 @@ def _stdout_to_stderr() -> Iterator[None]:
     metavar="NAME[,NAME...]",
     help="Leave these checks out (repeatable), like ?exclude= on /__heartbeat__.",
 )
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(FORMATS),
+    default=FORMATS[0],
+    show_default=True,
+    help="The body to print: the Dockerflow report, or application/health+json.",
+)
 @with_appcontext
-def heartbeat_command(only: tuple[str, ...], exclude: tuple[str, ...]) -> None:
+def heartbeat_command(only: tuple[str, ...], exclude: tuple[str, ...], output_format: str) -> None:
     """Run the checks and print the report as JSON; the exit status tells pass or fail."""
     ext = _extension()
     selected = _names(only) if only else None
@@ -105,13 +128,16 @@ def heartbeat_command(only: tuple[str, ...], exclude: tuple[str, ...]) -> None:
         raise click.UsageError("--check names no check")
     with _stdout_to_stderr():
         try:
-            report = ext.run_checks(exclude=_names(exclude), only=selected)
+            body, failed = ext._cli_heartbeat(
+                exclude=_names(exclude),
+                only=selected,
+                health_json=output_format == "health+json",
+            )
         except UnknownCheckError as exc:
             raise click.UsageError(f"unknown check: {exc}") from None
         except ValueError as exc:
             raise click.UsageError(str(exc)) from None
-        failed = report.level >= ext._state().settings.fail_level
-    click.echo(json.dumps(report.as_dict(), sort_keys=True))
+    click.echo(json.dumps(body, sort_keys=True))
     sys.exit(EXIT_FAILED if failed else EXIT_PASSED)
 
 
@@ -119,10 +145,8 @@ def heartbeat_command(only: tuple[str, ...], exclude: tuple[str, ...]) -> None:
 @with_appcontext
 def version_command() -> None:
     """Print the version object from version.json; exit 1 if it is missing or malformed."""
-    ext = _extension()
-    directory = ext.version_path or ext._state().version_path
     try:
-        version = ext._version_callback(directory)
+        directory, version = _extension()._cli_version()
     except VersionFileError as exc:
         raise click.ClickException(str(exc)) from None
     if version is None:

@@ -25,6 +25,8 @@ _CHECK_NAME = re.compile(r"[^,\s]+")
 PREFIX = "DOCKERFLOW_"
 _LEVELS = {text: level for level, text in STATUSES.items() if level > 0}
 DETAILS_MODES = ("always", "debug", "never")
+#: The value of DOCKERFLOW_SUMMARY_LOG_DOCKERFLOW_ENDPOINTS that logs those lines at DEBUG.
+SUMMARY_DEBUG = "debug"
 
 
 def _parse_bool(value: Any) -> bool:
@@ -35,6 +37,17 @@ def _parse_bool(value: Any) -> bool:
     if isinstance(value, int) and value in (0, 1):
         return bool(value)
     raise ValueError("expected a boolean (true/false, 1/0, yes/no, on/off)")
+
+
+def _parse_summary_mode(value: Any) -> bool | str:
+    if isinstance(value, str) and value.strip().lower() == SUMMARY_DEBUG:
+        return SUMMARY_DEBUG
+    try:
+        return _parse_bool(value)
+    except ValueError:
+        raise ValueError(
+            f"expected a boolean (true/false, 1/0, yes/no, on/off) or {SUMMARY_DEBUG}"
+        ) from None
 
 
 def _parse_seconds(value: Any, *, allow_zero: bool) -> float:
@@ -259,10 +272,13 @@ SETTINGS: tuple[Setting, ...] = (
         "DOCKERFLOW_SUMMARY_LOG_DOCKERFLOW_ENDPOINTS",
         "summary_log_dockerflow_endpoints",
         True,
-        _parse_bool,
-        "bool",
-        "Write request.summary records for /__version__, /__heartbeat__ and /__lbheartbeat__.",
-        "false",
+        _parse_summary_mode,
+        "bool or debug",
+        "How the Dockerflow endpoints (/__lbheartbeat__, /__heartbeat__, /__version__, ...) "
+        "write request.summary: true, at INFO like any request (as python-dockerflow); debug, "
+        "at DEBUG; false, not at all. An answer of 400 or more (a failing heartbeat) is always "
+        "written at INFO.",
+        "debug",
     ),
     Setting(
         "DOCKERFLOW_METRICS_ENDPOINT",
@@ -293,7 +309,8 @@ class Settings:
     error_endpoint: bool
     request_id_header: str
     summary_log_querystring: bool
-    summary_log_dockerflow_endpoints: bool
+    #: True, False or "debug" (:data:`SUMMARY_DEBUG`).
+    summary_log_dockerflow_endpoints: bool | str
     metrics_endpoint: bool
 
     @functools.cached_property

@@ -12,11 +12,12 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import flask
 from flask import Flask
 
+from .._errors import AlreadyInitializedError, NotInitializedError
 from ..checks.registry import checks_for, owned_checks, register_owned
 from ..engine import (
     Check,
@@ -33,8 +34,8 @@ from ..integrations import follow_timeout
 from ..logging import request_id_context, sanitize_request_id
 from ..metrics import HeartbeatMetrics
 from ..version import get_version
-from ._config import Settings, load_settings
-from ._exceptions import AlreadyInitializedError, NotInitializedError
+from ._cli import CliExtension, dockerflow_cli
+from ._config import SUMMARY_DEBUG, Settings, load_settings
 from ._health_json import ReportTimes, health_json_response, wants_health_json
 from ._live import LiveSettings
 from .signals import (
@@ -221,8 +222,6 @@ class Dockerflow:
         if self.metrics is not None:
             # A bound method is held weakly by the signal: the app's extension keeps it alive.
             heartbeat_checked.connect(self._record_metrics, app)
-        from ._cli import dockerflow_cli
-
         app.cli.add_command(dockerflow_cli)
         app.extensions["dockerflow"] = self
 
@@ -487,6 +486,28 @@ class Dockerflow:
                     signal.name,
                 )
 
+    # -- the flask dockerflow commands (see _cli.CliExtension) ----------------------------------
+
+    def _cli_heartbeat(
+        self, *, exclude: Iterable[str], only: Iterable[str] | None, health_json: bool
+    ) -> tuple[dict[str, Any], bool]:
+        """Run a heartbeat of the current app; return its body, details shown, and whether
+        it failed.
+        """
+        app = flask.current_app._get_current_object()  # type: ignore[attr-defined]
+        state = self._state(app)
+        report = self._run(app, state, exclude, only)
+        failed = report.level >= state.settings.fail_level
+        return self._body(state, report, health_json, True), failed
+
+    def _cli_version(self) -> tuple[str, dict[str, Any] | None]:
+        """Return the directory ``version.json`` is read from and what the loader made of it.
+
+        :raises VersionFileError: if the file cannot be served.
+        """
+        directory = self._version_path or self._state().version_path
+        return directory, self._version_callback(directory)
+
     # -- views ----------------------------------------------------------------------------------
 
     def _heartbeat_view(self) -> flask.Response:
@@ -507,22 +528,29 @@ class Dockerflow:
         show = details == "always" or (details == "debug" and app.debug)
         failed = report.level >= state.settings.fail_level
         status = state.live.get("failed_status_code") if failed else 200
+        if wants_health_json(flask.request.accept_mimetypes):
+            response = health_json_response(self._body(state, report, True, show), status)
+        else:
+            response = _json_response(self._body(state, report, False, show), status)
+        response.vary.add("Accept")
+        return response
+
+    def _body(
+        self, state: _AppState, report: Report, as_health_json: bool, details: bool
+    ) -> dict[str, Any]:
+        """Return the heartbeat body of ``report``: Dockerflow's, or health+json."""
         # Every heartbeat stamps its report, so that one served again from the cache keeps
         # the time it was made at in a later health+json body.
         made_at = state.report_times.time_of(report, remember=state.engine.cache.enabled)
-        if wants_health_json(flask.request.accept_mimetypes):
-            body = health_json(
-                report,
-                checked_at=made_at,
-                fail_level=state.settings.fail_level,
-                details=show,
-                version=self._health_json_version(state),
-            )
-            response = health_json_response(body, status)
-        else:
-            response = _json_response(report.as_dict(details=show), status)
-        response.vary.add("Accept")
-        return response
+        if not as_health_json:
+            return report.as_dict(details=details)
+        return health_json(
+            report,
+            checked_at=made_at,
+            fail_level=state.settings.fail_level,
+            details=details,
+            version=self._health_json_version(state),
+        )
 
     def _health_json_version(self, state: _AppState) -> dict[str, Any] | None:
         # A broken version.json must not fail the heartbeat: its fields are left out.
@@ -535,7 +563,11 @@ class Dockerflow:
         return version if isinstance(version, dict) else None
 
     def _lbheartbeat_view(self) -> flask.Response:
-        return _json_response({}, 200)
+        # An empty body, as python-dockerflow's view returns "": Flask's default text/html
+        # response. Services' own tests assert `not response.data`.
+        response: flask.Response = flask.current_app.response_class(b"", 200)
+        response.headers["Cache-Control"] = "no-store"
+        return response
 
     def _version_view(self) -> flask.Response:
         state = self._state()
@@ -599,14 +631,20 @@ class Dockerflow:
             if "request_id" not in g.__dict__:
                 g.request_id = rid
         response.headers[state.live.get("request_id_header")] = rid
+        level = logging.INFO
+        if response.status_code < 400:
+            # Probes that pass may be quieter; an error status (a failing heartbeat) is not.
+            mode = state.live.get("summary_log_dockerflow_endpoints")
+            if mode is not True and _is_own_endpoint():
+                level = logging.DEBUG if mode == SUMMARY_DEBUG else 0
         if (
-            self.summary_logger.isEnabledFor(logging.INFO)
+            level
+            and self.summary_logger.isEnabledFor(level)
             and "_dockerflow_failed" not in g.__dict__
-            and (state.live.get("summary_log_dockerflow_endpoints") or not _is_own_endpoint())
         ):
             extra = self.summary_extra()
             extra["code"] = response.status_code
-            _log_fast(self.summary_logger, logging.INFO, "", extra)
+            _log_fast(self.summary_logger, level, "", extra)
         _forget_request_id(g)
         return response
 
@@ -732,6 +770,12 @@ def _json_response(body: Any, status: int) -> flask.Response:
     response.status_code = status
     response.headers["Cache-Control"] = "no-store"
     return response
+
+
+if TYPE_CHECKING:
+
+    def _implements_cli_extension(ext: Dockerflow) -> CliExtension:
+        return ext  # mypy checks that the extension has what the commands use
 
 
 __all__ = ["Dockerflow"]

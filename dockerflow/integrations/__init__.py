@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import functools
 
+from .._errors import MissingDependencyError
 from ..engine import CheckFunction
-from ._support import Bounded, MissingDependencyError, driver_timeout
+from ._support import Bounded, driver_timeout
 from .alembic import check_migrations_applied, migrations_check
 from .asyncpg import AsyncpgCheck
 from .redis import (
@@ -37,8 +38,6 @@ from .sqlalchemy import (
     check_engine,
     database_check,
 )
-
-MissingDependencyError.__module__ = __name__  # raised and documented under its public name
 
 __all__ = [
     "AsyncCheckEngine",

@@ -12,27 +12,12 @@ import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from typing import Generic, TypeVar
 
-from ..engine import DEFAULT_TIMEOUT, DockerflowError, after_fork_in_child, validate_timeout
+from .._errors import MissingDependencyError
+from ..engine import DEFAULT_TIMEOUT, after_fork_in_child, validate_timeout
 from ..health import CheckMessage, Error
 from ..masking import mask_secrets, short_error
 
 logger = logging.getLogger("dockerflow.integrations")
-
-
-class MissingDependencyError(DockerflowError, ImportError):
-    """An optional driver needed by a built-in check is not installed.
-
-    :param package: the import name that is missing.
-    :param extra: the name of the ``dockerflow-async`` extra that installs it.
-    """
-
-    def __init__(self, package: str, extra: str) -> None:
-        super().__init__(
-            f"{package!r} is not installed; it is needed for this check. "
-            f"Install it with: pip install 'dockerflow-async[{extra}]'"
-        )
-        self.package = package
-        self.extra = extra
 
 
 def driver_timeout(check_timeout: float) -> float:

@@ -1,0 +1,95 @@
+"""The exceptions that dockerflow raises, at the bottom of the package: it imports none of it.
+
+::
+
+    DockerflowError                                       (dockerflow.engine)
+    ├── ConfigurationError        (also a ValueError)     a setting or argument has a bad value
+    │                                                     (dockerflow.engine)
+    ├── CheckRegistrationError    (also a ValueError)     a check cannot be registered as asked
+    │                                                     (dockerflow.engine)
+    ├── UnknownCheckError         (also a LookupError)    a heartbeat named a check not registered
+    │                                                     (dockerflow.engine)
+    ├── MissingDependencyError    (also an ImportError)   an optional driver is not installed
+    │                                                     (dockerflow.integrations)
+    ├── VersionFileError          (also a ValueError)     version.json exists but cannot be served
+    │                                                     (dockerflow.version)
+    ├── AlreadyInitializedError   (also a RuntimeError    another extension is set up on that app
+    │                              and AssertionError)    (dockerflow.flask)
+    └── NotInitializedError       (also a RuntimeError)   the extension is not set up on that app
+                                                          (dockerflow.flask)
+
+Every layer takes its exceptions from here, so that raising one never imports another layer
+(``dockerflow.version`` needs neither the engine nor the integrations). Each exception is
+re-exported, raised and documented under its public name, in parentheses above: its
+``__module__`` says so, whichever modules were imported.
+
+Failures *inside* checks are never raised to the caller: the engine turns them into check messages
+with stable IDs (see :mod:`dockerflow.health`).
+"""
+
+from __future__ import annotations
+
+
+class DockerflowError(Exception):
+    """Base class of every exception dockerflow raises."""
+
+    __module__ = "dockerflow.engine"
+
+
+class ConfigurationError(DockerflowError, ValueError):
+    """A setting or argument has a value that dockerflow cannot use."""
+
+    __module__ = "dockerflow.engine"
+
+
+class CheckRegistrationError(DockerflowError, ValueError):
+    """A check cannot be registered as asked (not callable, bad name or bad timeout)."""
+
+    __module__ = "dockerflow.engine"
+
+
+class UnknownCheckError(DockerflowError, LookupError):
+    """A heartbeat asked to run a check name that is not registered."""
+
+    __module__ = "dockerflow.engine"
+
+
+class MissingDependencyError(DockerflowError, ImportError):
+    """An optional driver needed by a built-in check is not installed.
+
+    :param package: the import name that is missing.
+    :param extra: the name of the ``dockerflow-async`` extra that installs it.
+    """
+
+    __module__ = "dockerflow.integrations"
+
+    def __init__(self, package: str, extra: str) -> None:
+        super().__init__(
+            f"{package!r} is not installed; it is needed for this check. "
+            f"Install it with: pip install 'dockerflow-async[{extra}]'"
+        )
+        self.package = package
+        self.extra = extra
+
+
+class VersionFileError(DockerflowError, ValueError):
+    """``version.json`` exists but is not a regular file, is too large, or is not a JSON object."""
+
+    __module__ = "dockerflow.version"
+
+
+class AlreadyInitializedError(DockerflowError, RuntimeError, AssertionError):
+    """A different Dockerflow extension is already set up on the application.
+
+    Also an :class:`AssertionError`, so code written for python-dockerflow that loads the
+    extension twice and catches ``AssertionError`` (Flask's error for a blueprint registered
+    twice) keeps working.
+    """
+
+    __module__ = "dockerflow.flask"
+
+
+class NotInitializedError(DockerflowError, RuntimeError):
+    """The Dockerflow extension is used with an application it was not set up on."""
+
+    __module__ = "dockerflow.flask"
