@@ -7,6 +7,7 @@ Each test drives the engine the way a heartbeat does and asserts on what a probe
 from __future__ import annotations
 
 import asyncio
+import functools
 import subprocess
 import sys
 import textwrap
@@ -525,3 +526,28 @@ def test_a_failing_noncritical_check_is_cached_like_a_failure() -> None:
         assert engine.run_sync([check]).results["flaky"].raw_level == 0
     finally:
         engine.close()
+
+
+def test_a_slow_sync_check_does_not_hold_up_the_quick_ones_started_with_it(
+    engine: Engine,
+) -> None:
+    # Sync runs of one heartbeat start together in one thread; the ones not begun soon get
+    # threads of their own. If the quick checks queued behind the slow one, it would wait its
+    # five seconds and fail.
+    quick_ran = threading.Barrier(6)
+
+    def slow() -> list[Error]:
+        try:
+            quick_ran.wait(5)
+        except threading.BrokenBarrierError:
+            return [Error("the quick checks waited behind this one", id="x.E1")]
+        return []
+
+    def quick() -> None:
+        quick_ran.wait(5)
+
+    checks = [Check("slow", slow, timeout=10)] + [
+        Check(f"quick{i}", functools.partial(quick), timeout=10) for i in range(5)
+    ]
+    report = engine.run_sync(checks)
+    assert report.status == "ok", report.details

@@ -22,7 +22,7 @@ from ._exceptions import ConfigurationError
 from ._refresh import Refresher
 from ._report import CheckResult, Report, aggregate
 from ._results import log_results, run_key, run_result, timed_out
-from ._scheduler import MAX_RUNS_PER_CHECK, ContextFactory, Host, Run, Scheduler
+from ._scheduler import BATCH_SLICE, MAX_RUNS_PER_CHECK, ContextFactory, Host, Run, Scheduler
 
 
 @dataclass
@@ -137,7 +137,14 @@ class Engine:
         if report is None:
             started = time.monotonic()
             host = self.scheduler.bridge_host
-            plans = [self._plan(check, started, host) for check in _once(key)]
+            batch: list[Run] = []
+            plans = [self._plan(check, started, host, batch) for check in _once(key)]
+            if batch:
+                queue = self.scheduler.start_batch(batch)
+                if queue:
+                    # The batch's thread runs them in order: once the last is done, all are.
+                    batch[-1].wait(time.monotonic() + BATCH_SLICE)
+                    self.scheduler.spread(queue)
             for plan in plans:
                 if plan.run is not None:
                     plan.run.wait(plan.run.deadline)
@@ -186,9 +193,14 @@ class Engine:
     def _restart_of(self, check: Check, timeout: float) -> float:
         return restart_delay(check, timeout, self.restart_after)
 
-    def _plan(self, check: Check, started: float, host: Host | None) -> _Plan:
+    def _plan(
+        self, check: Check, started: float, host: Host | None, batch: list[Run] | None = None
+    ) -> _Plan:
         """Decide what this heartbeat does about ``check``: serve its background result, or
-        share (or start) a run and wait until that run's deadline."""
+        share (or start) a run and wait until that run's deadline.
+
+        :param batch: new sync runs are collected here, for the caller to start together.
+        """
         timeout = self._timeout_of(check)
         if check.interval is not None:
             latest = self.refresher.latest(check)
@@ -202,7 +214,7 @@ class Engine:
             run = self.refresher.pending(check)
             if run is not None:
                 return _Plan(check, timeout, run=run, overdue=started >= run.deadline)
-        run = self.scheduler.start(check, timeout, self._restart_of(check, timeout), host)
+        run = self.scheduler.start(check, timeout, self._restart_of(check, timeout), host, batch)
         if run is None:
             result, key = self._refused(check, timeout)
             return _Plan(check, timeout, result=result, key=key)
