@@ -9,6 +9,8 @@
     │                                                   set up on that app (dockerflow.flask)
     ├── NotInitializedError       (also a RuntimeError) the extension is not set up on that app
     │                                                   (dockerflow.flask)
+    ├── DrainError                (also a RuntimeError) SIGTERM cannot be made to drain here
+    │                                                   (dockerflow.flask)
     ├── UnknownCheckError         (also a LookupError)  a heartbeat named a check not registered
     ├── MissingDependencyError    (also an ImportError) an optional driver is not installed
     │                                                   (dockerflow.integrations)

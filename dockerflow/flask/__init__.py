@@ -12,12 +12,13 @@ from ..engine import UnknownCheckError
 # app is python-dockerflow's module path; imported so that its has_flask_login is read.
 from . import app as app
 from . import checks, signals
-from ._exceptions import AlreadyInitializedError, NotInitializedError
+from ._exceptions import AlreadyInitializedError, DrainError, NotInitializedError
 from ._extension import Dockerflow
 
 __all__ = [
     "AlreadyInitializedError",
     "Dockerflow",
+    "DrainError",
     "NotInitializedError",
     "UnknownCheckError",
     "checks",
@@ -27,3 +28,4 @@ __all__ = [
 # Public names show their public module in tracebacks and reprs, not the private one.
 AlreadyInitializedError.__module__ = __name__
 NotInitializedError.__module__ = __name__
+DrainError.__module__ = __name__

@@ -5,10 +5,12 @@
     DockerflowError                            (dockerflow.engine)
     ├── AlreadyInitializedError   (also a RuntimeError and an AssertionError)
     │                             a different Dockerflow extension is already set up on the app
-    └── NotInitializedError       (also a RuntimeError)
-                                  the extension is used with an app it was not set up on
+    ├── NotInitializedError       (also a RuntimeError)
+    │                             the extension is used with an app it was not set up on
+    └── DrainError                (also a RuntimeError)
+                                  SIGTERM cannot be made to drain here
 
-Both are re-exported from :mod:`dockerflow.flask`.
+All are re-exported from :mod:`dockerflow.flask`.
 """
 
 from __future__ import annotations
@@ -27,3 +29,8 @@ class AlreadyInitializedError(DockerflowError, RuntimeError, AssertionError):
 
 class NotInitializedError(DockerflowError, RuntimeError):
     """The Dockerflow extension is used with an application it was not set up on."""
+
+
+class DrainError(DockerflowError, RuntimeError):
+    """SIGTERM cannot be made to drain here: not in the main thread, or its handler was
+    installed by C code (uWSGI's) and could not be handed the signal afterwards."""
