@@ -140,7 +140,7 @@ class HeartbeatMetrics:
         self._status = {text: self.heartbeats.labels(text) for text in STATUSES.values()}
         # Labelled children looked up once per check name: labels() takes a lock and builds a
         # tuple on each call, which adds up to most of the cost of a heartbeat's metrics.
-        self._checks: dict[str, tuple[Any, Any, Any, Any]] = {}
+        self._checks: dict[str, tuple[Any, Any, Any]] = {}
         # Check name -> ((level, starting), monotonic time) last written to its gauges by this
         # process: a worker forked after a heartbeat (gunicorn --preload) forgets them and
         # writes its own.
@@ -160,7 +160,7 @@ class HeartbeatMetrics:
         self._registered.append(metric)
         return metric
 
-    def _children(self, name: str) -> tuple[Any, Any, Any, Any]:
+    def _children(self, name: str) -> tuple[Any, Any, Any]:
         children = self._checks.get(name)
         if children is None:
             # Two threads may both get here: labels() returns the same child to both.
@@ -168,7 +168,6 @@ class HeartbeatMetrics:
                 self.check_level.labels(name),
                 self.check_duration.labels(name),
                 self.check_timeouts.labels(name),
-                self.check_starting.labels(name),
             )
         return children
 
@@ -195,7 +194,7 @@ class HeartbeatMetrics:
                 self._seen[id(report)] = report
         now = time.monotonic()
         for name, detail in report.results.items():
-            level, duration, timeouts, starting = self._children(name)
+            level, duration, timeouts = self._children(name)
             # The level the check really had: a failing non-critical or starting check
             # (reported at warning level so the heartbeat passes) shows here as failing.
             raw = detail.raw_level
@@ -207,10 +206,10 @@ class HeartbeatMetrics:
             # LEVEL_REFRESH seconds behind a worker's, and a heartbeat costs 10 writes fewer.
             if last is None or last[0] != state or now - last[1] >= LEVEL_REFRESH:
                 level.set(raw)
-                # Only apps with a startup grace get this series: written while the check is
-                # starting, and once more with 0 when it stops.
+                # Only checks that were starting have this series (made here, on first use):
+                # written while the check is starting, and once more with 0 when it stops.
                 if detail.starting or (last is not None and last[0][1]):
-                    starting.set(1 if detail.starting else 0)
+                    self.check_starting.labels(name).set(1 if detail.starting else 0)
                 self._levels[name] = (state, now)
             if fresh:
                 timed_out = ERROR_CHECK_TIMEOUT in detail.messages
