@@ -536,8 +536,7 @@ class Dockerflow:
         *,
         grace: bool = False,
     ) -> Report:
-        checks = self._all_checks()
-        every_check = [check.name for check in checks]
+        checks = every_check = self._all_checks()
         if not state.noncritical_checked:
             state.noncritical_checked = True
             self._warn_unknown_noncritical(state, checks)
@@ -569,7 +568,8 @@ class Dockerflow:
             state.engine.silenced_ids = silenced
         report = state.engine.run_sync(checks)
         if grace and not state.startup.over:
-            report = state.startup.apply(report, state.settings.fail_level, every_check)
+            names = [check.name for check in every_check]
+            report = state.startup.apply(report, state.settings.fail_level, names)
         whole = only is None and not excluded
         self._send_signals(app, state, report, whole)
         return report
