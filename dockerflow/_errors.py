@@ -15,7 +15,9 @@
     │                                                     (dockerflow.version)
     ├── AlreadyInitializedError   (also a RuntimeError    another extension is set up on that app
     │                              and AssertionError)    (dockerflow.flask)
-    └── NotInitializedError       (also a RuntimeError)   the extension is not set up on that app
+    ├── NotInitializedError       (also a RuntimeError)   the extension is not set up on that app
+    │                                                     (dockerflow.flask)
+    └── DrainError                (also a RuntimeError)   SIGTERM cannot be made to drain here
                                                           (dockerflow.flask)
 
 Every layer takes its exceptions from here, so that raising one never imports another layer
@@ -91,5 +93,12 @@ class AlreadyInitializedError(DockerflowError, RuntimeError, AssertionError):
 
 class NotInitializedError(DockerflowError, RuntimeError):
     """The Dockerflow extension is used with an application it was not set up on."""
+
+    __module__ = "dockerflow.flask"
+
+
+class DrainError(DockerflowError, RuntimeError):
+    """SIGTERM cannot be made to drain here: not in the main thread, or its handler was
+    installed by C code (uWSGI's) and could not be handed the signal afterwards."""
 
     __module__ = "dockerflow.flask"

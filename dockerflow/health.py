@@ -159,6 +159,11 @@ ERROR_CHECK_BAD_RESULT = "dockerflow.health.E013"
 #: A background-refreshed check's latest result is older than its ``max_age``.
 ERROR_CHECK_RESULT_STALE = "dockerflow.health.E014"
 
+# The process (new in this library).
+#: The process is draining before it stops (SIGTERM, or ``start_draining()``): the heartbeat
+#: answers 503 without running the checks. Reported at the fail level, or ``ERROR`` if lower.
+ERROR_DRAINING = "dockerflow.health.E015"
+
 __all__ = [
     "CRITICAL",
     "DEBUG",
@@ -170,6 +175,7 @@ __all__ = [
     "ERROR_CHECK_RESULT_STALE",
     "ERROR_CHECK_TIMEOUT",
     "ERROR_DB_API_EXCEPTION",
+    "ERROR_DRAINING",
     "ERROR_MISCONFIGURED_DATABASE",
     "ERROR_MISCONFIGURED_REDIS",
     "ERROR_MISSING_REDIS_CLIENT",

@@ -106,7 +106,8 @@ def health_json(
 
     ``output`` holds the check's messages, one ``<id>: <text>`` line each, as the engine
     masked them; it is left out when ``details`` is false and, as the draft advises, for a
-    check that passes. A non-critical check's entry has ``"critical": false``.
+    check that passes. A non-critical check's entry has ``"critical": false``, and that of a
+    failing check excused by the startup grace ``"starting": true``.
 
     :param report: the heartbeat's report.
     :param checked_at: when the report was made (timezone-aware): every entry's ``time``.
@@ -146,6 +147,8 @@ def health_json(
         if not detail.critical:
             # An additional key (the draft's section 4.10), as in the Dockerflow body's details.
             entry["critical"] = False
+        if detail.starting:
+            entry["starting"] = True
         if details and status != PASS and detail.messages:
             entry["output"] = "\n".join(f"{key}: {text}" for key, text in detail.messages.items())
         checks.setdefault(check_key(name), []).append(entry)

@@ -32,6 +32,7 @@ CHECK_DURATION = "dockerflow_check_duration_seconds"
 HEARTBEATS = "dockerflow_heartbeats_total"
 CHECK_TIMEOUTS = "dockerflow_check_timeouts_total"
 CHECK_STUCK_THREADS = "dockerflow_check_stuck_threads"
+CHECK_STARTING = "dockerflow_check_starting"
 
 #: Upper bounds of the duration histogram's buckets, in seconds: from in-process checks (1 ms)
 #: to the longest usual check timeouts.
@@ -118,6 +119,16 @@ class HeartbeatMetrics:
                     multiprocess_mode="livesum",
                 )
             )
+            self.check_starting = self._add(
+                prometheus_client.Gauge(
+                    CHECK_STARTING,
+                    "1 when the check failed in the latest heartbeat but counted as a warning, "
+                    "because it has not passed since the app started (startup grace), else 0.",
+                    ["check"],
+                    registry=registry,
+                    multiprocess_mode="livemostrecent",
+                )
+            )
         except ValueError as exc:
             self.unregister()
             raise ConfigurationError(
@@ -130,9 +141,10 @@ class HeartbeatMetrics:
         # Labelled children looked up once per check name: labels() takes a lock and builds a
         # tuple on each call, which adds up to most of the cost of a heartbeat's metrics.
         self._checks: dict[str, tuple[Any, Any, Any]] = {}
-        # Check name -> (level, monotonic time) last written to its gauge by this process: a
-        # worker forked after a heartbeat (gunicorn --preload) forgets them and writes its own.
-        self._levels: dict[str, tuple[int, float]] = {}
+        # Check name -> ((level, starting), monotonic time) last written to its gauges by this
+        # process: a worker forked after a heartbeat (gunicorn --preload) forgets them and
+        # writes its own.
+        self._levels: dict[str, tuple[tuple[int, bool], float]] = {}
         after_fork_in_child(self, HeartbeatMetrics._forget_levels)
         self._stuck: frozenset[str] = frozenset()
         # Reports served again from the heartbeat cache are the same objects: their durations
@@ -183,17 +195,22 @@ class HeartbeatMetrics:
         now = time.monotonic()
         for name, detail in report.results.items():
             level, duration, timeouts = self._children(name)
-            # The level the check really had: a failing non-critical check (reported at
-            # warning level so the heartbeat passes) shows here as failing.
+            # The level the check really had: a failing non-critical or starting check
+            # (reported at warning level so the heartbeat passes) shows here as failing.
             raw = detail.raw_level
+            state = (raw, detail.starting)
             last = self._levels.get(name)
             # Written when it changes, and again once a second while it does not: in
             # multiprocess mode each write is an mmap write and the timestamp that
             # "livemostrecent" merges by, so under a probe storm the merged value is at most
             # LEVEL_REFRESH seconds behind a worker's, and a heartbeat costs 10 writes fewer.
-            if last is None or last[0] != raw or now - last[1] >= LEVEL_REFRESH:
+            if last is None or last[0] != state or now - last[1] >= LEVEL_REFRESH:
                 level.set(raw)
-                self._levels[name] = (raw, now)
+                # Only checks that were starting have this series (made here, on first use):
+                # written while the check is starting, and once more with 0 when it stops.
+                if detail.starting or (last is not None and last[0][1]):
+                    self.check_starting.labels(name).set(1 if detail.starting else 0)
+                self._levels[name] = (state, now)
             if fresh:
                 timed_out = ERROR_CHECK_TIMEOUT in detail.messages
                 # A timeout with no duration is a run still going from an earlier heartbeat
@@ -248,6 +265,7 @@ class HeartbeatMetrics:
 __all__ = [
     "CHECK_DURATION",
     "CHECK_LEVEL",
+    "CHECK_STARTING",
     "CHECK_STUCK_THREADS",
     "CHECK_TIMEOUTS",
     "DURATION_BUCKETS",

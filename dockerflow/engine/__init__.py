@@ -24,6 +24,7 @@ from ._exceptions import (
 )
 from ._fork import after_fork_in_child
 from ._report import CheckDetail, CheckResult, Report, aggregate
+from ._startup import StartupGrace
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -39,6 +40,7 @@ __all__ = [
     "Engine",
     "LoopThread",
     "Report",
+    "StartupGrace",
     "UnknownCheckError",
     "after_fork_in_child",
     "aggregate",

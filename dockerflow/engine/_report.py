@@ -36,6 +36,8 @@ class CheckDetail:
     :param critical: ``False`` for a non-critical check, whose failure counts as a warning.
     :param raw_level: the highest message level the check really reported (above ``level``
         when a non-critical check failed): what logs, signals and metrics count as failing.
+    :param starting: ``True`` for a failing check excused by the startup grace: it has not
+        passed since the app started, so its failure counts as a warning for now.
     """
 
     level: int
@@ -43,6 +45,7 @@ class CheckDetail:
     duration: float
     critical: bool = True
     raw_level: int = -1
+    starting: bool = False
 
     def __post_init__(self) -> None:
         if self.raw_level < 0:
@@ -74,7 +77,8 @@ class Report:
     @property
     def details(self) -> dict[str, dict[str, Any]]:
         """Check name → ``{"status", "level", "messages"}`` for each check above level 0, with
-        ``"critical": False`` added for a non-critical check."""
+        ``"critical": False`` added for a non-critical check and ``"starting": True`` for a
+        failing check excused by the startup grace."""
         return {name: _detail(d) for name, d in self.results.items() if d.level > 0}
 
     def failing(self, fail_level: int) -> list[str]:
@@ -111,6 +115,8 @@ def _detail(detail: CheckDetail) -> dict[str, Any]:
     }
     if not detail.critical:
         out["critical"] = False
+    if detail.starting:
+        out["starting"] = True
     return out
 
 

@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from .._errors import AlreadyInitializedError, NotInitializedError
+from .._errors import AlreadyInitializedError, DrainError, NotInitializedError
 from ..engine import UnknownCheckError
 
 # app is python-dockerflow's module path; imported so that its has_flask_login is read.
@@ -18,6 +18,7 @@ from ._extension import Dockerflow
 __all__ = [
     "AlreadyInitializedError",
     "Dockerflow",
+    "DrainError",
     "NotInitializedError",
     "UnknownCheckError",
     "checks",

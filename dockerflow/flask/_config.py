@@ -290,6 +290,28 @@ SETTINGS: tuple[Setting, ...] = (
         "in multiprocess mode, those of every worker. Read in init_app only.",
         "true",
     ),
+    Setting(
+        "DOCKERFLOW_DRAIN_SECONDS",
+        "drain_seconds",
+        0.0,
+        _parse_ttl,
+        "float in [0, 86400]",
+        "Seconds a process drains after SIGTERM before the server's own handler gets it: "
+        "/__heartbeat__ answers 503 (dockerflow.health.E015) while requests are still served "
+        "(0: off). Must stay below gunicorn's graceful_timeout. Read in init_app only.",
+        "10",
+    ),
+    Setting(
+        "DOCKERFLOW_STARTUP_GRACE_SECONDS",
+        "startup_grace_seconds",
+        0.0,
+        _parse_ttl,
+        "float in [0, 86400]",
+        "Seconds after init_app during which a failing check that has not passed yet counts as "
+        'a warning ("starting": true in the details), until every check has passed once '
+        "(0: off). Read in init_app only.",
+        "30",
+    ),
 )
 
 
@@ -312,6 +334,8 @@ class Settings:
     #: True, False or "debug" (:data:`SUMMARY_DEBUG`).
     summary_log_dockerflow_endpoints: bool | str
     metrics_endpoint: bool
+    drain_seconds: float
+    startup_grace_seconds: float
 
     @functools.cached_property
     def request_id_environ_key(self) -> str:

@@ -6,6 +6,7 @@ import contextlib
 import functools
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -17,18 +18,23 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 import flask
 from flask import Flask
 
-from .._errors import AlreadyInitializedError, NotInitializedError
+from .._errors import AlreadyInitializedError, DrainError, NotInitializedError
 from ..checks.registry import checks_for, owned_checks, register_owned
 from ..engine import (
+    MAX_SECONDS,
     Check,
     CheckRegistry,
+    CheckResult,
     ConfigurationError,
     Engine,
     LoopThread,
     Report,
+    StartupGrace,
     UnknownCheckError,
+    aggregate,
     callable_name,
 )
+from ..health import ERROR, ERROR_DRAINING, CheckMessage
 from ..health_json import health_json
 from ..integrations import follow_timeout
 from ..logging import request_id_context, sanitize_request_id
@@ -36,6 +42,8 @@ from ..metrics import HeartbeatMetrics
 from ..version import get_version
 from ._cli import CliExtension, dockerflow_cli
 from ._config import SUMMARY_DEBUG, Settings, load_settings
+from ._drain import SigtermDrain
+from ._drain import install as install_sigterm_drain
 from ._health_json import ReportTimes, health_json_response, wants_health_json
 from ._live import LiveSettings
 from .signals import (
@@ -53,6 +61,10 @@ VersionCallback = Callable[[str], "dict[str, Any] | None"]
 EXCLUDE_PARAM = "exclude"
 #: Query parameter of ``/__heartbeat__`` naming the only checks to run, comma-separated.
 ONLY_PARAM = "check"
+#: HTTP status of ``/__heartbeat__`` while the process drains.
+DRAINING_STATUS_CODE = 503
+#: The name the drain is reported under in ``/__heartbeat__``, in place of the checks.
+DRAINING_CHECK = "draining"
 
 
 @dataclass
@@ -75,6 +87,8 @@ class _AppState:
     followed: weakref.WeakSet[Check] = field(default_factory=weakref.WeakSet)
     #: When each recent report was made, for health+json's "time".
     report_times: ReportTimes = field(default_factory=ReportTimes)
+    #: DOCKERFLOW_STARTUP_GRACE_SECONDS, counted from init_app.
+    startup: StartupGrace = field(default_factory=lambda: StartupGrace(0.0))
 
 
 class Dockerflow:
@@ -138,6 +152,14 @@ class Dockerflow:
         self._apps: weakref.WeakKeyDictionary[Flask, _AppState] = weakref.WeakKeyDictionary()
         self._version_callback: VersionCallback = get_version
         self._blueprint = self._make_blueprint()
+        # Draining (see start_draining): since when (monotonic), and why.
+        self._drain_lock = threading.Lock()
+        self._draining_since: float | None = None
+        self._drain_reason = ""
+        # The largest DOCKERFLOW_DRAIN_SECONDS of the apps, and the process in which SIGTERM
+        # was last made to drain (or found impossible to): checked again after a fork.
+        self._drain_seconds = 0.0
+        self._sigterm_pid: int | None = None
         #: The Prometheus metrics every heartbeat is recorded in, or ``None``.
         self.metrics: HeartbeatMetrics | None = None
         if isinstance(metrics, HeartbeatMetrics):
@@ -202,7 +224,13 @@ class Dockerflow:
         )
         version_path = os.path.dirname(app.root_path)
         self._last_version_path = version_path
-        state = _AppState(settings, LiveSettings(app.config, settings), engine, version_path)
+        state = _AppState(
+            settings,
+            LiveSettings(app.config, settings),
+            engine,
+            version_path,
+            startup=StartupGrace(settings.startup_grace_seconds),
+        )
         self._apps[app] = state
         app.register_blueprint(self._blueprint)
 
@@ -224,6 +252,10 @@ class Dockerflow:
             heartbeat_checked.connect(self._record_metrics, app)
         app.cli.add_command(dockerflow_cli)
         app.extensions["dockerflow"] = self
+        if settings.drain_seconds > 0:
+            self._drain_seconds = max(self._drain_seconds, settings.drain_seconds)
+            self._sigterm_pid = None
+            self._drain_on_server_sigterm(at_start=True)
 
     def _make_blueprint(self) -> flask.Blueprint:
         # Routes are added once here; views find their app's state through current_app.
@@ -369,6 +401,125 @@ class Dockerflow:
                     break
         self._bridge.stop(timeout=max(0.0, deadline - time.monotonic()))
 
+    # -- draining -------------------------------------------------------------------------------
+
+    @property
+    def draining(self) -> bool:
+        """Whether the process drains: SIGTERM came (see :meth:`drain_on_sigterm`) or
+        :meth:`start_draining` was called. It never stops draining."""
+        return self._draining_since is not None
+
+    def start_draining(self) -> None:
+        """Start draining now, in every app of this extension.
+
+        ``/__heartbeat__`` answers ``503`` from then on, at once and without running the
+        checks, with the message ``dockerflow.health.E015`` under the name ``draining``, so
+        that load balancers and readiness probes send new requests elsewhere; every other
+        route, ``/__lbheartbeat__`` included, is served as before. For servers whose SIGTERM
+        the extension does not see (uWSGI), call it from the server's own shutdown hook.
+        Calling it again does nothing; a drain cannot be undone.
+        """
+        self._begin_draining("start_draining() was called")
+
+    def _begin_draining(self, reason: str) -> None:
+        # Called from the drain thread on SIGTERM, or by start_draining in any thread.
+        with self._drain_lock:
+            if self._draining_since is not None:
+                return
+            self._draining_since = time.monotonic()
+            self._drain_reason = reason
+        self.logger.warning(
+            "Draining (%s): /__heartbeat__ answers %d from now on",
+            reason,
+            DRAINING_STATUS_CODE,
+        )
+
+    def drain_on_sigterm(self, seconds: float | None = None) -> None:
+        """Make SIGTERM start draining, and reach the handler it had only ``seconds`` later.
+
+        The server keeps serving during the drain (new connections too), then its own
+        handler gets the signal and stops it as usual: gunicorn finishes the requests in
+        progress within its ``graceful_timeout``, which must therefore exceed the drain
+        plus the longest request. A second SIGTERM ends the drain at once. The handler in
+        place is always called afterwards, never dropped: a server's handler is called,
+        ``SIG_DFL`` is restored and the signal raised again (the process ends as it would
+        have), ``SIG_IGN`` stays ignored.
+
+        :meth:`init_app` does this by itself when :confval:`DOCKERFLOW_DRAIN_SECONDS` is set
+        and a server's handler written in Python is in place when the app is set up or when
+        its first heartbeat runs in the main thread, as in gunicorn's workers. Call it
+        yourself, from the main thread, once the server has installed its handler, where that
+        is not so: in gunicorn's ``post_worker_init`` hook with ``--preload`` and ``gthread``
+        workers, or with a server that leaves SIGTERM to its default action.
+
+        :param seconds: how long the drain lasts; by default the largest
+            :confval:`DOCKERFLOW_DRAIN_SECONDS` of the apps set up.
+        :raises ConfigurationError: if ``seconds`` is not a positive number of seconds, or
+            is not given and no app sets :confval:`DOCKERFLOW_DRAIN_SECONDS`.
+        :raises DrainError: if called outside the main thread, or if SIGTERM's handler was
+            installed by C code (uWSGI's), which could not be called afterwards.
+        """
+        if seconds is None:
+            seconds = self._drain_seconds
+            if seconds <= 0:
+                raise ConfigurationError(
+                    "drain_on_sigterm() needs the drain's seconds: set DOCKERFLOW_DRAIN_SECONDS "
+                    "or pass seconds="
+                )
+        elif (
+            isinstance(seconds, bool)
+            or not isinstance(seconds, (int, float))
+            or not 0 < seconds <= MAX_SECONDS
+        ):
+            raise ConfigurationError(
+                f"seconds must be a number from 0 (excluded) to {MAX_SECONDS:g}, got {seconds!r}"
+            )
+        install_sigterm_drain(self._sigterm_received, float(seconds), chain_default=True)
+        self._sigterm_pid = os.getpid()
+
+    def _sigterm_received(self, reason: str) -> None:
+        self._begin_draining(reason)
+
+    def _drain_on_server_sigterm(self, *, at_start: bool) -> None:
+        """Chain to the server's SIGTERM handler if there is one written in Python, once per
+        process; at the first heartbeat of a process, say so when that is impossible."""
+        pid = os.getpid()
+        current = signal.getsignal(signal.SIGTERM)
+        if isinstance(current, SigtermDrain) and current.ours and current.listens(self):
+            self._sigterm_pid = pid
+            return
+        try:
+            install_sigterm_drain(self._sigterm_received, self._drain_seconds, chain_default=False)
+        except DrainError as exc:
+            if at_start:
+                # The app may be set up before the server installs its handler (gunicorn
+                # --preload builds it in the arbiter): tried again at the first heartbeat.
+                self.logger.debug("SIGTERM not chained to at init_app: %s", exc)
+                return
+            self._sigterm_pid = pid
+            self.logger.warning(
+                "DOCKERFLOW_DRAIN_SECONDS=%g has no effect in this process: %s. Call "
+                "drain_on_sigterm() where the server has set up its signals (gunicorn: the "
+                "post_worker_init hook), or start_draining() from the server's shutdown hook; "
+                "see the probes guide.",
+                self._drain_seconds,
+                exc,
+            )
+            return
+        self._sigterm_pid = pid
+
+    def _drain_report(self, state: _AppState) -> Report:
+        reason = self._drain_reason
+        since = time.monotonic() - (self._draining_since or 0.0)
+        message = CheckMessage(
+            f"Draining for {since:.1f}s ({reason}): this process is shutting down; it finishes "
+            "the requests it has, new ones should go elsewhere",
+            # Failing whatever the fail level, as the 503 says (and health+json's "fail").
+            level=max(ERROR, state.settings.fail_level),
+            id=ERROR_DRAINING,
+        )
+        return aggregate([CheckResult(DRAINING_CHECK, (message,))])
+
     # -- running --------------------------------------------------------------------------------
 
     def run_checks(
@@ -393,9 +544,15 @@ class Dockerflow:
         return self._run(app, self._state(app), exclude, only)
 
     def _run(
-        self, app: Flask, state: _AppState, exclude: Iterable[str], only: Iterable[str] | None
+        self,
+        app: Flask,
+        state: _AppState,
+        exclude: Iterable[str],
+        only: Iterable[str] | None,
+        *,
+        grace: bool = False,
     ) -> Report:
-        checks = self._all_checks()
+        checks = every_check = self._all_checks()
         if not state.noncritical_checked:
             state.noncritical_checked = True
             self._warn_unknown_noncritical(state, checks)
@@ -426,6 +583,9 @@ class Dockerflow:
             # IDs added to silenced_checks or DOCKERFLOW_SILENCED_CHECKS after init_app.
             state.engine.silenced_ids = silenced
         report = state.engine.run_sync(checks)
+        if grace and not state.startup.over:
+            names = [check.name for check in every_check]
+            report = state.startup.apply(report, state.settings.fail_level, names)
         whole = only is None and not excluded
         self._send_signals(app, state, report, whole)
         return report
@@ -513,21 +673,34 @@ class Dockerflow:
     def _heartbeat_view(self) -> flask.Response:
         app = flask.current_app._get_current_object()  # type: ignore[attr-defined]
         state = self._state(app)
+        if self._drain_seconds and self._sigterm_pid != os.getpid():
+            self._drain_on_server_sigterm(at_start=False)
+        if self._draining_since is not None:
+            return self._heartbeat_response(
+                app, state, self._drain_report(state), DRAINING_STATUS_CODE
+            )
         args = flask.request.args
         # Repeated parameters are merged: ?check=a&check=b is ?check=a,b.
         only = _split_names(args.getlist(ONLY_PARAM)) if ONLY_PARAM in args else None
         if only == []:
             return _json_response({"error": f"?{ONLY_PARAM}= names no check"}, 400)
         try:
-            report = self._run(app, state, _split_names(args.getlist(EXCLUDE_PARAM)), only)
+            report = self._run(
+                app, state, _split_names(args.getlist(EXCLUDE_PARAM)), only, grace=True
+            )
         except UnknownCheckError as exc:
             return _json_response({"error": f"unknown check: {exc}"}, 400)
         except ValueError as exc:
             return _json_response({"error": str(exc)}, 400)
-        details = state.live.get("details")
-        show = details == "always" or (details == "debug" and app.debug)
         failed = report.level >= state.settings.fail_level
         status = state.live.get("failed_status_code") if failed else 200
+        return self._heartbeat_response(app, state, report, status)
+
+    def _heartbeat_response(
+        self, app: Flask, state: _AppState, report: Report, status: int
+    ) -> flask.Response:
+        details = state.live.get("details")
+        show = details == "always" or (details == "debug" and app.debug)
         if wants_health_json(flask.request.accept_mimetypes):
             response = health_json_response(self._body(state, report, True, show), status)
         else:
