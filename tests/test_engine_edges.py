@@ -551,3 +551,29 @@ def test_a_slow_sync_check_does_not_hold_up_the_quick_ones_started_with_it(
     ]
     report = engine.run_sync(checks)
     assert report.status == "ok", report.details
+
+
+def test_a_fork_while_the_startup_grace_lock_is_held_leaves_the_child_working() -> None:
+    code = textwrap.dedent(
+        """
+        import os, signal, sys
+        from dockerflow.checks import Error
+        from dockerflow.engine import Check, Engine
+        from dockerflow.engine._startup import StartupGrace
+
+        engine = Engine()
+        report = engine.run_sync([Check("down", lambda: [Error("down", id="x.E1")])])
+        grace = StartupGrace(30)
+        grace._lock.acquire()
+        pid = os.fork()
+        if pid == 0:
+            signal.alarm(10)  # a blocked child is killed, and fails the test
+            grace.apply(report, 40, ["down"])
+            os._exit(0)
+        grace._lock.release()
+        _, status = os.waitpid(pid, 0)
+        sys.exit(os.waitstatus_to_exitcode(status))
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", code], timeout=60, capture_output=True)
+    assert result.returncode == 0, result.stderr.decode()

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from ..health import INFO_FAILURE_DAMPED, WARNING
 from ._check import MAX_SECONDS
 from ._exceptions import ConfigurationError
+from ._fork import after_fork_in_child
 from ._report import Report
 
 logger = logging.getLogger("dockerflow.engine")
@@ -57,12 +58,17 @@ class StartupGrace:
         self._began = clock()
         self._over = self.seconds == 0
         self._passed: set[str] = set()
-        self._lock = threading.Lock()
+        self._new_lock()
+        # A lock held by another thread at fork time would block the child for ever.
+        after_fork_in_child(self, StartupGrace._new_lock)
         # The last report given and the one made from it, while nothing changed in between: a
         # report the engine serves again from its cache gets the same excused report back, so
         # that what counts reports by identity (metrics, health+json times) still can.
         self._memo: tuple[Report, int, Report] | None = None
         self._generation = 0
+
+    def _new_lock(self) -> None:
+        self._lock = threading.Lock()
 
     @property
     def over(self) -> bool:
