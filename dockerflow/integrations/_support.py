@@ -225,9 +225,15 @@ class Watchdog:
     A blocking driver call cannot be cancelled, but it can be woken up from another thread (its
     socket shut down). Arming a deadline costs a heap push, not a thread: a ``threading.Timer``
     per check run would start a thread on every heartbeat. Deadlines almost always end
-    cancelled; cancelled ones are dropped when they come up. Fork-safe: a forked child starts
-    over with no deadline and no thread.
+    cancelled: a cancelled deadline is forgotten at once, and its heap entry is dropped when it
+    comes up, or sooner when cancelled entries outnumber the live ones, so that what the
+    watchdog holds stays proportional to the deadlines still armed, however long they are.
+    Cancelling a deadline that fired already, or twice, is harmless. Fork-safe: a forked child
+    starts over with no deadline and no thread.
     """
+
+    #: Cancelled entries the heap may hold beyond the live ones before it is rebuilt.
+    _SLACK = 64
 
     def __init__(self) -> None:
         self._reset()
@@ -235,8 +241,9 @@ class Watchdog:
 
     def _reset(self) -> None:
         self._condition = threading.Condition()
-        self._heap: list[tuple[float, int, Callable[[], object]]] = []
-        self._cancelled: set[int] = set()
+        # (deadline, number): the entry of a number no longer in _armed was cancelled.
+        self._heap: list[tuple[float, int]] = []
+        self._armed: dict[int, Callable[[], object]] = {}
         self._numbers = itertools.count()
         self._thread: threading.Thread | None = None
 
@@ -247,7 +254,8 @@ class Watchdog:
         """
         with self._condition:
             number = next(self._numbers)
-            heapq.heappush(self._heap, (time.monotonic() + seconds, number, func))
+            self._armed[number] = func
+            heapq.heappush(self._heap, (time.monotonic() + seconds, number))
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="dockerflow-watchdog", daemon=True
@@ -260,21 +268,26 @@ class Watchdog:
     def cancel(self, number: int) -> None:
         """Do not call the function armed as ``number`` (if it has not been called yet)."""
         with self._condition:
-            self._cancelled.add(number)
+            if self._armed.pop(number, None) is None:
+                return  # fired already, cancelled already, or never armed
+            if len(self._heap) > 2 * len(self._armed) + self._SLACK:
+                self._heap = [entry for entry in self._heap if entry[1] in self._armed]
+                heapq.heapify(self._heap)
 
     def _run(self) -> None:
         while True:
             with self._condition:
                 while True:
-                    while self._heap and self._heap[0][1] in self._cancelled:
-                        self._cancelled.discard(heapq.heappop(self._heap)[1])
+                    while self._heap and self._heap[0][1] not in self._armed:
+                        heapq.heappop(self._heap)
                     if not self._heap:
                         self._condition.wait()
                         continue
-                    when = self._heap[0][0]
+                    when, number = self._heap[0]
                     now = time.monotonic()
                     if when <= now:
-                        func = heapq.heappop(self._heap)[2]
+                        heapq.heappop(self._heap)
+                        func = self._armed.pop(number)
                         break
                     self._condition.wait(when - now)
             try:
