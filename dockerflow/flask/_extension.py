@@ -26,6 +26,7 @@ from ..engine import (
     LoopThread,
     Report,
     UnknownCheckError,
+    after_fork_in_child,
     callable_name,
 )
 from ..health_json import health_json
@@ -74,6 +75,13 @@ class _AppState:
     followed: weakref.WeakSet[Check] = field(default_factory=weakref.WeakSet)
     #: When each recent report was made, for health+json's "time".
     report_times: ReportTimes = field(default_factory=ReportTimes)
+
+    def __post_init__(self) -> None:
+        # A thread of the parent may hold the lock at fork time: the child gets a new one.
+        after_fork_in_child(self, _AppState._new_lock)
+
+    def _new_lock(self) -> None:
+        self.status_lock = threading.Lock()
 
 
 class Dockerflow:
