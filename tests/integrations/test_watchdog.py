@@ -1,4 +1,4 @@
-"""The watchdog that wakes blocking driver calls at their deadline: its bookkeeping stays bounded."""
+"""The watchdog that wakes blocking driver calls at their deadline: bounded bookkeeping."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from dockerflow.integrations._support import Watchdog
 
 def bookkeeping(watchdog: Watchdog) -> int:
     """How many entries the watchdog's containers hold, whatever their names."""
-    return sum(len(value) for value in vars(watchdog).values() if isinstance(value, list | set | dict))
+    containers = (list, set, dict)
+    return sum(len(value) for value in vars(watchdog).values() if isinstance(value, containers))
 
 
 def test_fired_then_cancelled_deadlines_leave_nothing_behind() -> None:
