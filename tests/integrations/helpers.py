@@ -69,6 +69,21 @@ def count_backends(postgres_url: str, application_name: str) -> int:
     return int(count)
 
 
+def running_query(postgres_url: str, application_name: str, containing: str) -> bool:
+    """Whether a server connection with ``application_name`` is running a query with
+    ``containing`` in its text right now."""
+    import psycopg2
+
+    with contextlib.closing(psycopg2.connect(postgres_url)) as conn, conn.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s "
+            "AND state = 'active' AND position(%s in query) > 0",
+            (application_name, containing),
+        )
+        (count,) = cursor.fetchone()
+    return int(count) > 0
+
+
 def terminate_backends(postgres_url: str, application_name: str) -> int:
     """Kill the server connections that carry ``application_name``; return how many."""
     import psycopg2
