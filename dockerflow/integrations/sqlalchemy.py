@@ -528,6 +528,13 @@ async def _run_retrying(
         except DBAPIError as exc:
             if attempt == 2 or not exc.connection_invalidated:
                 raise
+        except Exception as exc:
+            # SQLAlchemy before 2.0.50 lets asyncpg's InternalClientError through unwrapped
+            # ("cannot switch to state ..."): a pooled connection the server dropped, found
+            # mid-operation. It is discarded and a fresh one tried, as for an invalidated one.
+            if attempt == 2 or not _raised_by_driver(engine, exc):
+                raise
+            await connection.invalidate()
         finally:
             await connection.close()
     raise AssertionError("unreachable")  # pragma: no cover
