@@ -12,6 +12,8 @@ import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from typing import Generic, TypeVar
 
+import anyio
+
 from ..engine import DEFAULT_TIMEOUT, DockerflowError, after_fork_in_child, validate_timeout
 from ..health import CheckMessage, Error
 from ..masking import mask_secrets, short_error
@@ -132,6 +134,51 @@ def failure(
     if logger.isEnabledFor(logging.DEBUG):
         logger.debug("%s (%s): %s", prefix, msg_id, mask_secrets(f"{type(exc).__name__}: {exc}"))
     return cls(f"{prefix}: {short_error(exc)}", id=msg_id)
+
+
+def is_driver_failure(exc: BaseException) -> bool:
+    """Whether ``exc``, raised out of a driver call, is the check's failure rather than
+    something that must go on.
+
+    An ``Exception`` is a failure. Of the other ``BaseException`` classes, ``KeyboardInterrupt``,
+    ``SystemExit`` and ``GeneratorExit`` go on, as does a cancellation of the running task (the
+    engine's timeout, the check's own bound, the loop shutting down). A ``CancelledError``
+    that a driver raised of itself, while nothing cancels the task, is a failure: letting it
+    escape would make the check look cancelled.
+
+    :param exc: what a driver call raised.
+    :returns: ``True`` to report it as the check's failure, ``False`` to raise it again.
+    """
+    if isinstance(exc, Exception):
+        return True
+    if isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit)):
+        return False
+    if isinstance(exc, asyncio.CancelledError):
+        return not _being_cancelled()
+    try:
+        cancelled = anyio.get_cancelled_exc_class()
+    except Exception:  # no event loop in this thread: nothing cancels a sync check
+        return True
+    return not isinstance(exc, cancelled)
+
+
+def _being_cancelled() -> bool:
+    """Whether the running task is being cancelled (``False`` outside of a task)."""
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # no event loop in this thread
+        return False
+    if task is None:
+        return False
+    cancelling = getattr(task, "cancelling", None)  # Python 3.11+
+    if cancelling is not None and cancelling() > 0:
+        return True
+    try:
+        # A cancelled anyio scope around the task (Python 3.10 has no cancelling()):
+        # -inf when cancelled, else its deadline, which has passed if it is a timeout.
+        return anyio.current_effective_deadline() <= anyio.current_time()
+    except Exception:
+        return False
 
 
 T = TypeVar("T")

@@ -27,7 +27,7 @@ import anyio.to_thread
 from .. import health
 from ..engine import CheckFunction
 from ..health import CheckMessage, Info, Warning
-from ._support import failure, requires
+from ._support import failure, is_driver_failure, requires
 from .sqlalchemy import (
     AsyncCheckEngine,
     CannotConnectError,
@@ -165,6 +165,10 @@ def _migrations_applied(
         return [_cannot_check(exc.error)]
     except (SQLAlchemyError, OSError, asyncio.TimeoutError, SharedConnectionError) as exc:
         return [_cannot_check(exc)]
+    except BaseException as exc:  # a CancelledError the driver raised, say
+        if isinstance(exc, Exception) or not is_driver_failure(exc):
+            raise
+        return [_cannot_check(exc)]
     return _compare(script, db_heads)
 
 
@@ -182,6 +186,10 @@ async def _migrations_applied_async(
     except CannotConnectError as exc:
         return [_cannot_check(exc.error)]
     except (SQLAlchemyError, OSError, asyncio.TimeoutError) as exc:
+        return [_cannot_check(exc)]
+    except BaseException as exc:  # a CancelledError the driver raised, say
+        if isinstance(exc, Exception) or not is_driver_failure(exc):
+            raise
         return [_cannot_check(exc)]
     return _compare(script, db_heads)
 

@@ -51,7 +51,7 @@ from .. import health
 from ..engine import CheckFunction, after_fork_in_child
 from ..health import CheckMessage, Error
 from ..masking import masked_repr
-from ._support import Bounded, PerLoop, failure, requires
+from ._support import Bounded, PerLoop, failure, is_driver_failure, requires
 
 logger = logging.getLogger("dockerflow.integrations")
 
@@ -83,6 +83,10 @@ def check_redis_connected(client: Any) -> list[CheckMessage]:
         return [failure(_CANNOT_CONNECT, exc, health.ERROR_CANNOT_CONNECT_REDIS)]
     except redis.RedisError as exc:
         return [failure("Redis error", exc, health.ERROR_REDIS_EXCEPTION)]
+    except BaseException as exc:  # a CancelledError the client raised, say
+        if isinstance(exc, Exception) or not is_driver_failure(exc):
+            raise
+        return [failure("Redis error", exc, health.ERROR_REDIS_EXCEPTION)]
     if asyncio.iscoroutine(reply):
         reply.close()  # never awaited: close it so Python does not warn about it
         raise TypeError(
@@ -112,6 +116,10 @@ async def check_redis_connected_async(client: Any) -> list[CheckMessage]:
     except redis.ConnectionError as exc:
         return [failure(_CANNOT_CONNECT, exc, health.ERROR_CANNOT_CONNECT_REDIS)]
     except redis.RedisError as exc:
+        return [failure("Redis error", exc, health.ERROR_REDIS_EXCEPTION)]
+    except BaseException as exc:  # a CancelledError the client raised, say
+        if isinstance(exc, Exception) or not is_driver_failure(exc):
+            raise
         return [failure("Redis error", exc, health.ERROR_REDIS_EXCEPTION)]
     return _reply(reply)
 
@@ -210,6 +218,10 @@ class RedisCheck(Bounded):
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             return [failure(_CANNOT_CONNECT, exc, health.ERROR_CANNOT_CONNECT_REDIS)]
         except redis.RedisError as exc:
+            return [failure("Redis error", exc, health.ERROR_REDIS_EXCEPTION)]
+        except BaseException as exc:  # a CancelledError the client raised, say
+            if isinstance(exc, Exception) or not is_driver_failure(exc):
+                raise
             return [failure("Redis error", exc, health.ERROR_REDIS_EXCEPTION)]
         finally:
             if own is not None:
@@ -341,6 +353,10 @@ class AsyncRedisCheck(Bounded):
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             return [failure(_CANNOT_CONNECT, exc, health.ERROR_CANNOT_CONNECT_REDIS)]
         except redis.RedisError as exc:
+            return [failure("Redis error", exc, health.ERROR_REDIS_EXCEPTION)]
+        except BaseException as exc:  # a CancelledError the client raised, say
+            if isinstance(exc, Exception) or not is_driver_failure(exc):
+                raise
             return [failure("Redis error", exc, health.ERROR_REDIS_EXCEPTION)]
         finally:
             if own is not None and own.leave():

@@ -81,7 +81,7 @@ from .. import health
 from ..engine import CheckFunction, after_fork_in_child
 from ..health import CheckMessage
 from ..masking import masked_repr
-from ._support import Bounded, PerLoop, Watchdog, failure, requires
+from ._support import Bounded, PerLoop, Watchdog, failure, is_driver_failure, requires
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
@@ -140,6 +140,10 @@ def check_database_connected(db: Engine | HasEngine) -> list[CheckMessage]:
         return [failure("Database misconfigured", exc, health.ERROR_SQLALCHEMY_EXCEPTION)]
     except (OSError, asyncio.TimeoutError) as exc:
         return [failure(_CANNOT_CONNECT, exc, health.ERROR_CANNOT_CONNECT_DATABASE)]
+    except BaseException as exc:
+        if isinstance(exc, Exception) or not is_driver_failure(exc):
+            raise
+        return [failure("DB-API error", exc, health.ERROR_DB_API_EXCEPTION)]
     return []
 
 
@@ -174,6 +178,10 @@ async def check_database_connected_async(
         return [failure(_CANNOT_CONNECT, exc, health.ERROR_CANNOT_CONNECT_DATABASE)]
     except Exception as exc:
         if not _raised_by_driver(async_engine, exc):  # unwrapped, as when connecting above
+            raise
+        return [failure("DB-API error", exc, health.ERROR_DB_API_EXCEPTION)]
+    except BaseException as exc:  # a CancelledError the driver raised, say
+        if not is_driver_failure(exc):
             raise
         return [failure("DB-API error", exc, health.ERROR_DB_API_EXCEPTION)]
     return []
@@ -476,6 +484,10 @@ def run_on_connection_sync(
                     connection = engine.connect()
                 except DBAPIError as exc:
                     raise CannotConnectError(exc) from exc
+                except BaseException as exc:  # a CancelledError the driver raised, say
+                    if isinstance(exc, Exception) or not is_driver_failure(exc):
+                        raise
+                    raise CannotConnectError(exc) from exc
                 with connection:
                     return _bounded_sync(connection, work, deadline, watchdog)
             except DBAPIError as exc:
@@ -515,10 +527,14 @@ async def _run_retrying(
         connection = engine.connect()
         try:
             await connection.start()
-        except Exception as exc:
+        except BaseException as exc:
             # SQLAlchemy 2.0 lets an async driver's own errors through unwrapped when
-            # connecting (asyncpg's): they are DB-API errors all the same.
-            if not isinstance(exc, DBAPIError) and not _raised_by_driver(engine, exc):
+            # connecting (asyncpg's): they are DB-API errors all the same. A CancelledError
+            # the driver raised (not a cancellation of this task) is a failure to connect.
+            if isinstance(exc, Exception):
+                if not isinstance(exc, DBAPIError) and not _raised_by_driver(engine, exc):
+                    raise
+            elif not is_driver_failure(exc):
                 raise
             if wrap_connect:
                 raise CannotConnectError(exc) from exc

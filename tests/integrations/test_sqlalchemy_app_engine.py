@@ -287,7 +287,11 @@ def test_singleton_thread_pool_checks_from_many_threads_leave_the_apps_database(
             connection.exec_driver_sql("CREATE TABLE app_rows (name TEXT)")
         func = made(database_check(app))
         results: list[Any] = []
-        threads = [threading.Thread(target=lambda: results.append(func())) for _ in range(8)]
+
+        def run(func: Any = func, results: list[Any] = results) -> None:
+            results.append(func())
+
+        threads = [threading.Thread(target=run) for _ in range(8)]
         for thread in threads:
             thread.start()
             thread.join(10)
