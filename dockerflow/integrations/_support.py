@@ -263,7 +263,9 @@ class PerLoop(Generic[T]):
 
 
 async def _first_step(watcher: AsyncGenerator[None, None]) -> None:
-    await watcher.asend(None)
+    # discard() may have closed the watcher before this task's first turn: nothing to watch.
+    with contextlib.suppress(StopAsyncIteration):
+        await watcher.asend(None)
 
 
 class Watchdog:
