@@ -375,3 +375,43 @@ def test_shared_creator_connection_survives_a_check_timeout(
         assert cursor.fetchone() == (1,)
     shared.rollback()
     wait_until(lambda: engine.run_sync([check]).checks == {"db": "ok"})
+
+
+@pytest.mark.postgres
+def test_a_creator_of_new_connections_gives_the_check_one_of_its_own(
+    engine: Engine, postgres_url: str, made: Callable[[Any], Any]
+) -> None:
+    """A creator= that connects anew on each call (a cloud connector's): asked twice at the
+    first connect, it is told apart from a shared one, and the spare connection is closed."""
+    import psycopg2
+
+    name = unique_name("creator")
+    app = made(
+        sqlalchemy.create_engine(
+            "postgresql+psycopg2://",
+            creator=lambda: psycopg2.connect(postgres_url, application_name=name),
+        )
+    )
+    func = made(database_check(app))
+    beats(engine, Check("db", func), times=5)
+    assert count_backends(postgres_url, name) == 1  # the check's own, kept; the app has none
+
+
+@pytest.mark.postgres
+def test_the_apps_do_connect_hooks_added_later_apply_to_the_checks_connections(
+    engine: Engine, postgres_url: str, made: Callable[[Any], Any]
+) -> None:
+    """A hook the app adds after the check's own (say, a token fetched per connect) still
+    runs for the check's connects, on the check's copy of the arguments."""
+    name = unique_name("later-hook")
+    app = made(sqlalchemy.create_engine(url_with(postgres_url, drivername="postgresql+psycopg2")))
+    func = made(database_check(app))
+    beats(engine, Check("db", func), times=1)
+    engine.bridge.call(release, func)  # the check's next connect is a new one
+
+    @sqlalchemy.event.listens_for(app, "do_connect")
+    def name_it(dialect: Any, record: Any, cargs: Any, cparams: dict[str, Any]) -> None:
+        cparams["application_name"] = name
+
+    beats(engine, Check("db", func), times=1)
+    assert count_backends(postgres_url, name) == 1
