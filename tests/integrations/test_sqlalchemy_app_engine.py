@@ -358,7 +358,8 @@ def test_shared_creator_connection_survives_a_check_timeout(
     def slow_query() -> None:
         try:
             with app.connect() as connection:
-                outcome.append(connection.exec_driver_sql("SELECT pg_sleep(1.5), 1").all())
+                # Five times the check's timeout: the heartbeat ends well before the query.
+                outcome.append(connection.exec_driver_sql("SELECT pg_sleep(2.5), 1").all())
         except Exception as exc:  # the test reports it below
             outcome.append(exc)
 
