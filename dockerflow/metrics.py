@@ -155,6 +155,8 @@ class HeartbeatMetrics:
 
     def _forget_levels(self) -> None:
         self._levels = {}
+        # A lock held by another thread of the parent at fork time would block the child.
+        self._lock = threading.Lock()
 
     def _add(self, metric: Any) -> Any:
         self._registered.append(metric)

@@ -31,6 +31,7 @@ from ..engine import (
     Report,
     StartupGrace,
     UnknownCheckError,
+    after_fork_in_child,
     aggregate,
     callable_name,
 )
@@ -89,6 +90,13 @@ class _AppState:
     report_times: ReportTimes = field(default_factory=ReportTimes)
     #: DOCKERFLOW_STARTUP_GRACE_SECONDS, counted from init_app.
     startup: StartupGrace = field(default_factory=lambda: StartupGrace(0.0))
+
+    def __post_init__(self) -> None:
+        # A thread of the parent may hold the lock at fork time: the child gets a new one.
+        after_fork_in_child(self, _AppState._new_lock)
+
+    def _new_lock(self) -> None:
+        self.status_lock = threading.Lock()
 
 
 class Dockerflow:
@@ -160,6 +168,8 @@ class Dockerflow:
         # was last made to drain (or found impossible to): checked again after a fork.
         self._drain_seconds = 0.0
         self._sigterm_pid: int | None = None
+        # A lock held by another thread of the parent at fork time would block the child.
+        after_fork_in_child(self, Dockerflow._new_drain_lock)
         #: The Prometheus metrics every heartbeat is recorded in, or ``None``.
         self.metrics: HeartbeatMetrics | None = None
         if isinstance(metrics, HeartbeatMetrics):
@@ -179,6 +189,9 @@ class Dockerflow:
                 register_owned(self, Check(name, func))
         if app is not None:
             self.init_app(app)
+
+    def _new_drain_lock(self) -> None:
+        self._drain_lock = threading.Lock()
 
     # -- set-up -------------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from typing import Any
 import flask
 from werkzeug.datastructures import MIMEAccept
 
-from ..engine import Report
+from ..engine import Report, after_fork_in_child
 from ..health_json import MEDIA_TYPE
 
 #: Reports whose time is remembered: twice the engine cache's 64 check subsets.
@@ -48,6 +48,11 @@ class ReportTimes:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._seen: dict[int, tuple[Report, datetime]] = {}
+        # A thread of the parent may hold the lock at fork time: the child gets a new one.
+        after_fork_in_child(self, ReportTimes._new_lock)
+
+    def _new_lock(self) -> None:
+        self._lock = threading.Lock()
 
     def time_of(self, report: Report, *, remember: bool) -> datetime:
         """Return when ``report`` was first seen: now, unless it is remembered from earlier.

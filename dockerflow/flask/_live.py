@@ -3,7 +3,8 @@
 python-dockerflow read some ``DOCKERFLOW_*`` keys on every request, so services set them after
 creating the extension (in a later ``app.config.from_object``, or in tests). Those keys are
 looked up again on use: a dict read. The value is parsed only when it differs from the last one
-seen, so a request costs no parsing.
+seen, so a request costs no parsing. As in ``init_app``, an empty value (``""``, blanks or
+``None``) means "not set": the environment applies, then the default.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from ._config import SETTINGS, Setting, Settings
+from ._config import SETTINGS, Setting, Settings, _is_empty
 
 #: The settings read on use; the others configure the checks engine and are read in init_app.
 LIVE_KEYS = (
@@ -68,7 +69,11 @@ class LiveSettings:
         seen, value = self._last[attr]
         if raw is seen or _same(raw, seen):
             return value
-        source = raw if raw is not _MISSING else os.environ.get(setting.key, setting.default)
+        source = raw
+        if raw is _MISSING or _is_empty(raw):
+            # As load_settings does: an empty value is not set, nor is an empty variable.
+            given = os.environ.get(setting.key)
+            source = setting.default if _is_empty(given) else given
         try:
             value = setting.parse(source)
         except ValueError as exc:

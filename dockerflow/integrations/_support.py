@@ -12,6 +12,8 @@ import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from typing import Generic, TypeVar
 
+import anyio
+
 from .._errors import MissingDependencyError
 from ..engine import DEFAULT_TIMEOUT, after_fork_in_child, validate_timeout
 from ..health import CheckMessage, Error
@@ -119,6 +121,51 @@ def failure(
     return cls(f"{prefix}: {short_error(exc)}", id=msg_id)
 
 
+def is_driver_failure(exc: BaseException) -> bool:
+    """Whether ``exc``, raised out of a driver call, is the check's failure rather than
+    something that must go on.
+
+    An ``Exception`` is a failure. Of the other ``BaseException`` classes, ``KeyboardInterrupt``,
+    ``SystemExit`` and ``GeneratorExit`` go on, as does a cancellation of the running task (the
+    engine's timeout, the check's own bound, the loop shutting down). A ``CancelledError``
+    that a driver raised of itself, while nothing cancels the task, is a failure: letting it
+    escape would make the check look cancelled.
+
+    :param exc: what a driver call raised.
+    :returns: ``True`` to report it as the check's failure, ``False`` to raise it again.
+    """
+    if isinstance(exc, Exception):
+        return True
+    if isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit)):
+        return False
+    if isinstance(exc, asyncio.CancelledError):
+        return not _being_cancelled()
+    try:
+        cancelled = anyio.get_cancelled_exc_class()
+    except Exception:  # no event loop in this thread: nothing cancels a sync check
+        return True
+    return not isinstance(exc, cancelled)
+
+
+def _being_cancelled() -> bool:
+    """Whether the running task is being cancelled (``False`` outside of a task)."""
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # no event loop in this thread
+        return False
+    if task is None:
+        return False
+    cancelling = getattr(task, "cancelling", None)  # Python 3.11+
+    if cancelling is not None and cancelling() > 0:
+        return True
+    try:
+        # A cancelled anyio scope around the task (Python 3.10 has no cancelling()):
+        # -inf when cancelled, else its deadline, which has passed if it is a timeout.
+        return anyio.current_effective_deadline() <= anyio.current_time()
+    except Exception:
+        return False
+
+
 T = TypeVar("T")
 
 
@@ -201,7 +248,9 @@ class PerLoop(Generic[T]):
 
 
 async def _first_step(watcher: AsyncGenerator[None, None]) -> None:
-    await watcher.asend(None)
+    # discard() may have closed the watcher before this task's first turn: nothing to watch.
+    with contextlib.suppress(StopAsyncIteration):
+        await watcher.asend(None)
 
 
 class Watchdog:
@@ -210,9 +259,15 @@ class Watchdog:
     A blocking driver call cannot be cancelled, but it can be woken up from another thread (its
     socket shut down). Arming a deadline costs a heap push, not a thread: a ``threading.Timer``
     per check run would start a thread on every heartbeat. Deadlines almost always end
-    cancelled; cancelled ones are dropped when they come up. Fork-safe: a forked child starts
-    over with no deadline and no thread.
+    cancelled: a cancelled deadline is forgotten at once, and its heap entry is dropped when it
+    comes up, or sooner when cancelled entries outnumber the live ones, so that what the
+    watchdog holds stays proportional to the deadlines still armed, however long they are.
+    Cancelling a deadline that fired already, or twice, is harmless. Fork-safe: a forked child
+    starts over with no deadline and no thread.
     """
+
+    #: Cancelled entries the heap may hold beyond the live ones before it is rebuilt.
+    _SLACK = 64
 
     def __init__(self) -> None:
         self._reset()
@@ -220,8 +275,9 @@ class Watchdog:
 
     def _reset(self) -> None:
         self._condition = threading.Condition()
-        self._heap: list[tuple[float, int, Callable[[], object]]] = []
-        self._cancelled: set[int] = set()
+        # (deadline, number): the entry of a number no longer in _armed was cancelled.
+        self._heap: list[tuple[float, int]] = []
+        self._armed: dict[int, Callable[[], object]] = {}
         self._numbers = itertools.count()
         self._thread: threading.Thread | None = None
 
@@ -232,7 +288,8 @@ class Watchdog:
         """
         with self._condition:
             number = next(self._numbers)
-            heapq.heappush(self._heap, (time.monotonic() + seconds, number, func))
+            self._armed[number] = func
+            heapq.heappush(self._heap, (time.monotonic() + seconds, number))
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="dockerflow-watchdog", daemon=True
@@ -245,21 +302,26 @@ class Watchdog:
     def cancel(self, number: int) -> None:
         """Do not call the function armed as ``number`` (if it has not been called yet)."""
         with self._condition:
-            self._cancelled.add(number)
+            if self._armed.pop(number, None) is None:
+                return  # fired already, cancelled already, or never armed
+            if len(self._heap) > 2 * len(self._armed) + self._SLACK:
+                self._heap = [entry for entry in self._heap if entry[1] in self._armed]
+                heapq.heapify(self._heap)
 
     def _run(self) -> None:
         while True:
             with self._condition:
                 while True:
-                    while self._heap and self._heap[0][1] in self._cancelled:
-                        self._cancelled.discard(heapq.heappop(self._heap)[1])
+                    while self._heap and self._heap[0][1] not in self._armed:
+                        heapq.heappop(self._heap)
                     if not self._heap:
                         self._condition.wait()
                         continue
-                    when = self._heap[0][0]
+                    when, number = self._heap[0]
                     now = time.monotonic()
                     if when <= now:
-                        func = heapq.heappop(self._heap)[2]
+                        heapq.heappop(self._heap)
+                        func = self._armed.pop(number)
                         break
                     self._condition.wait(when - now)
             try:

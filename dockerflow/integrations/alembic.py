@@ -27,11 +27,12 @@ import anyio.to_thread
 from .. import health
 from ..engine import CheckFunction
 from ..health import CheckMessage, Info, Warning
-from ._support import failure, requires
+from ._support import failure, is_driver_failure, requires
 from .sqlalchemy import (
     AsyncCheckEngine,
     CannotConnectError,
     CheckEngine,
+    SharedConnectionError,
     check_engine,
     run_on_connection,
     run_on_connection_sync,
@@ -154,15 +155,19 @@ def _migrations_applied(
     from sqlalchemy.exc import SQLAlchemyError
 
     script = scripts()
+    heads = functools.partial(_current_heads, opts=opts)
     try:
-        db_heads = run_on_connection_sync(
-            sync_engine_of(engine),
-            functools.partial(_current_heads, opts=opts),
-            engine if isinstance(engine, CheckEngine) else None,
-        )
+        if isinstance(engine, CheckEngine):
+            db_heads = engine.run(heads, functools.partial(_current_heads_shared, opts=opts))
+        else:
+            db_heads = run_on_connection_sync(sync_engine_of(engine), heads)
     except CannotConnectError as exc:
         return [_cannot_check(exc.error)]
-    except (SQLAlchemyError, OSError, asyncio.TimeoutError) as exc:
+    except (SQLAlchemyError, OSError, asyncio.TimeoutError, SharedConnectionError) as exc:
+        return [_cannot_check(exc)]
+    except BaseException as exc:  # a CancelledError the driver raised, say
+        if isinstance(exc, Exception) or not is_driver_failure(exc):
+            raise
         return [_cannot_check(exc)]
     return _compare(script, db_heads)
 
@@ -182,6 +187,10 @@ async def _migrations_applied_async(
         return [_cannot_check(exc.error)]
     except (SQLAlchemyError, OSError, asyncio.TimeoutError) as exc:
         return [_cannot_check(exc)]
+    except BaseException as exc:  # a CancelledError the driver raised, say
+        if isinstance(exc, Exception) or not is_driver_failure(exc):
+            raise
+        return [_cannot_check(exc)]
     return _compare(script, db_heads)
 
 
@@ -189,6 +198,35 @@ def _current_heads(connection: Connection, opts: Mapping[str, Any]) -> tuple[str
     from alembic.migration import MigrationContext
 
     return MigrationContext.configure(connection, opts=dict(opts)).get_current_heads()
+
+
+def _current_heads_shared(raw: Any, dialect: Any, opts: Mapping[str, Any]) -> tuple[str, ...]:
+    """The database's heads, read through a SQLite connection the application shares with the
+    check: plain SELECTs, which leave its transaction as it is (Alembic's own reading goes
+    through a SQLAlchemy connection, which would end it).
+
+    :raises SharedConnectionError: for another database: only SQLite is read this way.
+    """
+    if dialect.name != "sqlite":
+        raise SharedConnectionError(None)
+    schema = _quoted(opts.get("version_table_schema") or "main")
+    table = opts.get("version_table") or "alembic_version"
+    cursor = raw.cursor()
+    try:
+        cursor.execute(
+            f"SELECT count(*) FROM {schema}.sqlite_master WHERE type = 'table' AND name = ?",
+            (table,),
+        )
+        if not cursor.fetchone()[0]:
+            return ()
+        cursor.execute(f"SELECT version_num FROM {schema}.{_quoted(table)}")
+        return tuple(row[0] for row in cursor.fetchall())
+    finally:
+        cursor.close()
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
 
 def _compare(script: ScriptDirectory, db_heads: Iterable[str]) -> list[CheckMessage]:

@@ -25,7 +25,7 @@ import anyio
 from .. import health
 from ..health import CheckMessage
 from ..masking import mask_secrets
-from ._support import Bounded, PerLoop, failure, requires
+from ._support import Bounded, PerLoop, failure, is_driver_failure, requires
 
 # SQLSTATEs (and classes of two characters) that mean "could not get a usable connection".
 _CONNECTION_SQLSTATES = frozenset(
@@ -108,6 +108,10 @@ class AsyncpgCheck(Bounded):
                 ]
             return [failure("Database error", exc, health.ERROR_DB_API_EXCEPTION)]
         except (asyncpg.InterfaceError, asyncpg.exceptions.InternalClientError) as exc:
+            return [failure("Database error", exc, health.ERROR_DB_API_EXCEPTION)]
+        except BaseException as exc:  # a CancelledError asyncpg raised, say
+            if isinstance(exc, Exception) or not is_driver_failure(exc):
+                raise
             return [failure("Database error", exc, health.ERROR_DB_API_EXCEPTION)]
         return []
 

@@ -22,11 +22,15 @@ connections is reported at once and one that stops answering within the timeout,
   client of its own made from the client's connection settings (host, port, database, password,
   TLS, client name...), with ``socket_connect_timeout`` and ``socket_timeout`` set to that bound
   and no retries. It holds **one** connection per worker process (per event loop for an asyncio
-  client), opened at the first heartbeat and kept;
+  client), opened at the first heartbeat and kept. Runs of one check may overlap (a stuck run
+  being replaced; one check in two applications): a ping in flight when the own client is
+  replaced (a new timeout, a new client given) or released finishes on it, and the last such
+  ping closes it;
 * any other client (a cluster or Sentinel client, a test double, one whose ``ping`` was
   replaced on the instance or by a subclass) is pinged as it is, bounded by its own timeouts;
   an asyncio one is cancelled at the bound. A blocking client of redis-py without a
-  ``socket_timeout`` under the check's timeout is then logged once, as a warning on
+  ``socket_timeout`` under the check's timeout is then logged once per check (however many runs
+  find it at the same time), as a warning on
   ``dockerflow.integrations``: a server that stops answering holds the check's thread until
   the operating system gives up on the socket.
 
@@ -37,16 +41,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import weakref
 from typing import Any
 
 import anyio
 
 from .. import health
-from ..engine import CheckFunction
+from ..engine import CheckFunction, after_fork_in_child
 from ..health import CheckMessage, Error
 from ..masking import masked_repr
-from ._support import Bounded, PerLoop, failure, requires
+from ._support import Bounded, PerLoop, failure, is_driver_failure, requires
 
 logger = logging.getLogger("dockerflow.integrations")
 
@@ -78,6 +83,10 @@ def check_redis_connected(client: Any) -> list[CheckMessage]:
         return [failure(_CANNOT_CONNECT, exc, health.ERROR_CANNOT_CONNECT_REDIS)]
     except redis.RedisError as exc:
         return [failure("Redis error", exc, health.ERROR_REDIS_EXCEPTION)]
+    except BaseException as exc:  # a CancelledError the client raised, say
+        if isinstance(exc, Exception) or not is_driver_failure(exc):
+            raise
+        return [failure("Redis error", exc, health.ERROR_REDIS_EXCEPTION)]
     if asyncio.iscoroutine(reply):
         reply.close()  # never awaited: close it so Python does not warn about it
         raise TypeError(
@@ -108,6 +117,10 @@ async def check_redis_connected_async(client: Any) -> list[CheckMessage]:
         return [failure(_CANNOT_CONNECT, exc, health.ERROR_CANNOT_CONNECT_REDIS)]
     except redis.RedisError as exc:
         return [failure("Redis error", exc, health.ERROR_REDIS_EXCEPTION)]
+    except BaseException as exc:  # a CancelledError the client raised, say
+        if isinstance(exc, Exception) or not is_driver_failure(exc):
+            raise
+        return [failure("Redis error", exc, health.ERROR_REDIS_EXCEPTION)]
     return _reply(reply)
 
 
@@ -137,6 +150,34 @@ def redis_check(client: Any, *, timeout: float | None = None) -> CheckFunction:
     return RedisCheck(client, timeout=timeout)
 
 
+class _Own:
+    """The check's own client, what it was made from and with, and the pings using it now.
+
+    Runs of one check may overlap (a stuck run being replaced, one check in two apps): a client
+    that is replaced, or released, while a ping is in flight on it is closed by its last user.
+    """
+
+    def __init__(self, target: Any, bound: float, client: Any) -> None:
+        self.target = target
+        self.bound = bound
+        self.client = client
+        self.users = 0
+        self.retired = False
+
+    def fits(self, target: Any, bound: float) -> bool:
+        return self.target is target and self.bound == bound
+
+    def retire(self) -> bool:
+        """Mark it replaced; return whether it is unused, to be closed now."""
+        self.retired = True
+        return self.users == 0
+
+    def leave(self) -> bool:
+        """One ping is done with it; return whether it is to be closed now."""
+        self.users -= 1
+        return self.retired and self.users == 0
+
+
 class RedisCheck(Bounded):
     """The blocking Redis check, bounded by its timeout (see the module).
 
@@ -147,9 +188,19 @@ class RedisCheck(Bounded):
     def __init__(self, client: Any, *, timeout: float | None = None) -> None:
         super().__init__(timeout)
         self.client = client
-        # The client of the check's own, and what it was made from and with.
-        self._own: tuple[Any, float, Any] | None = None
+        # Runs of the check may overlap, in threads: the lock guards _own and _warned.
+        self._lock = threading.Lock()
+        self._own: _Own | None = None
         self._warned = False
+        # Its connections are closed when the check is let go, or by close().
+        weakref.finalize(self, _close_own, self.__dict__)
+        after_fork_in_child(self, RedisCheck._forget_inherited)
+
+    def _forget_inherited(self) -> None:
+        # In a forked child: the lock may have been held by a thread of the parent, and the own
+        # client's connections are the parent's (redis-py drops them untouched in a child).
+        self._lock = threading.Lock()
+        self._own = None
 
     def __call__(self) -> list[CheckMessage]:
         """Ping Redis; return no message, or one :class:`~dockerflow.checks.Error`."""
@@ -158,45 +209,57 @@ class RedisCheck(Bounded):
         target = _client_of(self.client)
         if target is None:
             return [_missing_client()]
-        own = self._own_client(target)
+        own = self._use_own_client(target)
         if own is None:
             self._warn_if_unbounded(target)
-        pinged = own if own is not None else _pingable(self.client, target)
+        pinged = own.client if own is not None else _pingable(self.client, target)
         try:
             reply = pinged.ping()
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             return [failure(_CANNOT_CONNECT, exc, health.ERROR_CANNOT_CONNECT_REDIS)]
         except redis.RedisError as exc:
             return [failure("Redis error", exc, health.ERROR_REDIS_EXCEPTION)]
+        except BaseException as exc:  # a CancelledError the client raised, say
+            if isinstance(exc, Exception) or not is_driver_failure(exc):
+                raise
+            return [failure("Redis error", exc, health.ERROR_REDIS_EXCEPTION)]
+        finally:
+            if own is not None:
+                self._done_with(own)
         if asyncio.iscoroutine(reply):
             reply.close()  # never awaited: close it so Python does not warn about it
             raise TypeError(f"{masked_repr(target)} is an asyncio client: use AsyncRedisCheck")
         return _reply(reply)
 
-    def _own_client(self, target: Any) -> Any:
+    def _use_own_client(self, target: Any) -> _Own | None:
+        """Return the own client for ``target``, counted as in use, or ``None`` to ping as given."""
         import redis
 
         bound = self.driver_timeout
-        # Heartbeats run one at a time per process; two threads racing here make two clients,
-        # and the one not kept is collected with its (unused) pool.
-        own = self._own
-        if own is not None and own[0] is target and own[1] == bound:
-            return own[2]
-        if own is not None:
-            own[2].close()
-            self._own = None
-        if not isinstance(target, redis.Redis) or _pinged_as_given(
-            self.client, target, redis.Redis
-        ):
-            return None
-        pool = _bounded_pool(redis, target, bound)
-        if pool is None:
-            return None
-        client = redis.Redis.from_pool(pool)
-        # Its connections are closed when the check is let go, or by close().
-        weakref.finalize(self, client.close)
-        self._own = (target, bound, client)
-        return client
+        retired = None
+        with self._lock:
+            own = self._own
+            if own is None or not own.fits(target, bound):
+                if own is not None and own.retire():
+                    retired = own
+                own = self._own = None
+                if isinstance(target, redis.Redis) and not _pinged_as_given(
+                    self.client, target, redis.Redis
+                ):
+                    pool = _bounded_pool(redis, target, bound)
+                    if pool is not None:
+                        own = self._own = _Own(target, bound, redis.Redis.from_pool(pool))
+            if own is not None:
+                own.users += 1
+        if retired is not None:
+            retired.client.close()
+        return own
+
+    def _done_with(self, own: _Own) -> None:
+        with self._lock:
+            close = own.leave()
+        if close:
+            own.client.close()
 
     def _warn_if_unbounded(self, target: Any) -> None:
         import redis
@@ -205,8 +268,11 @@ class RedisCheck(Bounded):
             return
         settings = getattr(getattr(target, "connection_pool", None), "connection_kwargs", {})
         socket_timeout = settings.get("socket_timeout")
-        if socket_timeout is None or socket_timeout >= self.timeout:
-            self._warned = True
+        if socket_timeout is not None and socket_timeout < self.timeout:
+            return
+        with self._lock:  # runs in several threads at once must log it once
+            warned, self._warned = self._warned, True
+        if not warned:
             logger.warning(
                 "The Redis check pings %s as it is, and its socket_timeout (%s) is not under "
                 "the check's timeout (%gs): a server that stops answering holds the check's "
@@ -217,13 +283,26 @@ class RedisCheck(Bounded):
             )
 
     def close(self) -> None:
-        """Close the connections of the check's own client. A later check opens new ones."""
-        own, self._own = self._own, None
-        if own is not None:
-            own[2].close()
+        """Close the connections of the check's own client, once no ping uses it any more.
+
+        A later check opens new ones.
+        """
+        with self._lock:
+            own, self._own = self._own, None
+            close = own is not None and own.retire()
+        if close:
+            assert own is not None
+            own.client.close()
 
     def __repr__(self) -> str:
         return f"RedisCheck({masked_repr(self.client)}, timeout={self.timeout:g})"
+
+
+def _close_own(attributes: dict[str, Any]) -> None:
+    # The finalizer of a RedisCheck: given the check's __dict__, never the check itself.
+    own = attributes.get("_own")
+    if own is not None:
+        own.client.close()
 
 
 class AsyncRedisCheck(Bounded):
@@ -241,9 +320,8 @@ class AsyncRedisCheck(Bounded):
     def __init__(self, client: Any, *, timeout: float | None = None) -> None:
         super().__init__(timeout)
         self.client = client
-        # The check's own client per loop (for the client it was given and the bound it has),
-        # closed when its loop ends.
-        self._own: PerLoop[tuple[Any, float, Any]] = PerLoop(lambda own: own[2].aclose())
+        # The check's own client per loop, closed when its loop ends (once no ping uses it).
+        self._own: PerLoop[_Own] = PerLoop(_retire_async)
         # A strong reference: the id of a collected loop may be reused by the next loop.
         self._last_loop: asyncio.AbstractEventLoop | None = None
 
@@ -255,7 +333,7 @@ class AsyncRedisCheck(Bounded):
         if target is None:
             return [_missing_client()]
         loop = asyncio.get_running_loop()
-        own = await self._own_client(loop, target)
+        own = await self._use_own_client(target)
         if own is None and self._last_loop is not None and self._last_loop is not loop:
             # The pooled connections belong to the loop the client last ran on (a forked
             # child's parent's, or a stopped one): drop them untouched.
@@ -266,7 +344,8 @@ class AsyncRedisCheck(Bounded):
         bound = self.driver_timeout
         try:
             with anyio.fail_after(bound):
-                reply = await (own if own is not None else _pingable(self.client, target)).ping()
+                pinged = own.client if own is not None else _pingable(self.client, target)
+                reply = await pinged.ping()
         except TimeoutError as exc:
             # anyio's own timeout, or redis.TimeoutError (which is not a builtin TimeoutError).
             error = exc if str(exc) else TimeoutError(f"no answer within {bound:g}s")
@@ -275,17 +354,31 @@ class AsyncRedisCheck(Bounded):
             return [failure(_CANNOT_CONNECT, exc, health.ERROR_CANNOT_CONNECT_REDIS)]
         except redis.RedisError as exc:
             return [failure("Redis error", exc, health.ERROR_REDIS_EXCEPTION)]
+        except BaseException as exc:  # a CancelledError the client raised, say
+            if isinstance(exc, Exception) or not is_driver_failure(exc):
+                raise
+            return [failure("Redis error", exc, health.ERROR_REDIS_EXCEPTION)]
+        finally:
+            if own is not None and own.leave():
+                # The last user of a replaced client closes it; not cut short by a cancel.
+                with anyio.CancelScope(shield=True):
+                    await own.client.aclose()
         return _reply(reply)
 
-    async def _own_client(self, loop: asyncio.AbstractEventLoop, target: Any) -> Any:
+    async def _use_own_client(self, target: Any) -> _Own | None:
+        """Return the running loop's own client for ``target``, counted as in use, or ``None``
+        to ping the client as given."""
         import redis.asyncio
 
         bound = self.driver_timeout
+        # No await between looking at the loop's client and counting its use: coroutines of
+        # the loop take turns only at an await.
         own = self._own.current()
-        if own is not None and own[0] is target and own[1] == bound:
-            return own[2]
+        if own is not None and own.fits(target, bound):
+            own.users += 1
+            return own
         if own is not None:
-            await self._own.discard()
+            await self._own.discard()  # retired: closed now if unused, else by its last user
         if not isinstance(target, redis.asyncio.Redis) or _pinged_as_given(
             self.client, target, redis.asyncio.Redis
         ):
@@ -293,20 +386,29 @@ class AsyncRedisCheck(Bounded):
         pool = _bounded_pool(redis.asyncio, target, bound)
         if pool is None:
             return None
-        client = redis.asyncio.Redis.from_pool(pool)
 
-        async def made() -> tuple[Any, float, Any]:
-            return (target, bound, client)
+        async def make() -> _Own:
+            return _Own(target, bound, redis.asyncio.Redis.from_pool(pool))
 
-        return (await self._own.get(made))[2]
+        own = await self._own.get(make)
+        if not own.fits(target, bound):  # another run made one meanwhile, for another bound
+            return None
+        own.users += 1
+        return own
 
     async def close(self) -> None:
-        """Close the running loop's own client; run it on the loop the checks run on."""
+        """Close the running loop's own client (once no ping uses it); run it on the loop the
+        checks run on."""
         # Only the loop that opened a client's connections may close them.
         await self._own.discard()
 
     def __repr__(self) -> str:
         return f"AsyncRedisCheck({masked_repr(self.client)}, timeout={self.timeout:g})"
+
+
+async def _retire_async(own: _Own) -> None:
+    if own.retire():
+        await own.client.aclose()
 
 
 def _bounded_pool(module: Any, target: Any, bound: float) -> Any:

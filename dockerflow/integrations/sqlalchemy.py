@@ -5,19 +5,28 @@ python-dockerflow's check: ``SELECT 1`` on the engine they are given, through th
 :func:`database_check` is what :func:`~dockerflow.integrations.builtin_checks` registers: the same
 check, run through a :class:`CheckEngine` (:class:`AsyncCheckEngine` for an ``AsyncEngine``).
 
-Which connections the check uses:
+Which connections the check uses (it never changes the application's engine, pool, connections
+or arguments):
 
-* a SQLite database: the application's own engine and pool. An in-memory database exists only in
-  the connections of the engine that made it, and a SQLite connection costs no server;
-* any other database: a copy of the application's engine with a pool of its own, made with
-  ``Pool.recreate()``, so it keeps the application's URL, connection creator, ``connect_args`` and
-  ``do_connect`` hooks (such as IAM tokens). Each check runs one at a time per process
-  (concurrent heartbeats share one run), so the copy holds **one** connection per worker process
-  and check that uses it, opened at the first heartbeat and kept: one for the database check, two
-  when the migrations check shares it (both run at the same time in a heartbeat). Heartbeats
-  never queue behind application requests that hold every connection of the application's pool,
-  and an async check's connections belong to dockerflow's event loop, never to the loops on which
-  the application uses its engine.
+* its own: a copy of the application's engine with a pool of its own, made at the first check.
+  Its connections are made by the application's connection creator, so the application's URL,
+  ``connect_args``, ``creator=`` and ``do_connect`` hooks (such as IAM tokens) apply, and set up
+  by the application's pool's ``connect`` listeners (search_path, role...), with its execution
+  options and isolation level. The application's other pool listeners (checkout, checkin...)
+  never see them. The copy holds **one** connection per worker process and check that uses it,
+  opened at the first heartbeat and kept: one for the database check, two when the migrations
+  check shares it (both run at the same time in a heartbeat); runs of a check that overlap (a
+  stuck one being replaced) may hold one more for that time. For SQLite, whose connections cost
+  no server, it opens one per check. Heartbeats never queue behind application requests that
+  hold every connection of the application's pool, and an async check's connections belong to
+  dockerflow's event loop, never to the loops on which the application uses its engine;
+* the application's, when its engine hands one connection to everybody: a ``StaticPool`` on
+  SQLite (an in-memory database exists only in that connection), or a ``creator=`` that returns
+  the same connection on every call (told apart at the first connect by calling it twice). The
+  check then reads through that connection as it finds it: a plain ``SELECT 1`` on the DB-API
+  connection, inside the application's transaction if one is open; it rolls back only a
+  transaction its own statement began, and never closes the connection, shuts its socket down
+  or sets its ``statement_timeout``, so it is not bounded as below.
 
 Every driver call is bounded by a little less than the check's timeout
 (:func:`~dockerflow.integrations.driver_timeout`), so that a database that stops answering is
@@ -25,16 +34,19 @@ reported as ``E001`` within the timeout and the check recovers once it answers a
 
 * an async check is cancelled at that bound;
 * a sync check connects with a connect timeout (``connect_timeout`` for psycopg2 and psycopg 3:
-  whole seconds, at least 2, as libpq counts them; set by a ``do_connect`` hook that applies to
-  the check's connections only), and a query that gets no answer has its socket shut down at the
-  bound (for drivers whose connections have a ``fileno()``: psycopg2, psycopg 3), which ends the
-  blocked call; the connection is then discarded;
+  whole seconds, at least 2, as libpq counts them). The one thing the check adds to the
+  application's engine is the ``do_connect`` hook that does it: for the check's own connects
+  only, it makes the connection from copies of the connect arguments with that timeout (after
+  running the application's ``do_connect`` hooks added later than itself on the copies); the
+  application's own connects pass through it untouched. A query that gets no answer has its
+  socket shut down at the bound (for drivers whose connections have a ``fileno()``: psycopg2,
+  psycopg 3), which ends the blocked call; the connection is then discarded;
 * on PostgreSQL each check sets ``statement_timeout`` for its own transaction (``SET LOCAL``), so
   a query held behind a lock (such as a migration's) ends on the server too.
 
-Not bounded: an engine made with ``creator=`` (the hook does not run; set the connect timeout in
-your creator), and the ``pool_pre_ping`` of a pooled connection whose server went silent (the
-engine reports the check as still running until the operating system gives up on the socket).
+Not bounded: the connect of an engine made with ``creator=`` (the hook does not run; set the
+connect timeout in your creator), and the check through a connection the application shares with
+it (see above; the engine reports the check as still running until the connection answers).
 
 Message IDs, those of python-dockerflow:
 
@@ -54,6 +66,7 @@ import asyncio
 import contextlib
 import contextvars
 import functools
+import inspect
 import math
 import os
 import socket
@@ -68,7 +81,7 @@ from .. import health
 from ..engine import CheckFunction, after_fork_in_child
 from ..health import CheckMessage
 from ..masking import masked_repr
-from ._support import Bounded, PerLoop, Watchdog, failure, requires
+from ._support import Bounded, PerLoop, Watchdog, failure, is_driver_failure, requires
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
@@ -114,9 +127,11 @@ def check_database_connected(db: Engine | HasEngine) -> list[CheckMessage]:
     """
     with requires("sqlalchemy", extra="sqlalchemy"):
         from sqlalchemy.exc import DBAPIError, SQLAlchemyError
-    engine = sync_engine_of(db)
     try:
-        run_on_connection_sync(engine, _select_one, db if isinstance(db, CheckEngine) else None)
+        if isinstance(db, CheckEngine):
+            db.run(_select_one, _select_one_shared)
+        else:
+            run_on_connection_sync(sync_engine_of(db), _select_one)
     except CannotConnectError as exc:
         return [failure(_CANNOT_CONNECT, exc.error, health.ERROR_CANNOT_CONNECT_DATABASE)]
     except DBAPIError as exc:
@@ -125,6 +140,10 @@ def check_database_connected(db: Engine | HasEngine) -> list[CheckMessage]:
         return [failure("Database misconfigured", exc, health.ERROR_SQLALCHEMY_EXCEPTION)]
     except (OSError, asyncio.TimeoutError) as exc:
         return [failure(_CANNOT_CONNECT, exc, health.ERROR_CANNOT_CONNECT_DATABASE)]
+    except BaseException as exc:
+        if isinstance(exc, Exception) or not is_driver_failure(exc):
+            raise
+        return [failure("DB-API error", exc, health.ERROR_DB_API_EXCEPTION)]
     return []
 
 
@@ -159,6 +178,10 @@ async def check_database_connected_async(
         return [failure(_CANNOT_CONNECT, exc, health.ERROR_CANNOT_CONNECT_DATABASE)]
     except Exception as exc:
         if not _raised_by_driver(async_engine, exc):  # unwrapped, as when connecting above
+            raise
+        return [failure("DB-API error", exc, health.ERROR_DB_API_EXCEPTION)]
+    except BaseException as exc:  # a CancelledError the driver raised, say
+        if not is_driver_failure(exc):
             raise
         return [failure("DB-API error", exc, health.ERROR_DB_API_EXCEPTION)]
     return []
@@ -213,15 +236,23 @@ def check_engine(db: object, *, timeout: float | None = None) -> CheckEngine | A
 class CheckEngine(Bounded):
     """The sync engine a database check uses, beside an application's engine (see the module).
 
-    For SQLite it is the application's engine itself. Otherwise it is a copy made on first use
-    with ``Pool.recreate()``: the same URL, connection creator (so ``connect_args``, ``creator=``
-    and ``do_connect`` hooks still apply), pool settings and pool events, but a new, empty pool
-    that only the checks use, holding one connection per process and check that uses it.
+    A copy of the application's engine, made on first use with a pool of its own that only the
+    checks use (a new connection per check for SQLite, whose connections cost no server), whose
+    connections are made and set up as the application's are: the application's connection
+    creator (so ``connect_args``, ``creator=`` and ``do_connect`` hooks apply), its pool's
+    ``connect`` listeners, its execution options and isolation level. Nothing else of the
+    application's pool runs on them, and nothing of the application's engine, pool or
+    arguments is changed.
 
-    It stands in for a Flask-SQLAlchemy object: :func:`check_database_connected` uses its
-    :attr:`engine`. A Flask-SQLAlchemy ``db.engine`` is looked up on each use (in an application
-    context), and each application's engine gets its own copy. In a forked child the parent's
-    copies are let go without closing their connections, which belong to the parent.
+    Except for a connection that the application's engine hands to everybody: the one of a
+    ``StaticPool`` on SQLite (an in-memory database lives in it), or the one a ``creator=``
+    returns on every call. The check reads through that connection as it finds it
+    (:meth:`run`), and never ends its transaction, closes it or changes its settings.
+
+    It stands in for a Flask-SQLAlchemy object: :func:`check_database_connected` uses it. A
+    Flask-SQLAlchemy ``db.engine`` is looked up on each use (in an application context), and
+    each application's engine gets its own copy. In a forked child the parent's copies are let
+    go without closing their connections, which belong to the parent.
 
     :param db: a SQLAlchemy ``Engine`` or a Flask-SQLAlchemy ``SQLAlchemy`` object.
     :param timeout: the check's timeout in seconds (default 3), which bounds its driver calls.
@@ -230,8 +261,11 @@ class CheckEngine(Bounded):
     def __init__(self, db: Engine | HasEngine, *, timeout: float | None = None) -> None:
         super().__init__(timeout)
         self._db = db
+        # Worker threads of runs that overlap may make or look up a copy together.
         self._lock = threading.Lock()
         self._copies: dict[Engine, Engine] = {}
+        # The application engines whose creator= returns one connection to everybody.
+        self._shared: dict[Engine, _Connector] = {}
         #: Wakes a driver call stuck on a silent socket at the check's deadline.
         self.watchdog = Watchdog()
         after_fork_in_child(self, CheckEngine._forget_inherited)
@@ -243,6 +277,7 @@ class CheckEngine(Bounded):
         for inherited in self._copies.values():
             inherited.dispose(close=False)
         self._copies.clear()
+        self._shared.clear()
 
     @property
     def source(self) -> Engine:
@@ -251,19 +286,68 @@ class CheckEngine(Bounded):
 
     @property
     def engine(self) -> Engine:
-        """The engine the check uses: :attr:`source` for SQLite, else its copy."""
+        """The engine whose connections the check uses: its copy of :attr:`source`, or
+        :attr:`source` itself when the check reads through the application's one connection."""
         source = self.source
-        if _is_sqlite(source):
+        if _static_sqlite(source):
             return source
-        # Worker threads of heartbeats that run at the same time may get here together.
         with self._lock:
-            copy = self._copies.get(source)
-            if copy is None:
-                copy = self._copies[source] = _copy_engine(source)
-            return copy
+            if source in self._shared:
+                return source
+            return self._copy_of(source)
+
+    def _copy_of(self, source: Engine) -> Engine:
+        # Under self._lock.
+        copy = self._copies.get(source)
+        if copy is None:
+            copy = self._copies[source] = _copy_engine(source)
+        return copy
+
+    def run(
+        self,
+        work: Callable[[Connection], T],
+        shared_work: Callable[[Any, Any], T] | None = None,
+    ) -> T:
+        """Return ``work(connection)`` on a connection of the check's own, bounded (see
+        :func:`run_on_connection_sync`); or ``shared_work(dbapi_connection, dialect)`` when the
+        application hands everybody one connection (see the class).
+
+        ``shared_work`` must read only: the check leaves that connection's transaction as it
+        found it (it rolls back only a transaction its statement began), and never closes it
+        or bounds it with a socket deadline or a ``statement_timeout``.
+
+        :raises SharedConnectionError: if the connection is shared and ``shared_work`` is
+            ``None``.
+        :raises CannotConnectError: if the check could not connect.
+        :raises NoAnswerError: if the database did not answer in time.
+        """
+        source = self.source
+        shared = _static_connection(source) if _static_sqlite(source) else None
+        if shared is None:
+            with self._lock:
+                connector = self._shared.get(source)
+                copy = self._copy_of(source) if connector is None else None
+            if copy is not None:
+                try:
+                    return run_on_connection_sync(copy, work, self)
+                except SharedConnectionError as exc:
+                    assert exc.connector is not None  # raised by the copy's connector
+                    connector = exc.connector
+                    with self._lock:  # the copy's pool never got a connection: let it go
+                        self._shared[source] = connector
+                        self._copies.pop(source, None)
+            assert connector is not None
+            shared = connector.shared()
+        if shared_work is None:
+            raise SharedConnectionError(None)
+        return _on_shared(shared, source.dialect, shared_work)
 
     def dispose(self) -> None:
-        """Close the copies' pooled connections. A later check makes a new copy."""
+        """Close the copies' pooled connections. A later check makes a new copy.
+
+        A connection the application shares with the check is the application's: it is left
+        open.
+        """
         with self._lock:
             copies = list(self._copies.values())
             self._copies.clear()
@@ -277,11 +361,12 @@ class CheckEngine(Bounded):
 class AsyncCheckEngine(Bounded):
     """The async engine a database check uses, beside an application's ``AsyncEngine``.
 
-    Made like :class:`CheckEngine`, but one copy per event loop: asyncpg (and aiomysql...)
-    connections belong to the loop that opened them. A copy is made on first use on each loop; a
-    new loop, such as the one a forked child starts, gets a new copy and never touches the old
-    one's connections. A copy is disposed of on its loop when that loop ends. For SQLite
-    (``aiosqlite``) it is the application's engine itself.
+    Made like :class:`CheckEngine` (the application's connection creator, ``connect``
+    listeners, execution options and isolation level, on a pool of its own), but one copy per
+    event loop: asyncpg (and aiomysql...) connections belong to the loop that opened them. A
+    copy is made on first use on each loop; a new loop, such as the one a forked child starts,
+    gets a new copy and never touches the old one's connections. A copy is disposed of on its
+    loop when that loop ends. For SQLite (``aiosqlite``) it is the application's engine itself.
 
     :param engine: the application's ``AsyncEngine``.
     :param timeout: the check's timeout in seconds (default 3), which bounds its driver calls.
@@ -399,6 +484,10 @@ def run_on_connection_sync(
                     connection = engine.connect()
                 except DBAPIError as exc:
                     raise CannotConnectError(exc) from exc
+                except BaseException as exc:  # a CancelledError the driver raised, say
+                    if isinstance(exc, Exception) or not is_driver_failure(exc):
+                        raise
+                    raise CannotConnectError(exc) from exc
                 with connection:
                     return _bounded_sync(connection, work, deadline, watchdog)
             except DBAPIError as exc:
@@ -438,10 +527,14 @@ async def _run_retrying(
         connection = engine.connect()
         try:
             await connection.start()
-        except Exception as exc:
+        except BaseException as exc:
             # SQLAlchemy 2.0 lets an async driver's own errors through unwrapped when
-            # connecting (asyncpg's): they are DB-API errors all the same.
-            if not isinstance(exc, DBAPIError) and not _raised_by_driver(engine, exc):
+            # connecting (asyncpg's): they are DB-API errors all the same. A CancelledError
+            # the driver raised (not a cancellation of this task) is a failure to connect.
+            if isinstance(exc, Exception):
+                if not isinstance(exc, DBAPIError) and not _raised_by_driver(engine, exc):
+                    raise
+            elif not is_driver_failure(exc):
                 raise
             if wrap_connect:
                 raise CannotConnectError(exc) from exc
@@ -451,6 +544,13 @@ async def _run_retrying(
         except DBAPIError as exc:
             if attempt == 2 or not exc.connection_invalidated:
                 raise
+        except Exception as exc:
+            # SQLAlchemy before 2.0.50 lets asyncpg's InternalClientError through unwrapped
+            # ("cannot switch to state ..."): a pooled connection the server dropped, found
+            # mid-operation. It is discarded and a fresh one tried, as for an invalidated one.
+            if attempt == 2 or not _raised_by_driver(engine, exc):
+                raise
+            await connection.invalidate()
         finally:
             await connection.close()
     raise AssertionError("unreachable")  # pragma: no cover
@@ -533,7 +633,7 @@ def _socket_deadline(
         watchdog.cancel(armed)
 
 
-#: The connect timeout for connections that a check opens, read by :func:`_add_connect_timeout`.
+#: The connect timeout for connections that a check opens, read by :class:`_Connector`.
 _connect_timeout: contextvars.ContextVar[float | None] = contextvars.ContextVar(
     "dockerflow_connect_timeout", default=None
 )
@@ -543,20 +643,179 @@ _connect_timeout: contextvars.ContextVar[float | None] = contextvars.ContextVar(
 _CONNECT_TIMEOUT_PARAMS = {"psycopg2": "connect_timeout", "psycopg": "connect_timeout"}
 
 
-def _add_connect_timeout(
-    dialect: Any, conn_rec: Any, cargs: list[Any], cparams: dict[str, Any]
-) -> None:
-    """``do_connect`` hook: bound the connect of a check's connection, not the application's."""
-    seconds = _connect_timeout.get()
+class _Connecting:
+    """A connect of the check's own, under way in this context."""
+
+    def __init__(self, dialect: Any, timeout: float | None) -> None:
+        self.dialect = dialect
+        self.timeout = timeout
+        #: Whether create_engine's connect function made it (it calls the do_connect hooks).
+        self.hooked = False
+
+
+_connecting: contextvars.ContextVar[_Connecting | None] = contextvars.ContextVar(
+    "dockerflow_connecting", default=None
+)
+
+
+class SharedConnectionError(Exception):
+    """The application's engine hands everybody one connection: the check may only read
+    through it (:meth:`CheckEngine.run`)."""
+
+    def __init__(self, connector: _Connector | None) -> None:
+        super().__init__(
+            "the application's engine hands out one connection to everybody (a StaticPool, "
+            "or a creator= that returns the same connection)"
+        )
+        self.connector = connector
+
+
+def _connect_for_check(dialect: Any, record: Any, cargs: list[Any], cparams: dict[str, Any]) -> Any:
+    """``do_connect`` hook on the application's engine: acts on the check's connects only.
+
+    The application's own connects are left to its arguments and hooks (this returns ``None``).
+    A check's connect to PostgreSQL through psycopg2 or psycopg is made here, from copies of the
+    arguments with the check's connect timeout: SQLAlchemy 2.0 hands every connect the engine's
+    one list and dict, which must keep the application's values. The application's hooks added
+    after this one run first, on the copies, as they would have.
+    """
+    connecting = _connecting.get()
+    if connecting is None or connecting.dialect is not dialect:
+        return None
+    connecting.hooked = True
     param = _CONNECT_TIMEOUT_PARAMS.get(dialect.driver)
-    if seconds is None or param is None:
-        return
-    ours = max(2, math.floor(seconds))
+    if param is None or connecting.timeout is None:
+        return None
+    cargs, cparams = list(cargs), dict(cparams)
+    ours = max(2, math.floor(connecting.timeout))
     try:
         given = int(cparams[param])
     except (KeyError, TypeError, ValueError):
         given = 0
     cparams[param] = ours if given <= 0 else min(given, ours)
+    hooks = list(dialect.dispatch.do_connect)
+    later = hooks[hooks.index(_connect_for_check) + 1 :] if _connect_for_check in hooks else []
+    for hook in later:
+        connection = hook(dialect, record, cargs, cparams)
+        if connection is not None:
+            return connection
+    return dialect.connect(*cargs, **cparams)
+
+
+class _Connector:
+    """The connection creator of a check's own pool: the application's.
+
+    It tells the check's own connections from one the application hands out to everybody: a
+    connection made by create_engine's connect function (the ``do_connect`` hook saw it) is
+    new. A ``creator=`` of the application's is called twice on the first connect: one that
+    returns the same connection both times is a shared one (:class:`SharedConnectionError`).
+    """
+
+    def __init__(self, source: Engine) -> None:
+        # The application pool's creator: Pool.recreate() reads it the same way, and no public
+        # name gives it (recreate() would also carry over the pool's class, settings and every
+        # listener, which the check's pool must not have).
+        creator: Any = source.pool._creator
+        self._create: Callable[[Any], Any] = (
+            creator if _takes_record(creator) else (lambda record: creator())
+        )
+        self._dialect = source.dialect
+        self._fresh = False  # the application's creator= makes a new connection per call
+
+    def connect(self, connection_record: Any = None) -> Any:
+        """Make a connection for the check's pool (the pool's ``creator``).
+
+        :raises SharedConnectionError: if it is the application's one shared connection.
+        """
+        connecting = _Connecting(self._dialect, _connect_timeout.get())
+        token = _connecting.set(connecting)
+        try:
+            connection = self._create(connection_record)
+            if connecting.hooked or self._fresh:
+                return connection
+            try:
+                again = self._create(connection_record)
+            except BaseException:
+                connection.close()  # a new one: ours
+                raise
+        finally:
+            _connecting.reset(token)
+        if again is connection:
+            raise SharedConnectionError(self)
+        self._fresh = True
+        with contextlib.suppress(Exception):
+            again.close()
+        return connection
+
+    def shared(self) -> Any:
+        """Return the application's one shared connection (its creator's)."""
+        return self._create(None)
+
+
+def _takes_record(creator: Callable[..., Any]) -> bool:
+    """Whether SQLAlchemy calls ``creator`` with the connection record, as a pool does."""
+    try:
+        parameters = list(inspect.signature(creator).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    positional = [
+        p
+        for p in parameters
+        if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    ]
+    if [p.name for p in positional] == ["connection_record"]:
+        return True
+    return len([p for p in positional if p.default is inspect.Parameter.empty]) == 1
+
+
+def _static_sqlite(engine: Engine) -> bool:
+    """Whether ``engine`` is SQLite on a ``StaticPool``: one connection (and in it, for an
+    in-memory database, the database itself) for everybody."""
+    from sqlalchemy.pool import StaticPool
+
+    return _is_sqlite(engine) and isinstance(engine.pool, StaticPool)
+
+
+def _static_connection(engine: Engine) -> Any:
+    """Return the one DB-API connection of a ``StaticPool`` (made on first use, as the
+    application's first checkout would), without checking it out: a checkin rolls back.
+
+    :raises CannotConnectError: if the pool's connection is closed.
+    """
+    connection = engine.pool.connection.dbapi_connection  # type: ignore[attr-defined]
+    if connection is None:
+        error = RuntimeError("the application's StaticPool connection is closed")
+        raise CannotConnectError(error)
+    return connection
+
+
+def _on_shared(raw: Any, dialect: Any, work: Callable[[Any, Any], T]) -> T:
+    """Return ``work(raw, dialect)`` on a connection the application shares with the check,
+    leaving its transaction as it was; a driver's error is raised as ``DBAPIError``."""
+    from sqlalchemy.exc import DBAPIError
+
+    began = _in_transaction(raw) is False
+    try:
+        return work(raw, dialect)
+    except dialect.loaded_dbapi.Error as exc:
+        raise DBAPIError.instance(None, None, exc, dialect.loaded_dbapi.Error) from exc
+    finally:
+        # End only a transaction that the check's statement began (psycopg begins one before
+        # a query when none is open; sqlite3 does not for a SELECT).
+        if began and _in_transaction(raw):
+            with contextlib.suppress(Exception):
+                raw.rollback()
+
+
+def _in_transaction(raw: Any) -> bool | None:
+    """Whether a DB-API connection is in a transaction; ``None`` when the driver does not say."""
+    in_transaction = getattr(raw, "in_transaction", None)  # sqlite3
+    if isinstance(in_transaction, bool):
+        return in_transaction
+    status = getattr(getattr(raw, "info", None), "transaction_status", None)  # psycopg2, psycopg
+    if status is None:
+        return None
+    return int(status) != 0  # 0 is IDLE for both
 
 
 def _select_one(connection: Connection) -> object:
@@ -565,21 +824,72 @@ def _select_one(connection: Connection) -> object:
     return connection.execute(text("SELECT 1")).scalar()
 
 
+def _select_one_shared(raw: Any, dialect: Any) -> object:
+    cursor = raw.cursor()
+    try:
+        cursor.execute("SELECT 1")
+        return cursor.fetchone()[0]
+    finally:
+        cursor.close()
+
+
 def _is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
 def _copy_engine(source: Engine) -> Engine:
     from sqlalchemy import create_engine, event
+    from sqlalchemy.pool import NullPool, Pool, QueuePool
 
-    # The copy's pool calls the source's connection creator, which runs the source's do_connect
-    # hooks: the hook only acts while a check connects (_connect_timeout is set).
-    if not event.contains(source, "do_connect", _add_connect_timeout):
-        event.listen(source, "do_connect", _add_connect_timeout)
-    return create_engine(source.url, pool=source.pool.recreate())
+    # The one thing added to the application's engine: a hook that makes the check's own
+    # connections with the check's connect timeout, and lets the application's be.
+    if not event.contains(source, "do_connect", _connect_for_check):
+        event.listen(source, "do_connect", _connect_for_check)
+    connector = _Connector(source)
+    pool: Pool
+    if _is_sqlite(source) or isinstance(source.pool, NullPool):
+        # SQLite: a connection costs no server, and may not be used by other threads.
+        pool = NullPool(connector.connect)
+    else:
+        pool = QueuePool(connector.connect, **_POOL_SIZE)
+    _copy_connect_listeners(source.pool, pool)
+    return create_engine(
+        source.url, pool=pool, execution_options=dict(source.get_execution_options())
+    )
 
 
 def _copy_async_engine(source: AsyncEngine) -> AsyncEngine:
     from sqlalchemy.ext.asyncio import create_async_engine
+    from sqlalchemy.pool import AsyncAdaptedQueuePool, NullPool, Pool
 
-    return create_async_engine(source.url, pool=source.sync_engine.pool.recreate())
+    app = source.sync_engine
+    creator = app.pool._creator  # as in _Connector: no public name gives it
+    pool: Pool
+    if isinstance(app.pool, NullPool):
+        pool = NullPool(creator)
+    else:
+        pool = AsyncAdaptedQueuePool(creator, **_POOL_SIZE)
+    _copy_connect_listeners(app.pool, pool)
+    return create_async_engine(
+        source.url, pool=pool, execution_options=dict(app.get_execution_options())
+    )
+
+
+# The checks' own pool: one connection per check that uses it (two with the migrations check),
+# room for runs that overlap, and no long wait for one.
+_POOL_SIZE: dict[str, Any] = {"pool_size": 2, "max_overflow": 8, "timeout": 10}
+
+
+def _copy_connect_listeners(source: Any, pool: Any) -> None:
+    """Add the ``connect`` listeners of the application's pool to the check's.
+
+    They set a connection up the way the application's queries see the database (isolation
+    level, search_path, role, time zone, type adapters); the pool's other listeners (checkout,
+    checkin, reset, close...) watch the application's own pool, and are left out.
+    """
+    from sqlalchemy import event
+
+    everywhere = list(pool.dispatch.connect)  # class-level listeners: every pool runs them
+    for listener in list(source.dispatch.connect):
+        if listener not in everywhere:
+            event.listen(pool, "connect", listener)

@@ -21,6 +21,7 @@ from .helpers import (
     POSTGRES_URL,
     REDIS_URL,
     BlackHole,
+    Gate,
     PrivateRedis,
     Proxy,
     unreachable,
@@ -155,3 +156,13 @@ def redis_proxy(redis_url: str) -> Iterator[Proxy]:
     proxy = Proxy(urlsplit(redis_url).port or 6379)
     yield proxy
     proxy.close()
+
+
+@pytest.fixture
+def redis_gate(redis_url: str) -> Iterator[Gate]:
+    """A :class:`Gate` in front of the shared Redis server, closed at teardown."""
+    from urllib.parse import urlsplit
+
+    gate = Gate(urlsplit(redis_url).port or 6379)
+    yield gate
+    gate.close()

@@ -69,6 +69,21 @@ def count_backends(postgres_url: str, application_name: str) -> int:
     return int(count)
 
 
+def running_query(postgres_url: str, application_name: str, containing: str) -> bool:
+    """Whether a server connection with ``application_name`` is running a query with
+    ``containing`` in its text right now."""
+    import psycopg2
+
+    with contextlib.closing(psycopg2.connect(postgres_url)) as conn, conn.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s "
+            "AND state = 'active' AND position(%s in query) > 0",
+            (application_name, containing),
+        )
+        (count,) = cursor.fetchone()
+    return int(count) > 0
+
+
 def terminate_backends(postgres_url: str, application_name: str) -> int:
     """Kill the server connections that carry ``application_name``; return how many."""
     import psycopg2
@@ -104,6 +119,14 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
         if time.monotonic() > deadline:
             pytest.fail(f"still not true after {timeout}s: {predicate}")
         time.sleep(0.05)
+
+
+def pointed_at(url: str, port: int) -> str:
+    """Return ``url`` (a SQLAlchemy or Redis URL) with its host and port ``127.0.0.1:port``."""
+    scheme, _, rest = url.partition("://")
+    authority, slash, path = rest.partition("/")
+    userinfo, at, _hostport = authority.rpartition("@")
+    return f"{scheme}://{userinfo}{at}127.0.0.1:{port}{slash}{path}"
 
 
 class BlackHole:
@@ -213,10 +236,7 @@ class Proxy:
 
     def url(self, url: str) -> str:
         """Return ``url`` (a SQLAlchemy or Redis URL) pointed at this proxy."""
-        scheme, _, rest = url.partition("://")
-        authority, slash, path = rest.partition("/")
-        userinfo, at, _hostport = authority.rpartition("@")
-        return f"{scheme}://{userinfo}{at}127.0.0.1:{self.port}{slash}{path}"
+        return pointed_at(url, self.port)
 
     def black_hole(self) -> None:
         """Stop answering: new connections hang, piped ones go silent for good."""
@@ -295,3 +315,103 @@ class Proxy:
         self._listener.close()
         for one in [*self._peers, *self._held]:
             one.close()
+
+
+class Gate:
+    """A local TCP proxy to a real server that can hold the server's answers back.
+
+    Requests always reach the server; while the gate is shut, what the server answers waits in
+    the proxy until :meth:`open`. :meth:`wait_for` waits until the proxy has seen a given number
+    of connections and bytes from clients, so that a test knows a request is on its way without
+    sleeping.
+    """
+
+    def __init__(self, port: int, host: str = "127.0.0.1") -> None:
+        self._upstream = (host, port)
+        self._listener = socket.socket()
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(64)
+        self.port = int(self._listener.getsockname()[1])
+        self._open = threading.Event()
+        self._open.set()
+        self._seen = threading.Condition()
+        self.connections = 0
+        self.requests: list[bytes] = []
+        self._sockets: list[socket.socket] = []
+        self._closed = False
+        threading.Thread(target=self._accept, name="gate", daemon=True).start()
+
+    def url(self, url: str) -> str:
+        """Return ``url`` (a SQLAlchemy or Redis URL) pointed at this proxy."""
+        return pointed_at(url, self.port)
+
+    def shut(self) -> None:
+        """Hold the server's answers back from now on."""
+        self._open.clear()
+
+    def open(self) -> None:
+        """Let the server's answers through, those held back first."""
+        self._open.set()
+
+    def wait_for(
+        self, *, connections: int = 0, containing: bytes = b"", count: int = 1, timeout: float = 10
+    ) -> None:
+        """Wait until at least ``connections`` were accepted and ``count`` client sends held
+        ``containing``; fail after ``timeout`` seconds."""
+
+        def seen() -> bool:
+            sends = sum(containing in data for data in self.requests)
+            return self.connections >= connections and (not containing or sends >= count)
+
+        with self._seen:
+            if not self._seen.wait_for(seen, timeout):
+                pytest.fail(f"the gate did not see {connections} connections / {containing!r}")
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self._upstream, timeout=5)
+            server.settimeout(None)
+            self._sockets += [client, server]
+            with self._seen:
+                self.connections += 1
+                self._seen.notify_all()
+            for source, sink, upstream in ((client, server, True), (server, client, False)):
+                threading.Thread(
+                    target=self._pipe, args=(source, sink, upstream), daemon=True
+                ).start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket, upstream: bool) -> None:
+        while True:
+            try:
+                data = source.recv(65536)
+            except OSError:
+                data = b""
+            if not data:
+                with contextlib.suppress(OSError):
+                    sink.shutdown(socket.SHUT_WR)
+                return
+            if upstream:
+                with self._seen:
+                    self.requests.append(data)
+                    self._seen.notify_all()
+            else:
+                self._open.wait()
+            try:
+                sink.sendall(data)
+            except OSError:
+                return
+
+    def close(self) -> None:
+        """Stop the proxy and close every socket it holds."""
+        if self._closed:
+            return
+        self._closed = True
+        self._open.set()
+        self._listener.close()
+        for one in self._sockets:
+            with contextlib.suppress(OSError):
+                one.close()
