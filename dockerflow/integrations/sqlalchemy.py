@@ -41,8 +41,13 @@ reported as ``E001`` within the timeout and the check recovers once it answers a
   application's own connects pass through it untouched. A query that gets no answer has its
   socket shut down at the bound (for drivers whose connections have a ``fileno()``: psycopg2,
   psycopg 3), which ends the blocked call; the connection is then discarded;
-* on PostgreSQL each check sets ``statement_timeout`` for its own transaction (``SET LOCAL``), so
-  a query held behind a lock (such as a migration's) ends on the server too.
+* on PostgreSQL a query held behind a lock (such as a migration's) ends on the server too: a
+  sync check's connections are made with ``statement_timeout`` set to the bound (libpq's
+  ``options``, psycopg2 and psycopg 3), so a run sends nothing for it; a run with a smaller
+  bound than its connection's, and an async check, set it for their own transaction
+  (``SET LOCAL``). The built-in ``SELECT 1`` runs outside a transaction (the driver's
+  ``autocommit``, set back before the connection returns to the pool): one round trip a run,
+  with no ``BEGIN`` or ``ROLLBACK``.
 
 Not bounded: the connect of an engine made with ``creator=`` (the hook does not run; set the
 connect timeout in your creator), and the check through a connection the application shares with
@@ -476,6 +481,7 @@ def run_on_connection_sync(
 
     timeout, watchdog = bound.driver_timeout, bound.watchdog
     deadline = time.monotonic() + timeout
+    bound_ms = _statement_timeout_ms(engine.dialect, timeout)
     token = _connect_timeout.set(timeout)
     try:
         for attempt in (1, 2):
@@ -489,7 +495,7 @@ def run_on_connection_sync(
                         raise
                     raise CannotConnectError(exc) from exc
                 with connection:
-                    return _bounded_sync(connection, work, deadline, watchdog)
+                    return _bounded_sync(connection, work, deadline, watchdog, bound_ms)
             except DBAPIError as exc:
                 # A second try only for a dropped pooled connection, and only with time left.
                 if attempt == 2 or not exc.connection_invalidated or _expired(deadline):
@@ -508,7 +514,7 @@ async def run_on_connection(
         call is cancelled then.
     :raises NoAnswerError: if the database did not answer within ``timeout``.
     """
-    statement_ms = _statement_timeout_ms(engine.sync_engine, timeout)
+    statement_ms = _statement_timeout_ms(engine.sync_engine.dialect, timeout)
     bounded = functools.partial(_with_statement_timeout, work, statement_ms)
     if timeout is None:
         return await _run_retrying(engine, bounded, wrap_connect=False)
@@ -561,12 +567,21 @@ def _expired(deadline: float) -> bool:
 
 
 def _bounded_sync(
-    connection: Connection, work: Callable[[Connection], T], deadline: float, watchdog: Watchdog
+    connection: Connection,
+    work: Callable[[Connection], T],
+    deadline: float,
+    watchdog: Watchdog,
+    bound_ms: int | None,
 ) -> T:
     remaining = deadline - time.monotonic()
     if remaining <= 0:
         raise NoAnswerError("no time left to query the database")
-    statement_ms = _statement_timeout_ms(connection.engine, remaining)
+    statement_ms = _statement_timeout_ms(connection.dialect, remaining)
+    preset: int = connection.connection.info.get(_STATEMENT_MS, -1)
+    if statement_ms is not None and bound_ms is not None and 0 < preset <= bound_ms:
+        # Set when the connection was made, within the check's bound (the socket deadline
+        # ends the wait at the remaining time on this side).
+        statement_ms = None
     with _socket_deadline(connection, remaining, watchdog) as fired:
         try:
             return _with_statement_timeout(work, statement_ms, connection)
@@ -585,8 +600,8 @@ def _with_statement_timeout(
     return work(connection)
 
 
-def _statement_timeout_ms(engine: Engine, timeout: float | None) -> int | None:
-    if timeout is None or engine.dialect.name != "postgresql":
+def _statement_timeout_ms(dialect: Any, timeout: float | None) -> int | None:
+    if timeout is None or dialect.name != "postgresql":
         return None
     return max(1, int(timeout * 1000))
 
@@ -632,6 +647,9 @@ def _socket_deadline(
             finished = True
         watchdog.cancel(armed)
 
+
+#: Key in a check connection's ``info``: the ``statement_timeout`` (ms) it was made with.
+_STATEMENT_MS = "dockerflow_statement_timeout_ms"
 
 #: The connect timeout for connections that a check opens, read by :class:`_Connector`.
 _connect_timeout: contextvars.ContextVar[float | None] = contextvars.ContextVar(
@@ -693,6 +711,14 @@ def _connect_for_check(dialect: Any, record: Any, cargs: list[Any], cparams: dic
     except (KeyError, TypeError, ValueError):
         given = 0
     cparams[param] = ours if given <= 0 else min(given, ours)
+    # The server-side bound, set once per connection: no SET LOCAL round trip on each run.
+    statement_ms = _statement_timeout_ms(dialect, connecting.timeout)
+    if statement_ms is not None:
+        given_options = cparams.get("options")
+        ours_option = f"-c statement_timeout={statement_ms:d}"
+        cparams["options"] = f"{given_options} {ours_option}" if given_options else ours_option
+        if record is not None:
+            record.info[_STATEMENT_MS] = statement_ms
     hooks = list(dialect.dispatch.do_connect)
     later = hooks[hooks.index(_connect_for_check) + 1 :] if _connect_for_check in hooks else []
     for hook in later:
@@ -821,6 +847,30 @@ def _in_transaction(raw: Any) -> bool | None:
 def _select_one(connection: Connection) -> object:
     from sqlalchemy import text
 
+    raw: Any = connection.connection.dbapi_connection
+    if (
+        connection.dialect.driver in _CONNECT_TIMEOUT_PARAMS
+        and not connection.in_transaction()
+        and raw.autocommit is False
+    ):
+        # One read needs no transaction: without one there is no BEGIN and no ROLLBACK to send
+        # (psycopg2 sends each as a round trip of its own), just the SELECT. The driver's own
+        # switch, set back before the connection returns to the pool: it sends nothing, where
+        # a change of isolation level through SQLAlchemy sends a SET when it is undone.
+        try:
+            raw.autocommit = True
+        except Exception:
+            # A connection the server dropped: the SELECT below fails the way SQLAlchemy
+            # recognises (and the check retries on a fresh connection).
+            return connection.execute(text("SELECT 1")).scalar()
+        try:
+            return connection.execute(text("SELECT 1")).scalar()
+        finally:
+            try:
+                raw.autocommit = False
+            except Exception:
+                # It must not go back to the pool in autocommit: it is closed instead.
+                connection.invalidate()
     return connection.execute(text("SELECT 1")).scalar()
 
 
