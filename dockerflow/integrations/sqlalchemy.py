@@ -20,13 +20,14 @@ or arguments):
   no server, it opens one per check. Heartbeats never queue behind application requests that
   hold every connection of the application's pool, and an async check's connections belong to
   dockerflow's event loop, never to the loops on which the application uses its engine;
-* the application's, when its engine hands one connection to everybody: a ``StaticPool`` on
-  SQLite (an in-memory database exists only in that connection), or a ``creator=`` that returns
-  the same connection on every call (told apart at the first connect by calling it twice). The
-  check then reads through that connection as it finds it: a plain ``SELECT 1`` on the DB-API
-  connection, inside the application's transaction if one is open; it rolls back only a
-  transaction its own statement began, and never closes the connection, shuts its socket down
-  or sets its ``statement_timeout``, so it is not bounded as below.
+* the application's, when its engine hands one connection to everybody. A ``StaticPool`` on
+  SQLite (an in-memory database exists only in that connection) is checked through the
+  application's own engine, as python-dockerflow's check does. A ``creator=`` that returns the
+  same connection on every call (told apart at the first connect by calling it twice) is read
+  through as the check finds it: a plain ``SELECT 1`` on the DB-API connection, inside the
+  application's transaction if one is open; it rolls back only a transaction its own statement
+  began, and never closes the connection, shuts its socket down or sets its
+  ``statement_timeout``, so it is not bounded as below.
 
 Every driver call is bounded by a little less than the check's timeout
 (:func:`~dockerflow.integrations.driver_timeout`), so that a database that stops answering is
@@ -249,10 +250,11 @@ class CheckEngine(Bounded):
     application's pool runs on them, and nothing of the application's engine, pool or
     arguments is changed.
 
-    Except for a connection that the application's engine hands to everybody: the one of a
-    ``StaticPool`` on SQLite (an in-memory database lives in it), or the one a ``creator=``
-    returns on every call. The check reads through that connection as it finds it
-    (:meth:`run`), and never ends its transaction, closes it or changes its settings.
+    Except for a connection that the application's engine hands to everybody. The one of a
+    ``StaticPool`` on SQLite (an in-memory database lives in it) is used through the
+    application's own engine, as python-dockerflow does. The one a ``creator=`` returns on every
+    call is read through as the check finds it (:meth:`run`), and the check never ends its
+    transaction, closes it or changes its settings.
 
     It stands in for a Flask-SQLAlchemy object: :func:`check_database_connected` uses it. A
     Flask-SQLAlchemy ``db.engine`` is looked up on each use (in an application context), and
@@ -327,22 +329,25 @@ class CheckEngine(Bounded):
         :raises NoAnswerError: if the database did not answer in time.
         """
         source = self.source
-        shared = _static_connection(source) if _static_sqlite(source) else None
-        if shared is None:
-            with self._lock:
-                connector = self._shared.get(source)
-                copy = self._copy_of(source) if connector is None else None
-            if copy is not None:
-                try:
-                    return run_on_connection_sync(copy, work, self)
-                except SharedConnectionError as exc:
-                    assert exc.connector is not None  # raised by the copy's connector
-                    connector = exc.connector
-                    with self._lock:  # the copy's pool never got a connection: let it go
-                        self._shared[source] = connector
-                        self._copies.pop(source, None)
-            assert connector is not None
-            shared = connector.shared()
+        if _static_sqlite(source):
+            # SQLite on a StaticPool (Flask-SQLAlchemy's in-memory database): through the
+            # application's own engine, as python-dockerflow's check does (code written for it
+            # mocks db.engine.connect). StaticPool hands that connection out without closing it.
+            return run_on_connection_sync(source, work)
+        with self._lock:
+            connector = self._shared.get(source)
+            copy = self._copy_of(source) if connector is None else None
+        if copy is not None:
+            try:
+                return run_on_connection_sync(copy, work, self)
+            except SharedConnectionError as exc:
+                assert exc.connector is not None  # raised by the copy's connector
+                connector = exc.connector
+                with self._lock:  # the copy's pool never got a connection: let it go
+                    self._shared[source] = connector
+                    self._copies.pop(source, None)
+        assert connector is not None
+        shared = connector.shared()
         if shared_work is None:
             raise SharedConnectionError(None)
         return _on_shared(shared, source.dialect, shared_work)
@@ -800,19 +805,6 @@ def _static_sqlite(engine: Engine) -> bool:
     from sqlalchemy.pool import StaticPool
 
     return _is_sqlite(engine) and isinstance(engine.pool, StaticPool)
-
-
-def _static_connection(engine: Engine) -> Any:
-    """Return the one DB-API connection of a ``StaticPool`` (made on first use, as the
-    application's first checkout would), without checking it out: a checkin rolls back.
-
-    :raises CannotConnectError: if the pool's connection is closed.
-    """
-    connection = engine.pool.connection.dbapi_connection  # type: ignore[attr-defined]
-    if connection is None:
-        error = RuntimeError("the application's StaticPool connection is closed")
-        raise CannotConnectError(error)
-    return connection
 
 
 def _on_shared(raw: Any, dialect: Any, work: Callable[[Any, Any], T]) -> T:

