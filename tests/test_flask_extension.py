@@ -219,27 +219,71 @@ def test_silenced_checks(tmp_path: Path) -> None:
 
 
 def test_checks_run_concurrently_with_timeouts(tmp_path: Path) -> None:
+    """A heartbeat runs its checks at the same time, each under its own timeout.
+
+    Five sync checks meet at a barrier and five async ones wait for each other: they pass only
+    if all five run at once, whenever a loaded machine gets round to starting them (they have
+    10 s). Six more hang and are cut at the 1 s timeout, one at its own 0.1 s: the heartbeat
+    answers at about the longest timeout, not at the 6.1 s the timeouts add up to.
+    """
     app = Flask("slow", root_path=str(tmp_path))
     app.config["DOCKERFLOW_CHECK_TIMEOUT"] = 1.0
     ext = Dockerflow(app)
-    for i in range(5):
-        # Well under the timeout: a loaded CI machine may start a thread late.
-        ext.check(lambda: time.sleep(0.3), name=f"sync{i}")
-        ext.check(lambda: asyncio.sleep(0.3), name=f"async{i}")
+    meeting = 10.0
+    barrier = threading.Barrier(5)
+    arrived: list[str] = []
+    everyone = asyncio.Event()  # bound to the loop the checks run on when first awaited
+
+    # A new function per check: one function registered under two names shares its runs.
+    def meets_in_a_thread() -> Any:
+        def meet() -> None:
+            barrier.wait(meeting / 2)
+
+        return meet
+
+    def meets_on_the_loop(name: str) -> Any:
+        async def meet() -> None:
+            arrived.append(name)
+            if len(arrived) == 5:
+                everyone.set()
+            await asyncio.wait_for(everyone.wait(), meeting / 2)
+
+        return meet
+
+    def hangs_in_a_thread() -> Any:
+        return lambda: released.wait(30)
+
+    def hangs_on_the_loop() -> Any:
+        async def hang() -> None:
+            await asyncio.sleep(30)
+
+        return hang
+
     released = threading.Event()
-    ext.check(lambda: released.wait(10), name="hung")
-    ext.check(lambda: asyncio.sleep(5), name="quick_timeout", timeout=0.1)
+    for i in range(5):
+        ext.check(meets_in_a_thread(), name=f"sync{i}", timeout=meeting)
+        ext.check(meets_on_the_loop(f"async{i}"), name=f"async{i}", timeout=meeting)
+    for i in range(3):
+        ext.check(hangs_in_a_thread(), name=f"hung_sync{i}")
+        ext.check(hangs_on_the_loop(), name=f"hung_async{i}")
+    ext.check(hangs_on_the_loop(), name="quick_timeout", timeout=0.1)
     try:
         started = time.perf_counter()
         response = app.test_client().get("/__heartbeat__")
         elapsed = time.perf_counter() - started
-        assert elapsed < 1.0 + 0.5  # the longest timeout, not the sum of the sleeps (3 s)
         body = response.json
-        assert body["details"]["hung"]["messages"] == {
-            health.ERROR_CHECK_TIMEOUT: "Check timed out after 1s"
-        }
-        assert health.ERROR_CHECK_TIMEOUT in body["details"]["quick_timeout"]["messages"]
-        assert [body["checks"][f"sync{i}"] for i in range(5)] == ["ok"] * 5
+        assert [body["checks"][f"sync{i}"] for i in range(5)] == ["ok"] * 5, body
+        assert [body["checks"][f"async{i}"] for i in range(5)] == ["ok"] * 5, body
+        for i in range(3):
+            assert body["details"][f"hung_sync{i}"]["messages"] == {
+                health.ERROR_CHECK_TIMEOUT: "Check timed out after 1s"
+            }
+            assert list(body["details"][f"hung_async{i}"]["messages"]) == [
+                health.ERROR_CHECK_TIMEOUT
+            ]
+        assert list(body["details"]["quick_timeout"]["messages"]) == [health.ERROR_CHECK_TIMEOUT]
+        # The hung checks wait out their timeouts side by side: 1 s, not 6.1 s.
+        assert 1.0 <= elapsed < 3.0
     finally:
         released.set()
         ext._bridge.stop()

@@ -14,8 +14,8 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from dockerflow import health
-from dockerflow.engine import Check, Engine
-from dockerflow.integrations import release
+from dockerflow.engine import DEFAULT_TIMEOUT, Check, Engine
+from dockerflow.integrations import driver_timeout, release
 from dockerflow.integrations.redis import (
     check_redis_connected,
     check_redis_connected_async,
@@ -123,10 +123,12 @@ def test_sync_unbounded_client_of_its_own_is_bounded_by_the_engine_and_warned_ab
     try:
         report, took = timed(engine, check)
         assert only_message(report, "redis")[0] == health.ERROR_CHECK_TIMEOUT
-        assert took < engine.timeout + SLACK
+        # The ping never returns while the black hole is open: answering at all is the point.
+        assert took < 5 * engine.timeout
         report, took = timed(engine, check)
+        # It shares the stuck run (not a new one, not a new wait): answered without waiting.
         assert "still running" in only_message(report, "redis")[1]
-        assert took < SLACK
+        assert took < engine.timeout
         black_hole.close()  # the server hangs up: the thread returns, the check runs again
         wait_until(
             lambda: (
@@ -157,15 +159,22 @@ def test_sync_bounded_client_is_not_warned_about(
 def test_sync_black_hole_is_reported_within_the_timeout(
     engine: Engine, make_client: Callable[..., Any], black_hole: BlackHole
 ) -> None:
-    """The check pings through a client of its own, bounded at 0.8 s for a 1 s timeout."""
+    """The check pings through a client of its own, bounded a little under its timeout.
+
+    Told a 0.5 s timeout, the check bounds its ping at 0.4 s; the engine gives it far longer, so
+    that a worker thread started late on a loaded machine cannot make the engine's timeout
+    (``E011``) fire before the driver's: that race belongs to production, not to this test.
+    """
     client = make_client(port_url(black_hole.port), socket_timeout=None)
-    check = Check("redis", redis_check(client, timeout=engine.timeout))
-    for _ in range(2):  # the thread returned in time, so the check runs each time
+    told = 0.5
+    check = Check("redis", redis_check(client, timeout=told), timeout=10 * told)
+    for _ in range(2):  # the thread returned, so the check runs each time
         report, took = timed(engine, check)
         msg_id, text = only_message(report, "redis")
         assert msg_id == health.ERROR_CANNOT_CONNECT_REDIS
         assert "Timeout" in text
-        assert 0.8 <= took < 0.8 + SLACK
+        # Not before its own bound, and by that bound, not by the default timeout's (2.5 s).
+        assert driver_timeout(told) <= took < driver_timeout(DEFAULT_TIMEOUT)
 
 
 def test_sync_wrong_credentials_never_show_the_password(
@@ -281,12 +290,17 @@ def test_async_refused(
 def test_async_black_hole_is_cancelled_at_the_timeout(
     engine: Engine, make_async_client: Callable[..., redis.asyncio.Redis], black_hole: BlackHole
 ) -> None:
-    """The client's defaults (5 s socket timeout, retries) are cut short by cancellation."""
-    check = Check("redis", redis_check(make_async_client(port_url(black_hole.port))))
-    for _ in range(2):
+    """A ping bounded far past the engine's timeout (59.5 s) is cancelled at that timeout."""
+    check = Check("redis", redis_check(make_async_client(port_url(black_hole.port)), timeout=60))
+    for _ in range(2):  # each heartbeat runs the check anew: the last run ended
         report, took = timed(engine, check)
-        assert only_message(report, "redis")[0] == health.ERROR_CHECK_TIMEOUT
-        assert engine.timeout <= took < engine.timeout + SLACK
+        msg_id, text = only_message(report, "redis")
+        assert msg_id == health.ERROR_CHECK_TIMEOUT
+        assert "still running" not in text
+        assert engine.timeout <= took < 5 * engine.timeout
+        # Cancelled, the run ends soon after the heartbeat (within GRACE, unless the machine is
+        # loaded); left going, it would run for 59.5 s.
+        wait_until(lambda: not engine.stuck_runs())
 
 
 def test_async_wrong_credentials_never_show_the_password(
