@@ -486,3 +486,55 @@ def test_a_drain_not_below_gunicorns_graceful_timeout_is_logged(
     assert "DOCKERFLOW_DRAIN_SECONDS=5 is not below gunicorn's graceful_timeout (5s)" in (
         record.getMessage()
     )
+
+
+EARLY_END_CHILD = textwrap.dedent(
+    """
+    import logging, os, signal, sys, time
+    from flask import Flask
+    from dockerflow.flask import Dockerflow
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    # SIGINT stops at once, as gunicorn's handle_quit does.
+    signal.signal(signal.SIGINT, lambda signum, frame: sys.exit(0))
+    dockerflow = Dockerflow(Flask("child"))
+    dockerflow.drain_on_sigterm(30)
+    os.kill(os.getpid(), signal.SIGTERM)
+    while not dockerflow.draining:
+        time.sleep(0.01)
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(30)
+    """
+)
+
+
+def test_sigint_during_the_drain_stops_at_once_and_says_the_drain_ended_early() -> None:
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-c", EARLY_END_CHILD],
+        capture_output=True,
+        text=True,
+        timeout=WAIT + 20,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert time.monotonic() - started < 25  # not the drain's 30 s
+    (line,) = [line for line in done.stderr.splitlines() if "ended early" in line]
+    assert line.startswith("WARNING The drain ended early, after 0."), line
+    assert "of 30s: the process exits before SIGTERM went on to the default action" in line
+
+
+def test_eventlet_is_refused_with_what_to_do_instead(app: Flask, monkeypatch: Any) -> None:
+    # eventlet is deprecated, and gunicorn 26 removed its worker; it installs, but patches
+    # threading its own way.
+    class Patcher:
+        @staticmethod
+        def is_monkey_patched(module: str) -> bool:
+            return module == "thread"
+
+    monkeypatch.setitem(sys.modules, "eventlet.patcher", Patcher)
+    dockerflow = Dockerflow(app)
+    with pytest.raises(DrainError, match="eventlet has monkey-patched threading") as raised:
+        dockerflow.drain_on_sigterm(5)
+    assert "gunicorn -k gevent or -k gthread" in str(raised.value)
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
