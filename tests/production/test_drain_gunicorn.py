@@ -16,7 +16,7 @@ handler; with it, the app is built in the arbiter before the workers' handlers e
 from that hook: a worker still loading the app when SIGTERM comes stops at once, drain or not.
 
 The arbiter and group cases of one configuration run at the same time, each with its own
-server. ``DOCKERFLOW_TEST_DRAIN_MATRIX=diagonal`` (set by ``make test-pythons`` and
+server. ``DRAIN_TEST_MATRIX=diagonal`` (set by ``make test-pythons`` and
 ``make test-min``) runs one configuration per worker class only.
 """
 
@@ -62,7 +62,7 @@ WORKER_CLASSES = {
 }
 FULL = [(worker, preload) for worker in WORKER_CLASSES for preload in (False, True)]
 DIAGONAL = [("sync", False), ("gthread", True), ("gevent", True)]
-CONFIGS = DIAGONAL if os.environ.get("DOCKERFLOW_TEST_DRAIN_MATRIX") == "diagonal" else FULL
+CONFIGS = DIAGONAL if os.environ.get("DRAIN_TEST_MATRIX") == "diagonal" else FULL
 
 
 @dataclass(frozen=True)
