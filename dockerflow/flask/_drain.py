@@ -41,8 +41,11 @@ from ..engine import MAX_SECONDS, ConfigurationError, after_fork_in_child
 #: What ``signal.getsignal`` returns: a Python callable, ``SIG_DFL``, ``SIG_IGN``, or ``None``
 #: for a handler installed by C code (uWSGI's, for one).
 Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
-#: ``select.select``'s signature, for a wait on the pipe.
-Select = Callable[[list[int], list[int], list[int], float | None], tuple[list[int], Any, Any]]
+#: Waits until a file descriptor is readable or ``timeout`` seconds (``None``: no limit) have
+#: passed; returns whether it is readable.
+Wait = Callable[[int, float | None], bool]
+#: Starts a function in a thread or a greenlet.
+Spawn = Callable[[Callable[[], None]], object]
 
 logger = logging.getLogger("dockerflow.flask")
 
@@ -201,6 +204,7 @@ class SigtermDelay:
         # Set by the watcher once the drain is over; read by the handler.
         self._handing_on = False
         self._started: float | None = None
+        self._wait: Wait | None = None
         self._read, self._write = os.pipe()
         # The handler must never block on a full pipe; the watcher reads without blocking too.
         os.set_blocking(self._read, False)
@@ -243,16 +247,17 @@ class SigtermDelay:
             signal.signal(signum, signal.SIG_DFL)
             signal.raise_signal(signum)
 
-    def start_watcher(self, spawn: Callable[[Callable[[], None]], object], wait: Select) -> None:
+    def start_watcher(self, spawn: Spawn, wait: Wait) -> None:
         """Start the watcher, with the means of the process's concurrency: a thread and
-        ``select.select``, or gevent's greenlet and select."""
+        ``poll()``, or a greenlet and gevent's wait."""
         self._wait = wait
         spawn(self._watch)
         atexit.register(self._at_exit)
 
     def _pending(self, timeout: float | None) -> int:
         # How many SIGTERMs came, waiting up to timeout seconds (None: until one comes).
-        if not self._wait([self._read], [], [], timeout)[0]:
+        assert self._wait is not None  # set before the watcher starts
+        if not self._wait(self._read, timeout):
             return 0
         try:
             return len(os.read(self._read, 4096))
@@ -276,17 +281,18 @@ class SigtermDelay:
             seconds,
             describe(self.previous),
         )
+        repeated = count - 1
         while True:
-            if count > 1:
+            left = started + seconds - time.monotonic()
+            if repeated:
                 logger.info(
                     "SIGTERM again during the drain: ignored, %.1fs of it left (SIGINT or "
                     "SIGQUIT stop at once)",
-                    max(0.0, started + seconds - time.monotonic()),
+                    max(0.0, left),
                 )
-            left = started + seconds - time.monotonic()
             if left <= 0:
                 break
-            count = 1 + self._pending(left)
+            repeated = self._pending(left)
         self._handing_on = True
         logger.info(
             "Drain over after %.2fs: SIGTERM goes on to %s",
@@ -380,12 +386,16 @@ def _module_patched(package: str, test: str, module: str) -> bool:
     return patcher is not None and bool(getattr(patcher, test)(module))
 
 
-def _concurrency(previous: Handler) -> tuple[Callable[[Callable[[], None]], object], Select]:
+def _concurrency(previous: Handler) -> tuple[Spawn, Wait]:
     """Return how to start the watcher and how it waits, for this process's concurrency."""
     if _module_patched("gevent.monkey", "is_module_patched", "threading"):
         gevent = importlib.import_module("gevent")
         gevent_select = importlib.import_module("gevent.select")
-        return gevent.spawn, gevent_select.select
+
+        def wait_greenlet(fd: int, timeout: float | None) -> bool:
+            return bool(gevent_select.select([fd], [], [], timeout)[0])
+
+        return gevent.spawn, wait_greenlet
     if _module_patched("eventlet.patcher", "is_monkey_patched", "thread"):
         raise DrainError(
             f"eventlet has monkey-patched threading (SIGTERM leads to {describe(previous)}); "
@@ -393,17 +403,23 @@ def _concurrency(previous: Handler) -> tuple[Callable[[Callable[[], None]], obje
             "26 removed its eventlet worker: serve with gunicorn -k gevent or -k gthread, or "
             "call start_draining() from the server's shutdown hook"
         )
-    wait: Select = select.select
+    poll: Callable[[], select.poll] = select.poll
     if _module_patched("gevent.monkey", "is_module_patched", "select"):
-        # A real thread waits with the real select, not gevent's.
-        wait = sys.modules["gevent.monkey"].get_original("select", "select")
+        # gevent's select module is for greenlets: a real thread waits with the original.
+        poll = sys.modules["gevent.monkey"].get_original("select", "poll")
+
+    def wait_thread(fd: int, timeout: float | None) -> bool:
+        # poll(), not select(): the pipe's descriptor may be above select's 1024.
+        poller = poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(None if timeout is None else timeout * 1000))
 
     def spawn(target: Callable[[], None]) -> threading.Thread:
         thread = threading.Thread(target=target, name="dockerflow-sigterm", daemon=True)
         thread.start()
         return thread
 
-    return spawn, wait
+    return spawn, wait_thread
 
 
 def install(drain: Drain, seconds: float, *, chain_default: bool) -> SigtermDelay:
@@ -447,7 +463,8 @@ def install(drain: Drain, seconds: float, *, chain_default: bool) -> SigtermDela
         raise DrainError("signal handlers can only be installed from the main thread") from exc
     # signal.signal installs without SA_RESTART: a blocking C call of a request would fail
     # with EINTR at SIGTERM, and at the watcher's own.
-    signal.siginterrupt(signal.SIGTERM, False)
+    if hasattr(signal, "siginterrupt"):  # not on Windows
+        signal.siginterrupt(signal.SIGTERM, False)
     delay.start_watcher(spawn, wait)
     _check_gunicorn(current, seconds)
     return delay
