@@ -88,9 +88,11 @@ $(MIN_STAMP): pyproject.toml .ci/constraints-min.txt
 	$(MIN_VENV)/bin/python -m pip install --quiet -c .ci/constraints-min.txt -e '.[all,test]'
 	touch $(MIN_STAMP)
 
+# The suites of the other Pythons and of the lowest versions run one configuration of the
+# drain's gunicorn matrix per worker class (tests/production/test_drain_gunicorn.py).
 test-min: $(MIN_STAMP)
 	$(MIN_VENV)/bin/python -m pip list 2>/dev/null | grep -iE '^(flask|werkzeug)(-|\s)'
-	$(MIN_VENV)/bin/pytest
+	DRAIN_TEST_MATRIX=diagonal $(MIN_VENV)/bin/pytest
 
 # The suite on every other supported Python (the main venv has $(PYTHON)), each in a venv of its
 # own. An interpreter is taken from ~/.pyenv/versions or PATH (python3.X), the first that runs; a
@@ -108,7 +110,7 @@ find_python = $(shell for p in $(HOME)/.pyenv/versions/$(1).*/bin/python $$(comm
 
 test-py%: .venv-py%/.installed
 	.venv-py$*/bin/python --version
-	.venv-py$*/bin/pytest -q
+	DRAIN_TEST_MATRIX=diagonal .venv-py$*/bin/pytest -q
 
 test-pythons: $(foreach v,$(PYTHONS),test-py$(v))
 

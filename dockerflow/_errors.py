@@ -98,7 +98,7 @@ class NotInitializedError(DockerflowError, RuntimeError):
 
 
 class DrainError(DockerflowError, RuntimeError):
-    """SIGTERM cannot be made to drain here: not in the main thread, or its handler was
-    installed by C code (uWSGI's) and could not be handed the signal afterwards."""
+    """SIGTERM cannot be made to drain here: not in the main thread, under eventlet, or its
+    handler was installed by C code (uWSGI's) and could not be handed the signal afterwards."""
 
     __module__ = "dockerflow.flask"

@@ -8,8 +8,10 @@ tests/production/test_drain_gunicorn.py.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -169,24 +171,31 @@ def test_every_app_of_the_extension_drains(tmp_path: Path) -> None:
 # -- SIGTERM ------------------------------------------------------------------------------------
 
 
-def test_sigterm_drains_then_reaches_the_server_handler(app: Flask, server: ServerHandler) -> None:
+def test_sigterm_drains_then_reaches_the_server_handler(
+    app: Flask, server: ServerHandler, caplog: pytest.LogCaptureFixture
+) -> None:
     app.config["DOCKERFLOW_DRAIN_SECONDS"] = 0.5
     dockerflow = Dockerflow(app)  # init_app wraps the server's handler, in the main thread
     client = app.test_client()
     assert client.get("/__heartbeat__").status_code == 200
     sent = time.monotonic()
-    os.kill(os.getpid(), signal.SIGTERM)
-    wait_until_draining(dockerflow)
-    assert server.calls == []  # not yet: the drain lasts 0.5 s
+    with caplog.at_level(logging.INFO, logger="dockerflow.flask"):
+        os.kill(os.getpid(), signal.SIGTERM)
+        wait_until_draining(dockerflow)
+        assert server.called.wait(WAIT)
+    # One line at SIGTERM (the drain's length and what comes after it), one when it is over.
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith("Draining (SIGTERM) for 0.5s: /__heartbeat__ answers 503")
+    assert warnings[0].endswith("then SIGTERM goes on to test_drain.ServerHandler.handle")
+    assert any(r.getMessage().startswith("Drain over after 0.5") for r in caplog.records)
+    assert server.calls[0] - sent >= 0.5
     response = client.get("/__heartbeat__")
     assert response.status_code == 503
     assert (
         "(SIGTERM)" in response.get_json()["details"]["draining"]["messages"][health.ERROR_DRAINING]
     )
     assert client.get("/__lbheartbeat__").status_code == 200
-    # The server's handler runs in the main thread, which waits here.
-    assert server.called.wait(WAIT)
-    assert server.calls[0] - sent >= 0.5
     # Once handed over, a SIGTERM goes straight to the server's handler.
     os.kill(os.getpid(), signal.SIGTERM)
     deadline = time.monotonic() + WAIT
@@ -195,15 +204,122 @@ def test_sigterm_drains_then_reaches_the_server_handler(app: Flask, server: Serv
     assert len(server.calls) == 2
 
 
-def test_a_second_sigterm_ends_the_drain_at_once(app: Flask, server: ServerHandler) -> None:
-    app.config["DOCKERFLOW_DRAIN_SECONDS"] = 600
+def test_a_repeated_sigterm_does_not_end_the_drain(
+    app: Flask, server: ServerHandler, caplog: pytest.LogCaptureFixture
+) -> None:
+    # dumb-init and tini -g signal the whole group: a worker gets its SIGTERM, then the
+    # arbiter's.
+    app.config["DOCKERFLOW_DRAIN_SECONDS"] = 1.0
     dockerflow = Dockerflow(app)
-    os.kill(os.getpid(), signal.SIGTERM)
-    wait_until_draining(dockerflow)
-    assert not server.calls
-    os.kill(os.getpid(), signal.SIGTERM)
-    assert server.called.wait(WAIT)
+    with caplog.at_level(logging.INFO, logger="dockerflow.flask"):
+        sent = time.monotonic()
+        os.kill(os.getpid(), signal.SIGTERM)
+        wait_until_draining(dockerflow)
+        for _ in range(3):
+            os.kill(os.getpid(), signal.SIGTERM)
+        assert server.called.wait(WAIT)
+    assert server.calls[0] - sent >= 1.0
     assert len(server.calls) == 1
+    again = [r for r in caplog.records if r.getMessage().startswith("SIGTERM again")]
+    assert again and all(r.levelno == logging.INFO for r in again)
+    assert "SIGINT or SIGQUIT stop at once" in again[0].getMessage()
+
+
+#: read()'s system call number, as /proc/<pid>/task/<tid>/syscall shows it.
+READ_SYSCALL = {"x86_64": "0", "aarch64": "63"}.get(platform.machine())
+
+
+def in_read(tid: int) -> bool:
+    """Whether the thread ``tid`` of this process is blocked in read()."""
+    with open(f"/proc/self/task/{tid}/syscall") as stat:
+        return stat.read().split()[0] == READ_SYSCALL
+
+
+@pytest.mark.skipif(READ_SYSCALL is None, reason="read()'s system call number is not known here")
+def test_sigterm_leaves_a_blocking_c_call_of_a_request_alone(
+    app: Flask, server: ServerHandler
+) -> None:
+    # gunicorn's workers call siginterrupt(SIGTERM, False): SIGTERM restarts a system call it
+    # interrupts. signal.signal() alone would make libc's read() fail with EINTR.
+    signal.siginterrupt(signal.SIGTERM, False)
+    app.config["DOCKERFLOW_DRAIN_SECONDS"] = 0.2
+    dockerflow = Dockerflow(app)
+    libc = ctypes.CDLL(None, use_errno=True)
+    read_end, write_end = os.pipe()
+    reading = threading.Event()
+    result: list[tuple[int, int]] = []
+
+    def request() -> None:
+        buffer = ctypes.create_string_buffer(1)
+        reading.set()
+        got = libc.read(read_end, buffer, 1)  # releases the GIL, blocks in the kernel
+        result.append((got, ctypes.get_errno()))
+
+    thread = threading.Thread(target=request)
+    thread.start()
+    try:
+        assert reading.wait(WAIT)
+        deadline = time.monotonic() + WAIT
+        while not in_read(thread.native_id or 0):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        # The kernel would hand a process-directed signal to the main thread: aimed at the
+        # reading thread instead, as the drain's own SIGTERM may land on any thread.
+        signal.pthread_kill(thread.ident or 0, signal.SIGTERM)
+        wait_until_draining(dockerflow)
+        assert server.called.wait(WAIT)
+        thread.join(0.2)
+        assert thread.is_alive(), result  # still in read(), not failed with EINTR
+    finally:
+        os.write(write_end, b"x")
+        thread.join(WAIT)
+        os.close(read_end)
+        os.close(write_end)
+    assert result == [(1, 0)], result
+
+
+def test_the_watcher_under_gevent_is_a_greenlet_and_the_process_keeps_running() -> None:
+    # gunicorn -k gevent patches threading: a thread blocked in os.read would block the hub.
+    done = subprocess.run(
+        [sys.executable, "-c", GEVENT_CHILD],
+        capture_output=True,
+        text=True,
+        timeout=WAIT + 20,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["before", "200", "during", "503", "ticks", "handed", "on"], (
+        done.stdout
+    )
+
+
+GEVENT_CHILD = textwrap.dedent(
+    """
+    from gevent import monkey
+    monkey.patch_all()
+    import os, signal, time
+    import gevent
+    from flask import Flask
+    from dockerflow.flask import Dockerflow
+
+    handed = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: handed.append(time.monotonic()))
+    app = Flask("child")
+    app.config["DOCKERFLOW_DRAIN_SECONDS"] = 0.5
+    dockerflow = Dockerflow(app)
+    client = app.test_client()
+    print("before", client.get("/__lbheartbeat__").status_code, flush=True)
+    sent = time.monotonic()
+    os.kill(os.getpid(), signal.SIGTERM)
+    ticks = 0
+    while not handed and time.monotonic() - sent < 10:
+        gevent.sleep(0.01)  # the hub runs: the process is not blocked
+        ticks += 1
+    print("during", 503 if dockerflow.draining else 200, flush=True)
+    print("ticks" if ticks > 10 else "blocked", flush=True)
+    print("handed on" if handed and handed[0] - sent >= 0.5 else "not handed on", flush=True)
+    """
+)
 
 
 def test_two_extensions_share_one_drain_and_the_server_handler_runs_once(
@@ -239,33 +355,14 @@ def test_init_app_leaves_the_default_action_alone_and_says_so_at_the_first_heart
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
 
 
-def test_the_first_heartbeat_in_the_main_thread_chains_to_a_handler_installed_after_init_app(
-    app: Flask,
-) -> None:
-    # gunicorn --preload with sync workers: the app is built before the worker's handler.
-    app.config["DOCKERFLOW_DRAIN_SECONDS"] = 5
-    dockerflow = Dockerflow(app)
-    handler = ServerHandler()
-    previous = signal.signal(signal.SIGTERM, handler.handle)
-    try:
-        app.test_client().get("/__heartbeat__")
-        installed = signal.getsignal(signal.SIGTERM)
-        assert installed is not handler.handle
-        assert getattr(installed, "previous", None) == handler.handle
-        dockerflow.drain_on_sigterm()  # again: nothing changes
-        assert signal.getsignal(signal.SIGTERM) is installed
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def test_a_heartbeat_in_another_thread_cannot_chain_and_says_so(
+def test_a_handler_installed_after_init_app_is_named_at_the_first_heartbeat(
     app: Flask, server: ServerHandler, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # gunicorn --preload with gthread workers: the app is built before the worker's handler
-    # is installed, and requests never run in the main thread.
+    # gunicorn --preload: the app is built before the worker's handler is installed. SIGTERM
+    # is made to drain in one place, init_app or drain_on_sigterm(); a heartbeat only says so.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     app.config["DOCKERFLOW_DRAIN_SECONDS"] = 5
-    Dockerflow(app)
+    dockerflow = Dockerflow(app)
     signal.signal(signal.SIGTERM, server.handle)
     statuses: list[int] = []
     with caplog.at_level(logging.WARNING, logger="dockerflow.flask"):
@@ -274,12 +371,19 @@ def test_a_heartbeat_in_another_thread_cannot_chain_and_says_so(
         )
         thread.start()
         thread.join(WAIT)
+        app.test_client().get("/__heartbeat__")
     assert statuses == [200]
     assert signal.getsignal(signal.SIGTERM) == server.handle
-    assert any(
-        "main thread" in r.getMessage() and "post_worker_init" in r.getMessage()
-        for r in caplog.records
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert "has no effect in this process: SIGTERM leads to test_drain.ServerHandler.handle" in (
+        warning
     )
+    assert "post_worker_init" in warning
+    dockerflow.drain_on_sigterm()  # as the post_worker_init hook does
+    installed = signal.getsignal(signal.SIGTERM)
+    assert getattr(installed, "previous", None) == server.handle
+    dockerflow.drain_on_sigterm()  # again: nothing changes
+    assert signal.getsignal(signal.SIGTERM) is installed
 
 
 def test_drain_on_sigterm_refuses_what_it_cannot_do(app: Flask, monkeypatch: Any) -> None:
@@ -382,3 +486,55 @@ def test_a_drain_not_below_gunicorns_graceful_timeout_is_logged(
     assert "DOCKERFLOW_DRAIN_SECONDS=5 is not below gunicorn's graceful_timeout (5s)" in (
         record.getMessage()
     )
+
+
+EARLY_END_CHILD = textwrap.dedent(
+    """
+    import logging, os, signal, sys, time
+    from flask import Flask
+    from dockerflow.flask import Dockerflow
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    # SIGINT stops at once, as gunicorn's handle_quit does.
+    signal.signal(signal.SIGINT, lambda signum, frame: sys.exit(0))
+    dockerflow = Dockerflow(Flask("child"))
+    dockerflow.drain_on_sigterm(30)
+    os.kill(os.getpid(), signal.SIGTERM)
+    while not dockerflow.draining:
+        time.sleep(0.01)
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(30)
+    """
+)
+
+
+def test_sigint_during_the_drain_stops_at_once_and_says_the_drain_ended_early() -> None:
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-c", EARLY_END_CHILD],
+        capture_output=True,
+        text=True,
+        timeout=WAIT + 20,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert time.monotonic() - started < 25  # not the drain's 30 s
+    (line,) = [line for line in done.stderr.splitlines() if "ended early" in line]
+    assert line.startswith("WARNING The drain ended early, after 0."), line
+    assert "of 30s: the process exits before SIGTERM went on to the default action" in line
+
+
+def test_eventlet_is_refused_with_what_to_do_instead(app: Flask, monkeypatch: Any) -> None:
+    # eventlet is deprecated, and gunicorn 26 removed its worker; it installs, but patches
+    # threading its own way.
+    class Patcher:
+        @staticmethod
+        def is_monkey_patched(module: str) -> bool:
+            return module == "thread"
+
+    monkeypatch.setitem(sys.modules, "eventlet.patcher", Patcher)
+    dockerflow = Dockerflow(app)
+    with pytest.raises(DrainError, match="eventlet has monkey-patched threading") as raised:
+        dockerflow.drain_on_sigterm(5)
+    assert "gunicorn -k gevent or -k gthread" in str(raised.value)
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL

@@ -136,7 +136,7 @@ def test_the_drain_startup_grace_and_metrics_locks_are_free_in_the_child(tmp_pat
     try:
         assert client.get("/__heartbeat__").status_code == 200
         state = dockerflow._apps[app]
-        locks = [dockerflow._drain_lock, state.startup._lock, metrics._lock]
+        locks = [dockerflow._drain._lock, state.startup._lock, metrics._lock]
         release = _hold(locks)
         try:
             pid = _fork()

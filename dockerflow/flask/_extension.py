@@ -6,7 +6,6 @@ import contextlib
 import functools
 import logging
 import os
-import signal
 import sys
 import threading
 import time
@@ -18,10 +17,9 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 import flask
 from flask import Flask
 
-from .._errors import AlreadyInitializedError, DrainError, NotInitializedError
+from .._errors import AlreadyInitializedError, NotInitializedError
 from ..checks.registry import checks_for, owned_checks, register_owned
 from ..engine import (
-    MAX_SECONDS,
     Check,
     CheckRegistry,
     CheckResult,
@@ -43,8 +41,7 @@ from ..metrics import HeartbeatMetrics
 from ..version import get_version
 from ._cli import CliExtension, dockerflow_cli
 from ._config import SUMMARY_DEBUG, Settings, load_settings
-from ._drain import SigtermDrain
-from ._drain import install as install_sigterm_drain
+from ._drain import Drain
 from ._health_json import ReportTimes, health_json_response, wants_health_json
 from ._live import LiveSettings
 from .signals import (
@@ -160,16 +157,8 @@ class Dockerflow:
         self._apps: weakref.WeakKeyDictionary[Flask, _AppState] = weakref.WeakKeyDictionary()
         self._version_callback: VersionCallback = get_version
         self._blueprint = self._make_blueprint()
-        # Draining (see start_draining): since when (monotonic), and why.
-        self._drain_lock = threading.Lock()
-        self._draining_since: float | None = None
-        self._drain_reason = ""
-        # The largest DOCKERFLOW_DRAIN_SECONDS of the apps, and the process in which SIGTERM
-        # was last made to drain (or found impossible to): checked again after a fork.
-        self._drain_seconds = 0.0
-        self._sigterm_pid: int | None = None
-        # A lock held by another thread of the parent at fork time would block the child.
-        after_fork_in_child(self, Dockerflow._new_drain_lock)
+        # Draining: on SIGTERM or start_draining(), for every app of the extension.
+        self._drain = Drain()
         #: The Prometheus metrics every heartbeat is recorded in, or ``None``.
         self.metrics: HeartbeatMetrics | None = None
         if isinstance(metrics, HeartbeatMetrics):
@@ -189,9 +178,6 @@ class Dockerflow:
                 register_owned(self, Check(name, func))
         if app is not None:
             self.init_app(app)
-
-    def _new_drain_lock(self) -> None:
-        self._drain_lock = threading.Lock()
 
     # -- set-up -------------------------------------------------------------------------------
 
@@ -266,9 +252,7 @@ class Dockerflow:
         app.cli.add_command(dockerflow_cli)
         app.extensions["dockerflow"] = self
         if settings.drain_seconds > 0:
-            self._drain_seconds = max(self._drain_seconds, settings.drain_seconds)
-            self._sigterm_pid = None
-            self._drain_on_server_sigterm(at_start=True)
+            self._drain.configure(settings.drain_seconds)
 
     def _make_blueprint(self) -> flask.Blueprint:
         # Routes are added once here; views find their app's state through current_app.
@@ -420,7 +404,7 @@ class Dockerflow:
     def draining(self) -> bool:
         """Whether the process drains: SIGTERM came (see :meth:`drain_on_sigterm`) or
         :meth:`start_draining` was called. It never stops draining."""
-        return self._draining_since is not None
+        return self._drain.active
 
     def start_draining(self) -> None:
         """Start draining now, in every app of this extension.
@@ -432,101 +416,41 @@ class Dockerflow:
         the extension does not see (uWSGI), call it from the server's own shutdown hook.
         Calling it again does nothing; a drain cannot be undone.
         """
-        self._begin_draining("start_draining() was called")
-
-    def _begin_draining(self, reason: str) -> None:
-        # Called from the drain thread on SIGTERM, or by start_draining in any thread.
-        with self._drain_lock:
-            if self._draining_since is not None:
-                return
-            self._draining_since = time.monotonic()
-            self._drain_reason = reason
-        self.logger.warning(
-            "Draining (%s): /__heartbeat__ answers %d from now on",
-            reason,
-            DRAINING_STATUS_CODE,
-        )
+        self._drain.start("start_draining() was called")
 
     def drain_on_sigterm(self, seconds: float | None = None) -> None:
         """Make SIGTERM start draining, and reach the handler it had only ``seconds`` later.
 
-        The server keeps serving during the drain (new connections too), then its own
+        The server keeps serving during the drain (new connections too, except on a Unix
+        socket whose path gunicorn's arbiter removes: see the probes guide), then its own
         handler gets the signal and stops it as usual: gunicorn finishes the requests in
-        progress within its ``graceful_timeout``, which must therefore exceed the drain
-        plus the longest request. A second SIGTERM ends the drain at once. The handler in
-        place is always called afterwards, never dropped: a server's handler is called,
-        ``SIG_DFL`` is restored and the signal raised again (the process ends as it would
-        have), ``SIG_IGN`` stays ignored.
+        progress within its ``graceful_timeout``, which must therefore exceed the drain plus
+        the longest request. A repeated SIGTERM during the drain changes nothing (a process
+        group signalled by dumb-init or ``tini -g`` gets two); SIGINT and SIGQUIT still stop
+        at once. The handler in place is always called afterwards, never dropped: a server's
+        handler is called, ``SIG_DFL`` is restored and the signal raised again (the process
+        ends as it would have), ``SIG_IGN`` stays ignored. SIGTERM restarts the system calls
+        it interrupts, as gunicorn sets it to. Works with threads and with gevent.
 
         :meth:`init_app` does this by itself when :confval:`DOCKERFLOW_DRAIN_SECONDS` is set
-        and a server's handler written in Python is in place when the app is set up or when
-        its first heartbeat runs in the main thread, as in gunicorn's workers. Call it
-        yourself, from the main thread, once the server has installed its handler, where that
-        is not so: in gunicorn's ``post_worker_init`` hook with ``--preload`` and ``gthread``
-        workers, or with a server that leaves SIGTERM to its default action.
+        and a server's handler written in Python is in place, as in gunicorn's workers that
+        load the app themselves. Call it yourself, from the main thread (or, under gevent, any
+        greenlet), once the server has installed its handler where that is not so: in
+        gunicorn's ``post_worker_init`` hook with ``--preload``, or with a server that leaves
+        SIGTERM to its default action. Calling it again adds nothing.
 
         :param seconds: how long the drain lasts; by default the largest
             :confval:`DOCKERFLOW_DRAIN_SECONDS` of the apps set up.
         :raises ConfigurationError: if ``seconds`` is not a positive number of seconds, or
             is not given and no app sets :confval:`DOCKERFLOW_DRAIN_SECONDS`.
-        :raises DrainError: if called outside the main thread, or if SIGTERM's handler was
-            installed by C code (uWSGI's), which could not be called afterwards.
+        :raises DrainError: if called outside the main thread, under eventlet, or if SIGTERM's
+            handler was installed by C code (uWSGI's), which could not be called afterwards.
         """
-        if seconds is None:
-            seconds = self._drain_seconds
-            if seconds <= 0:
-                raise ConfigurationError(
-                    "drain_on_sigterm() needs the drain's seconds: set DOCKERFLOW_DRAIN_SECONDS "
-                    "or pass seconds="
-                )
-        elif (
-            isinstance(seconds, bool)
-            or not isinstance(seconds, (int, float))
-            or not 0 < seconds <= MAX_SECONDS
-        ):
-            raise ConfigurationError(
-                f"seconds must be a number from 0 (excluded) to {MAX_SECONDS:g}, got {seconds!r}"
-            )
-        install_sigterm_drain(self._sigterm_received, float(seconds), chain_default=True)
-        self._sigterm_pid = os.getpid()
-
-    def _sigterm_received(self, reason: str) -> None:
-        self._begin_draining(reason)
-
-    def _drain_on_server_sigterm(self, *, at_start: bool) -> None:
-        """Chain to the server's SIGTERM handler if there is one written in Python, once per
-        process; at the first heartbeat of a process, say so when that is impossible."""
-        pid = os.getpid()
-        current = signal.getsignal(signal.SIGTERM)
-        if isinstance(current, SigtermDrain) and current.ours and current.listens(self):
-            self._sigterm_pid = pid
-            return
-        try:
-            install_sigterm_drain(self._sigterm_received, self._drain_seconds, chain_default=False)
-        except DrainError as exc:
-            if at_start:
-                # The app may be set up before the server installs its handler (gunicorn
-                # --preload builds it in the arbiter): tried again at the first heartbeat.
-                self.logger.debug("SIGTERM not chained to at init_app: %s", exc)
-                return
-            self._sigterm_pid = pid
-            self.logger.warning(
-                "DOCKERFLOW_DRAIN_SECONDS=%g has no effect in this process: %s. Call "
-                "drain_on_sigterm() where the server has set up its signals (gunicorn: the "
-                "post_worker_init hook), or start_draining() from the server's shutdown hook; "
-                "see the probes guide.",
-                self._drain_seconds,
-                exc,
-            )
-            return
-        self._sigterm_pid = pid
+        self._drain.on_sigterm(seconds)
 
     def _drain_report(self, state: _AppState) -> Report:
-        reason = self._drain_reason
-        since = time.monotonic() - (self._draining_since or 0.0)
         message = CheckMessage(
-            f"Draining for {since:.1f}s ({reason}): this process is shutting down; it finishes "
-            "the requests it has, new ones should go elsewhere",
+            self._drain.message(),
             # Failing whatever the fail level, as the 503 says (and health+json's "fail").
             level=max(ERROR, state.settings.fail_level),
             id=ERROR_DRAINING,
@@ -686,9 +610,8 @@ class Dockerflow:
     def _heartbeat_view(self) -> flask.Response:
         app = flask.current_app._get_current_object()  # type: ignore[attr-defined]
         state = self._state(app)
-        if self._drain_seconds and self._sigterm_pid != os.getpid():
-            self._drain_on_server_sigterm(at_start=False)
-        if self._draining_since is not None:
+        self._drain.check()
+        if self._drain.active:
             return self._heartbeat_response(
                 app, state, self._drain_report(state), DRAINING_STATUS_CODE
             )

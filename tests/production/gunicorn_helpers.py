@@ -152,6 +152,7 @@ def start_gunicorn(
     env: dict[str, str],
     *,
     python_path: Path = APPS,
+    new_session: bool = False,
 ) -> Gunicorn:
     """Start ``gunicorn app`` on a free port; its output goes to files in ``directory``.
 
@@ -159,6 +160,8 @@ def start_gunicorn(
     :param args: more gunicorn arguments (``--preload``, ``-w 2``, ``-k gthread``...).
     :param env: variables added to the environment, without the caller's ``DOCKERFLOW_*``.
     :param python_path: where gunicorn looks for the application's module.
+    :param new_session: start gunicorn in a session (and process group) of its own, which
+        ``os.killpg(server.process.pid, sig)`` signals as a whole, as dumb-init does.
     """
     port = free_port()
     child_env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKERFLOW_")}
@@ -187,5 +190,6 @@ def start_gunicorn(
         stdin=subprocess.DEVNULL,
         stdout=stdout,
         stderr=stderr,
+        start_new_session=new_session,
     )
     return Gunicorn(port, process, directory, [stdout, stderr])
