@@ -237,6 +237,29 @@ ERROR_CHECK_RESULT_STALE = "dockerflow.health.E014"
 #: answers 503 without running the checks. Reported at the fail level, or ``ERROR`` if lower.
 ERROR_DRAINING = "dockerflow.health.E015"
 
+# HTTP dependencies (new in this library; dockerflow.integrations.http).
+#: The dependency's host name could not be resolved (DNS).
+ERROR_HTTP_NAME_NOT_RESOLVED = "dockerflow.health.E020"
+#: No connection to the dependency: refused, unreachable, or reset while connecting.
+ERROR_HTTP_CANNOT_CONNECT = "dockerflow.health.E021"
+#: The TLS handshake failed: the certificate was not trusted (self-signed, expired, another
+#: host's) or the server does not speak TLS.
+ERROR_HTTP_TLS = "dockerflow.health.E022"
+#: No complete answer in time: connecting, the response's headers or its body took too long.
+ERROR_HTTP_TIMEOUT = "dockerflow.health.E023"
+#: The dependency answered with a status that is not one of those expected.
+ERROR_HTTP_UNEXPECTED_STATUS = "dockerflow.health.E024"
+#: Any other HTTP failure: the connection closed mid-answer, the answer was not HTTP.
+ERROR_HTTP_EXCEPTION = "dockerflow.health.E025"
+
+# Disk space (new in this library; dockerflow.integrations.disk).
+#: Free space on the path is below the error threshold.
+ERROR_DISK_SPACE_LOW = "dockerflow.health.E026"
+#: The path's file system could not be read (missing path, no permission).
+ERROR_DISK_UNREADABLE = "dockerflow.health.E027"
+#: Free space on the path is below the warning threshold.
+WARNING_DISK_SPACE_LOW = "dockerflow.health.W002"
+
 __all__ = [
     "CRITICAL",
     "DEBUG",
@@ -248,7 +271,15 @@ __all__ = [
     "ERROR_CHECK_RESULT_STALE",
     "ERROR_CHECK_TIMEOUT",
     "ERROR_DB_API_EXCEPTION",
+    "ERROR_DISK_SPACE_LOW",
+    "ERROR_DISK_UNREADABLE",
     "ERROR_DRAINING",
+    "ERROR_HTTP_CANNOT_CONNECT",
+    "ERROR_HTTP_EXCEPTION",
+    "ERROR_HTTP_NAME_NOT_RESOLVED",
+    "ERROR_HTTP_TIMEOUT",
+    "ERROR_HTTP_TLS",
+    "ERROR_HTTP_UNEXPECTED_STATUS",
     "ERROR_MISCONFIGURED_DATABASE",
     "ERROR_MISCONFIGURED_REDIS",
     "ERROR_MISSING_REDIS_CLIENT",
@@ -262,6 +293,7 @@ __all__ = [
     "MAX_DATA_TEXT",
     "STATUSES",
     "WARNING",
+    "WARNING_DISK_SPACE_LOW",
     "WARNING_UNAPPLIED_MIGRATION",
     "CheckData",
     "CheckMessage",
