@@ -530,7 +530,7 @@ class Dockerflow:
         if grace and not state.startup.over:
             names = [check.name for check in every_check]
             report = state.startup.apply(report, state.settings.fail_level, names)
-        if state.live.get("heartbeat_page"):
+        if self._page_on(app, state):
             state.history.record(report)
         whole = only is None and not excluded
         self._send_signals(app, state, report, whole)
