@@ -13,6 +13,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from ..health import level_to_text
 from ._fork import after_fork_in_child
@@ -30,9 +31,9 @@ MAX_VALUES = 8
 MAX_VALUE_TEXT = 64
 
 
-@dataclass(frozen=True)
-class Entry:
-    """One result of one check, as a heartbeat reported it.
+class Entry(NamedTuple):
+    """One result of one check, as a heartbeat reported it (a named tuple: cheap to make, as
+    every heartbeat makes one per check).
 
     :param at: when the report was made, in seconds since the epoch.
     :param level: the check's level in the report (``0`` when it passed).
@@ -69,12 +70,16 @@ class CheckHistory:
 
 
 class _Record:
-    __slots__ = ("changed_at", "entries", "first_seen")
+    __slots__ = ("changed_at", "data", "entries", "first_seen", "messages")
 
     def __init__(self, at: float) -> None:
         self.entries: deque[Entry] = deque(maxlen=History.size)
         self.first_seen = at
         self.changed_at: float | None = None
+        # The messages and values the newest entry was made from: a check that reports the
+        # same again (most heartbeats) shares that entry's texts instead of cutting them anew.
+        self.messages: Mapping[str, str] | None = None
+        self.data: Mapping[str, object] | None = None
 
 
 class History:
@@ -104,22 +109,33 @@ class History:
         :param at: when it was made, in seconds since the epoch; default now.
         """
         when = time.time() if at is None else at
-        entries = {name: _entry(detail, when) for name, detail in report.results.items()}
         with self._lock:
             if report is self._last:
                 return
             self._last = report
-            for name, entry in entries.items():
+            for name, detail in report.results.items():
                 record = self._records.get(name)
                 if record is None:
                     record = self._records[name] = _Record(when)
                     if len(self._records) > MAX_CHECKS:
                         self._records.popitem(last=False)
-                else:
+                elif len(self._records) > 1:
                     self._records.move_to_end(name)
-                    if record.entries and record.entries[-1].level != entry.level:
+                entries = record.entries
+                last = entries[-1] if entries else None
+                if last is None:
+                    entry = _entry(detail, when)
+                else:
+                    if last.level != detail.level:
                         record.changed_at = when
-                record.entries.append(entry)
+                    if record.messages == detail.messages and record.data == detail.data:
+                        entry = Entry(
+                            when, detail.level, detail.duration, last.messages, last.values
+                        )
+                    else:
+                        entry = _entry(detail, when)
+                record.messages, record.data = detail.messages, detail.data
+                entries.append(entry)
 
     def snapshot(self) -> Mapping[str, CheckHistory]:
         """Return check name → its :class:`CheckHistory`, a copy safe to read at leisure."""
