@@ -123,6 +123,10 @@ def test_where_the_page_is_off_a_browser_gets_the_json_and_no_page_route_answers
     app.debug = debug
     response = get(app, BROWSER)
     assert response.content_type == "application/json"
+    # Nor are the results recorded: turned on now, the page has seen none of them.
+    app.config.update(DOCKERFLOW_HEARTBEAT_PAGE=True, DOCKERFLOW_HEARTBEAT_DETAILS="always")
+    assert dockerflow._state(app).history.snapshot() == {}
+    app.config.update(config)
     for path in (
         "/__heartbeat__/history",
         "/__heartbeat__/assets/page.js",
