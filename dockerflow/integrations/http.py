@@ -67,6 +67,7 @@ class HttpCheck(Bounded):
         is unknown or a status is not from 100 to 599.
     :raises CheckRegistrationError: if ``timeout`` is not a positive number of seconds.
     :raises MissingDependencyError: if httpx is not installed (the ``http`` extra).
+    :raises OSError: if ``verify`` names a CA bundle that cannot be read.
     """
 
     def __init__(
@@ -96,6 +97,10 @@ class HttpCheck(Bounded):
             raise ValueError(f"HttpCheck: unknown method {method!r}")
         self.expected = _statuses(expected_statuses)
         self.headers = dict(headers or {})
+        if isinstance(verify, str):
+            # A CA bundle, read once here (a missing file fails now, not at every heartbeat);
+            # httpx itself takes a path no more.
+            verify = ssl.create_default_context(cafile=verify)
         self._verify = verify
         self._shown = display_url(url)
         # Connections belong to the loop that opened them: one client per loop.

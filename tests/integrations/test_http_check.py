@@ -221,6 +221,7 @@ def test_a_self_signed_certificate_is_e022_unless_trusted(
         # The same server, its certificate trusted: the check passes over TLS.
         trusted = ssl.create_default_context(cafile=str(cert))
         assert run(http_check(url, verify=trusted, timeout=TIMEOUT)).level == 0
+        assert run(http_check(url, verify=str(cert), timeout=TIMEOUT)).level == 0  # a CA bundle
     finally:
         server.stop()
 
