@@ -68,21 +68,27 @@ def test_only_a_client_preferring_html_by_name_gets_the_page(
     assert wants_html(parsed) is html
 
 
-#: Today's heartbeat body of the two checks, as python-dockerflow's clients read it.
+#: The heartbeat body of main before the status page (and values per check) existed, for a
+#: passing check and a warning one that report no values: python-dockerflow's clients read it.
 TODAY = (
-    b'{"checks":{"database":"ok","queue":"warning"},"details":{"queue":{"data":{"depth":'
-    b'{"value":12}},"level":30,"messages":{"x.W1":"queue is long"},"status":"warning"}},'
-    b'"status":"warning"}\n'
+    b'{"checks":{"database":"ok","queue":"warning"},"details":{"queue":{"level":30,'
+    b'"messages":{"x.W1":"queue is long"},"status":"warning"}},"status":"warning"}\n'
 )
 
 
 @pytest.mark.parametrize("accept", [None, "*/*", "application/json", "application/*"])
 @pytest.mark.parametrize("page", [True, False])
 def test_probes_and_scripts_keep_the_json_byte_for_byte(
-    app: Flask, dockerflow: Dockerflow, accept: str | None, page: bool
+    app: Flask, accept: str | None, page: bool
 ) -> None:
     app.config["DOCKERFLOW_HEARTBEAT_PAGE"] = page
-    response = get(app, accept)
+    ext = Dockerflow(app)
+    ext.check(lambda: [], name="database")
+    ext.check(lambda: [Warning("queue is long", id="x.W1")], name="queue")
+    try:
+        response = get(app, accept)
+    finally:
+        ext._bridge.stop()
     assert response.status_code == 200
     assert response.content_type == "application/json"
     assert response.data == TODAY
