@@ -147,7 +147,8 @@ def check_sdist(path: Path, version: str, problems: list[str]) -> list[str]:
 
 
 def check_wheel(path: Path, version: str, problems: list[str]) -> list[str]:
-    """Check that the wheel holds the package, ``py.typed`` and the licence, and nothing else.
+    """Check that the wheel holds the package, ``py.typed``, the status page's template and
+    assets (``dockerflow/flask/status/``) and the licence, and nothing else.
 
     :param path: the ``.whl``.
     :param version: the version in its name and metadata.
@@ -166,7 +167,8 @@ def check_wheel(path: Path, version: str, problems: list[str]) -> list[str]:
     package = {
         name
         for name in source_files()
-        if name.startswith("dockerflow/") and name.endswith((".py", "py.typed"))
+        if name.startswith("dockerflow/")
+        and (name.endswith((".py", "py.typed")) or name.startswith("dockerflow/flask/status/"))
     }
     shipped = {name for name in names if not name.startswith(dist_info)}
     if "dockerflow/py.typed" not in shipped:

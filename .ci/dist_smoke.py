@@ -121,6 +121,14 @@ def check_endpoints(version_dir: str) -> None:
             response.get_json()["checks"]["failing_check"] == "error",
             f"failing /__heartbeat__ said {response.get_json()}",
         )
+        # The status page: its template and assets are package data of the wheel.
+        page = client.get("/__heartbeat__", headers={"Accept": "text/html"})
+        check(
+            page.status_code == 500 and "smoke.health.E001" in page.get_data(as_text=True),
+            f"the status page answered {page.status_code}",
+        )
+        script = client.get("/__heartbeat__/assets/page.js")
+        check(script.status_code == 200, f"the page's script answered {script.status_code}")
         check(
             any("smoke.health.E001" in message for message in records.messages),
             f"the failing check's message was not logged: {records.messages}",

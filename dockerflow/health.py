@@ -11,6 +11,7 @@ alerting rules written for it keep working. Later IDs are ours.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 DEBUG = 10
@@ -129,6 +130,78 @@ class Critical(CheckMessage):
     level = CRITICAL
 
 
+#: Longest text value of a :class:`CheckData`; longer text is cut to this many characters.
+MAX_DATA_TEXT = 256
+
+
+class CheckData:
+    """A named value a check reports beside its messages: a pool's size, a replication lag,
+    a queue's depth, the free disk space, a server's version.
+
+    A check returns it in its list with its messages (or alone), and each heartbeat shows it:
+    in the Dockerflow body's ``details`` (for a check that reports a message), as an
+    ``observedValue`` of its own in ``application/health+json`` and on the status page. It
+    has no level: it never fails a check. Code written for python-dockerflow that returns only
+    messages is not affected.
+
+    ::
+
+        return [CheckData("queue_depth", depth, unit="jobs"), Warning("Queue is long")]
+
+    :param name: the value's key, unique within the check (a later value of the same name
+        replaces an earlier one), such as ``"round_trip"``.
+    :param value: a number, text (cut to :data:`MAX_DATA_TEXT` characters and masked like
+        messages), ``True``/``False`` or ``None``.
+    :param unit: the unit of a number, such as ``"s"``, ``"bytes"`` or ``"%"``; health+json's
+        ``observedUnit``.
+    :raises TypeError: if ``name`` or ``unit`` is not text, or ``value`` is not a JSON scalar.
+    :raises ValueError: if ``name`` is empty or ``value`` is a NaN or an infinity.
+    """
+
+    __slots__ = ("name", "unit", "value")
+
+    def __init__(
+        self, name: str, value: int | float | str | bool | None, unit: str | None = None
+    ) -> None:
+        if not isinstance(name, str):
+            raise TypeError(f"CheckData's name must be text, got {type(name).__name__}")
+        if not name:
+            raise ValueError("CheckData needs a non-empty name")
+        if unit is not None and not isinstance(unit, str):
+            raise TypeError(f"CheckData {name!r}: unit must be text, got {type(unit).__name__}")
+        if value is not None and not isinstance(value, (int, float, str)):
+            raise TypeError(
+                f"CheckData {name!r}: value must be a number, text, a bool or None, "
+                f"got {type(value).__name__}"
+            )
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"CheckData {name!r}: value must be finite, got {value!r}")
+        if isinstance(value, str) and len(value) > MAX_DATA_TEXT:
+            value = value[: MAX_DATA_TEXT - 1] + "…"
+        self.name = name
+        self.value = value
+        self.unit = unit
+
+    def as_dict(self) -> dict[str, object]:
+        """Return ``{"value": ..., "unit": ...}``, without ``unit`` when there is none."""
+        out: dict[str, object] = {"value": self.value}
+        if self.unit is not None:
+            out["unit"] = self.unit
+        return out
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, CheckData):
+            return NotImplemented
+        return (self.name, self.value, self.unit) == (other.name, other.value, other.unit)
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.value, self.unit))
+
+    def __repr__(self) -> str:
+        unit = f", unit={self.unit!r}" if self.unit is not None else ""
+        return f"CheckData({self.name!r}, {self.value!r}{unit})"
+
+
 # Migrations (python-dockerflow).
 INFO_CANT_CHECK_MIGRATIONS = "dockerflow.health.I001"
 WARNING_UNAPPLIED_MIGRATION = "dockerflow.health.W001"
@@ -164,6 +237,29 @@ ERROR_CHECK_RESULT_STALE = "dockerflow.health.E014"
 #: answers 503 without running the checks. Reported at the fail level, or ``ERROR`` if lower.
 ERROR_DRAINING = "dockerflow.health.E015"
 
+# HTTP dependencies (new in this library; dockerflow.integrations.http).
+#: The dependency's host name could not be resolved (DNS).
+ERROR_HTTP_NAME_NOT_RESOLVED = "dockerflow.health.E020"
+#: No connection to the dependency: refused, unreachable, or reset while connecting.
+ERROR_HTTP_CANNOT_CONNECT = "dockerflow.health.E021"
+#: The TLS handshake failed: the certificate was not trusted (self-signed, expired, another
+#: host's) or the server does not speak TLS.
+ERROR_HTTP_TLS = "dockerflow.health.E022"
+#: No complete answer in time: connecting, the response's headers or its body took too long.
+ERROR_HTTP_TIMEOUT = "dockerflow.health.E023"
+#: The dependency answered with a status that is not one of those expected.
+ERROR_HTTP_UNEXPECTED_STATUS = "dockerflow.health.E024"
+#: Any other HTTP failure: the connection closed mid-answer, the answer was not HTTP.
+ERROR_HTTP_EXCEPTION = "dockerflow.health.E025"
+
+# Disk space (new in this library; dockerflow.integrations.disk).
+#: Free space on the path is below the error threshold.
+ERROR_DISK_SPACE_LOW = "dockerflow.health.E026"
+#: The path's file system could not be read (missing path, no permission).
+ERROR_DISK_UNREADABLE = "dockerflow.health.E027"
+#: Free space on the path is below the warning threshold.
+WARNING_DISK_SPACE_LOW = "dockerflow.health.W002"
+
 __all__ = [
     "CRITICAL",
     "DEBUG",
@@ -175,7 +271,15 @@ __all__ = [
     "ERROR_CHECK_RESULT_STALE",
     "ERROR_CHECK_TIMEOUT",
     "ERROR_DB_API_EXCEPTION",
+    "ERROR_DISK_SPACE_LOW",
+    "ERROR_DISK_UNREADABLE",
     "ERROR_DRAINING",
+    "ERROR_HTTP_CANNOT_CONNECT",
+    "ERROR_HTTP_EXCEPTION",
+    "ERROR_HTTP_NAME_NOT_RESOLVED",
+    "ERROR_HTTP_TIMEOUT",
+    "ERROR_HTTP_TLS",
+    "ERROR_HTTP_UNEXPECTED_STATUS",
     "ERROR_MISCONFIGURED_DATABASE",
     "ERROR_MISCONFIGURED_REDIS",
     "ERROR_MISSING_REDIS_CLIENT",
@@ -186,9 +290,12 @@ __all__ = [
     "INFO",
     "INFO_CANT_CHECK_MIGRATIONS",
     "INFO_FAILURE_DAMPED",
+    "MAX_DATA_TEXT",
     "STATUSES",
     "WARNING",
+    "WARNING_DISK_SPACE_LOW",
     "WARNING_UNAPPLIED_MIGRATION",
+    "CheckData",
     "CheckMessage",
     "Critical",
     "Debug",

@@ -10,6 +10,12 @@ Each check becomes one entry under ``checks``, keyed ``"<check name>:responseTim
 component name, so a colon in a check name becomes ``_`` in the key; the entry's
 ``componentId`` always holds the exact name (two names that meet in one key share its array,
 told apart by ``componentId``).
+
+The values a check reports (:class:`~dockerflow.health.CheckData`) that are numbers with a
+unit become entries of their own, keyed ``"<check name>:<value name>"``, when the details are
+shown: ``observedValue`` is the number, ``observedUnit`` its unit. Text, booleans and numbers
+without a unit are measurements of no kind the draft knows: they are left out (the Dockerflow
+body's details and the status page show them).
 """
 
 from __future__ import annotations
@@ -62,13 +68,15 @@ def health_status(level: int, fail_level: int = ERROR) -> str:
     return _status(level, fail_level)
 
 
-def check_key(name: str) -> str:
+def check_key(name: str, measurement: str = MEASUREMENT) -> str:
     """Return the ``checks`` key of a check: ``"<name>:responseTime"``, colons in ``name`` as ``_``.
 
     :param name: the check's name.
+    :param measurement: the measurement's name: ``responseTime``, or a value's name
+        (:class:`~dockerflow.health.CheckData`), colons in it as ``_`` too.
     :returns: the key.
     """
-    return f"{name.replace(':', '_')}:{MEASUREMENT}"
+    return f"{name.replace(':', '_')}:{measurement.replace(':', '_')}"
 
 
 def format_time(moment: datetime) -> str:
@@ -107,7 +115,8 @@ def health_json(
     ``output`` holds the check's messages, one ``<id>: <text>`` line each, as the engine
     masked them; it is left out when ``details`` is false and, as the draft advises, for a
     check that passes. A non-critical check's entry has ``"critical": false``, and that of a
-    failing check excused by the startup grace ``"starting": true``.
+    failing check excused by the startup grace ``"starting": true``. With ``details``, each
+    number with a unit that a check reported is an entry of its own, ``"<check>:<name>"``.
 
     :param report: the heartbeat's report.
     :param checked_at: when the report was made (timezone-aware): every entry's ``time``.
@@ -152,8 +161,24 @@ def health_json(
         if details and status != PASS and detail.messages:
             entry["output"] = "\n".join(f"{key}: {text}" for key, text in detail.messages.items())
         checks.setdefault(check_key(name), []).append(entry)
+        if details:
+            for item in detail.data.values():
+                if item.unit is None or not _is_number(item.value):
+                    continue  # the draft's observedValue is a measurement, in a unit
+                observed = {
+                    "componentId": name,
+                    "status": status,
+                    "time": when,
+                    "observedValue": item.value,
+                    "observedUnit": item.unit,
+                }
+                checks.setdefault(check_key(name, item.name), []).append(observed)
     body["checks"] = checks
     return body
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _status(level: int, fail_level: int) -> str:

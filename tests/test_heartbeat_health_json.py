@@ -104,6 +104,9 @@ def entry(body: dict[str, Any], name: str) -> dict[str, Any]:
 def test_only_a_client_preferring_health_json_by_name_gets_it(
     warning_app: Flask, accept: str | None, wanted: bool
 ) -> None:
+    # Between the two JSON bodies; a client preferring text/html gets the status page where it
+    # is on (tests/test_status_page.py).
+    warning_app.config["DOCKERFLOW_HEARTBEAT_PAGE"] = False
     response = get(warning_app, accept)
     assert response.status_code == 200
     assert response.headers["Vary"] == "Accept"

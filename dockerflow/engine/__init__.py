@@ -23,6 +23,7 @@ from ._exceptions import (
     UnknownCheckError,
 )
 from ._fork import after_fork_in_child
+from ._history import CheckHistory, Entry, History
 from ._report import CheckDetail, CheckResult, Report, aggregate
 from ._startup import StartupGrace
 
@@ -32,12 +33,15 @@ __all__ = [
     "Check",
     "CheckDetail",
     "CheckFunction",
+    "CheckHistory",
     "CheckRegistrationError",
     "CheckRegistry",
     "CheckResult",
     "ConfigurationError",
     "DockerflowError",
     "Engine",
+    "Entry",
+    "History",
     "LoopThread",
     "Report",
     "StartupGrace",

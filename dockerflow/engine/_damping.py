@@ -79,4 +79,4 @@ class Damper:
             f"Failing for {count} run(s) over {failing_for:.1f}s, not reported yet: {first.msg}",
             id=health.INFO_FAILURE_DAMPED,
         )
-        return CheckResult(result.name, (held,), result.duration)
+        return CheckResult(result.name, (held,), result.duration, data=result.data)

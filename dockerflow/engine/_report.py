@@ -6,7 +6,7 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..health import WARNING, CheckMessage, level_to_text
+from ..health import WARNING, CheckData, CheckMessage, level_to_text
 
 
 @dataclass(frozen=True)
@@ -17,12 +17,14 @@ class CheckResult:
     :param messages: the check messages, including those the engine made for a timeout or crash.
     :param duration: wall-clock seconds the check took (or was waited for).
     :param error: the exception the check raised, if it raised one (for logging).
+    :param data: the values the check reported beside its messages (:class:`CheckData`).
     """
 
     name: str
     messages: tuple[CheckMessage, ...] = ()
     duration: float = 0.0
     error: BaseException | None = field(default=None, compare=False, repr=False)
+    data: tuple[CheckData, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,7 @@ class CheckDetail:
         when a non-critical check failed): what logs, signals and metrics count as failing.
     :param starting: ``True`` for a failing check excused by the startup grace: it has not
         passed since the app started, so its failure counts as a warning for now.
+    :param data: value name → the :class:`~dockerflow.health.CheckData` the check reported.
     """
 
     level: int
@@ -46,6 +49,7 @@ class CheckDetail:
     critical: bool = True
     raw_level: int = -1
     starting: bool = False
+    data: Mapping[str, CheckData] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.raw_level < 0:
@@ -77,8 +81,9 @@ class Report:
     @property
     def details(self) -> dict[str, dict[str, Any]]:
         """Check name → ``{"status", "level", "messages"}`` for each check above level 0, with
-        ``"critical": False`` added for a non-critical check and ``"starting": True`` for a
-        failing check excused by the startup grace."""
+        ``"critical": False`` added for a non-critical check, ``"starting": True`` for a
+        failing check excused by the startup grace and ``"data"`` (value name →
+        ``{"value", "unit"}``) for a check that reported values."""
         return {name: _detail(d) for name, d in self.results.items() if d.level > 0}
 
     def failing(self, fail_level: int) -> list[str]:
@@ -117,6 +122,8 @@ def _detail(detail: CheckDetail) -> dict[str, Any]:
         out["critical"] = False
     if detail.starting:
         out["starting"] = True
+    if detail.data:
+        out["data"] = {name: item.as_dict() for name, item in detail.data.items()}
     return out
 
 
@@ -149,6 +156,9 @@ def aggregate(
         messages = {message_key(result.name, i, m): m.msg for i, m in enumerate(kept)}
         critical = result.name not in noncritical
         level = raw if critical else min(raw, WARNING)
-        details[result.name] = CheckDetail(level, messages, result.duration, critical, raw)
+        data = {item.name: item for item in result.data}
+        details[result.name] = CheckDetail(
+            level, messages, result.duration, critical, raw, data=data
+        )
     overall = max((d.level for d in details.values()), default=0)
     return Report(overall, details)

@@ -13,7 +13,7 @@ import traceback
 from collections.abc import Iterable
 
 from .. import health
-from ..health import CheckMessage, Error
+from ..health import CheckData, CheckMessage, Error
 from ..masking import mask_secrets, masked_repr, short_error
 from ._check import Check
 from ._report import CheckResult
@@ -21,6 +21,9 @@ from ._scheduler import Run
 
 #: python-dockerflow's logger for check messages: one ``"<id>: <msg>"`` record per message.
 MESSAGES_LOGGER = "dockerflow.checks.registry"
+
+#: Most values (:class:`~dockerflow.health.CheckData`) kept of one run; later ones are dropped.
+MAX_DATA_ITEMS = 32
 
 #: Longest traceback text attached to a log record, in characters.
 MAX_TRACEBACK_CHARS = 16_384
@@ -86,7 +89,8 @@ def _outcome(run: Run) -> CheckResult:
     if run.error is not None:
         message = Error(f"Check raised {short_error(run.error)}", id=health.ERROR_CHECK_EXCEPTION)
         return CheckResult(check.name, (message,), run.duration, run.error)
-    return CheckResult(check.name, _to_messages(check, run.value), run.duration)
+    messages, data = _to_messages(check, run.value)
+    return CheckResult(check.name, messages, run.duration, data=data)
 
 
 def timed_out(check: Check, timeout: float, duration: float, why: str = "") -> CheckResult:
@@ -98,18 +102,31 @@ def timed_out(check: Check, timeout: float, duration: float, why: str = "") -> C
     return CheckResult(check.name, (Error(text, id=health.ERROR_CHECK_TIMEOUT),), duration)
 
 
-def _to_messages(check: Check, value: object) -> tuple[CheckMessage, ...]:
+def _to_messages(
+    check: Check, value: object
+) -> tuple[tuple[CheckMessage, ...], tuple[CheckData, ...]]:
+    """Split what a check returned into its messages and its data, both masked."""
     if value is None:
-        return ()
-    if isinstance(value, (list, tuple)) and all(isinstance(m, CheckMessage) for m in value):
-        return tuple(_masked(m) for m in value)
-    return (
-        Error(
-            f"Check returned {type(value).__name__} ({masked_repr(value, 80)}), expected a list "
-            "of check messages",
-            id=health.ERROR_CHECK_BAD_RESULT,
-        ),
+        return (), ()
+    if isinstance(value, (list, tuple)) and all(
+        isinstance(m, (CheckMessage, CheckData)) for m in value
+    ):
+        messages = tuple(_masked(m) for m in value if isinstance(m, CheckMessage))
+        data = [_masked_data(d) for d in value if isinstance(d, CheckData)]
+        return messages, tuple(data[:MAX_DATA_ITEMS])
+    bad = Error(
+        f"Check returned {type(value).__name__} ({masked_repr(value, 80)}), expected a list "
+        "of check messages",
+        id=health.ERROR_CHECK_BAD_RESULT,
     )
+    return (bad,), ()
+
+
+def _masked_data(item: CheckData) -> CheckData:
+    if not isinstance(item.value, str):
+        return item
+    masked = mask_secrets(item.value)
+    return item if masked == item.value else CheckData(item.name, masked, item.unit)
 
 
 def _masked(message: CheckMessage) -> CheckMessage:

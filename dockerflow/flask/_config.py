@@ -203,6 +203,17 @@ SETTINGS: tuple[Setting, ...] = (
         "debug",
     ),
     Setting(
+        "DOCKERFLOW_HEARTBEAT_PAGE",
+        "heartbeat_page",
+        True,
+        _parse_bool,
+        "bool",
+        "Serve /__heartbeat__ as an HTML status page to browsers (Accept preferring text/html), "
+        "with each check's recent results, wherever DOCKERFLOW_HEARTBEAT_DETAILS shows the "
+        "details; probes and scripts keep the JSON. false: browsers get the JSON too.",
+        "false",
+    ),
+    Setting(
         "DOCKERFLOW_HEARTBEAT_CACHE_TTL",
         "cache_ttl",
         0.0,
@@ -324,6 +335,7 @@ class Settings:
     fail_level: int
     failed_status_code: int
     details: str
+    heartbeat_page: bool
     cache_ttl: float
     cache_failed_ttl: float
     silenced_checks: tuple[str, ...]

@@ -25,6 +25,7 @@ from ..engine import (
     CheckResult,
     ConfigurationError,
     Engine,
+    History,
     LoopThread,
     Report,
     StartupGrace,
@@ -44,6 +45,7 @@ from ._config import SUMMARY_DEBUG, Settings, load_settings
 from ._drain import Drain
 from ._health_json import ReportTimes, health_json_response, wants_health_json
 from ._live import LiveSettings
+from ._page import asset_response, history_body, icon_response, page_response, wants_html
 from .signals import (
     heartbeat_checked,
     heartbeat_failed,
@@ -87,6 +89,8 @@ class _AppState:
     report_times: ReportTimes = field(default_factory=ReportTimes)
     #: DOCKERFLOW_STARTUP_GRACE_SECONDS, counted from init_app.
     startup: StartupGrace = field(default_factory=lambda: StartupGrace(0.0))
+    #: The recent results of each check in this process, for the status page.
+    history: History = field(default_factory=History)
 
     def __post_init__(self) -> None:
         # A thread of the parent may hold the lock at fork time: the child gets a new one.
@@ -262,6 +266,9 @@ class Dockerflow:
         bp.add_url_rule("/__lbheartbeat__", "lbheartbeat", self._lbheartbeat_view)
         bp.add_url_rule("/__error__", "error", self._error_view)
         bp.add_url_rule("/__metrics__", "metrics", self._metrics_view)
+        bp.add_url_rule("/__heartbeat__/history", "heartbeat_history", self._history_view)
+        bp.add_url_rule("/__heartbeat__/assets/<name>", "heartbeat_asset", self._page_asset_view)
+        bp.add_url_rule("/__heartbeat__/icon/<status>.svg", "heartbeat_icon", self._page_icon_view)
         return bp
 
     @property
@@ -523,6 +530,8 @@ class Dockerflow:
         if grace and not state.startup.over:
             names = [check.name for check in every_check]
             report = state.startup.apply(report, state.settings.fail_level, names)
+        if self._page_on(app, state):
+            state.history.record(report)
         whole = only is None and not excluded
         self._send_signals(app, state, report, whole)
         return report
@@ -635,14 +644,56 @@ class Dockerflow:
     def _heartbeat_response(
         self, app: Flask, state: _AppState, report: Report, status: int
     ) -> flask.Response:
-        details = state.live.get("details")
-        show = details == "always" or (details == "debug" and app.debug)
-        if wants_health_json(flask.request.accept_mimetypes):
+        show = self._details_shown(app, state)
+        accept = flask.request.accept_mimetypes
+        if show and state.live.get("heartbeat_page") and wants_html(accept):
+            response = self._page(app, state, report, status)
+        elif wants_health_json(accept):
             response = health_json_response(self._body(state, report, True, show), status)
         else:
             response = _json_response(self._body(state, report, False, show), status)
         response.vary.add("Accept")
         return response
+
+    def _details_shown(self, app: Flask, state: _AppState) -> bool:
+        details = state.live.get("details")
+        return details == "always" or (details == "debug" and app.debug)
+
+    def _page_on(self, app: Flask, state: _AppState) -> bool:
+        """Whether the status page is served: it is on, and the details are shown."""
+        return bool(state.live.get("heartbeat_page")) and self._details_shown(app, state)
+
+    def _page(self, app: Flask, state: _AppState, report: Report, status: int) -> flask.Response:
+        made_at = state.report_times.time_of(report, remember=state.engine.cache.enabled)
+        return page_response(
+            report,
+            status=status,
+            checks=self._all_checks(),
+            default_timeout=state.settings.check_timeout,
+            history=state.history.snapshot(),
+            history_size=state.history.size,
+            version=self._health_json_version(state),
+            checked_at=made_at,
+        )
+
+    def _history_view(self) -> flask.Response:
+        app = flask.current_app._get_current_object()  # type: ignore[attr-defined]
+        state = self._state(app)
+        if not self._page_on(app, state):
+            flask.abort(404)
+        return _json_response(history_body(state.history.snapshot(), state.history.size), 200)
+
+    def _page_asset_view(self, name: str) -> flask.Response:
+        app = flask.current_app._get_current_object()  # type: ignore[attr-defined]
+        if not self._page_on(app, self._state(app)):
+            flask.abort(404)
+        return asset_response(name)
+
+    def _page_icon_view(self, status: str) -> flask.Response:
+        app = flask.current_app._get_current_object()  # type: ignore[attr-defined]
+        if not self._page_on(app, self._state(app)):
+            flask.abort(404)
+        return icon_response(status)
 
     def _body(
         self, state: _AppState, report: Report, as_health_json: bool, details: bool

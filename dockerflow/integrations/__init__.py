@@ -11,6 +11,8 @@ module                    checks
 :mod:`.asyncpg`           ``SELECT 1`` through an asyncpg pool
 :mod:`.redis`             ``PING`` through ``redis.Redis`` or ``redis.asyncio.Redis``
 :mod:`.alembic`           the database's migration heads against the scripts'
+:mod:`.http`              an HTTP dependency's status, through httpx
+:mod:`.disk`              free space on a file system
 ========================  =====================================================================
 """
 
@@ -23,6 +25,8 @@ from ..engine import CheckFunction
 from ._support import Bounded, driver_timeout
 from .alembic import check_migrations_applied, migrations_check
 from .asyncpg import AsyncpgCheck
+from .disk import DiskSpaceCheck, disk_space_check
+from .http import HttpCheck, http_check
 from .redis import (
     AsyncRedisCheck,
     RedisCheck,
@@ -44,6 +48,8 @@ __all__ = [
     "AsyncRedisCheck",
     "AsyncpgCheck",
     "CheckEngine",
+    "DiskSpaceCheck",
+    "HttpCheck",
     "MissingDependencyError",
     "RedisCheck",
     "builtin_checks",
@@ -54,8 +60,10 @@ __all__ = [
     "check_redis_connected",
     "check_redis_connected_async",
     "database_check",
+    "disk_space_check",
     "driver_timeout",
     "follow_timeout",
+    "http_check",
     "migrations_check",
     "redis_check",
     "release",
@@ -139,7 +147,7 @@ async def release(func: object) -> None:
             part.close()
         elif isinstance(part, AsyncCheckEngine):
             await part.dispose()
-        elif isinstance(part, (AsyncpgCheck, AsyncRedisCheck)):
+        elif isinstance(part, (AsyncpgCheck, AsyncRedisCheck, HttpCheck)):
             await part.close()
 
 

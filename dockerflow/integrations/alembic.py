@@ -26,7 +26,7 @@ import anyio.to_thread
 
 from .. import health
 from ..engine import CheckFunction
-from ..health import CheckMessage, Info, Warning
+from ..health import CheckData, CheckMessage, Info, Warning
 from ._support import failure, is_driver_failure, requires
 from .sqlalchemy import (
     AsyncCheckEngine,
@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 _SHOWN = 10
 
 
-def check_migrations_applied(migrate: Any) -> list[CheckMessage]:
+def check_migrations_applied(migrate: Any) -> list[CheckMessage | CheckData]:
     """Check that a Flask-Migrate application's migrations are applied: python-dockerflow's check.
 
     Blocking; it reads the migration scripts on every call and uses the application's engine and
@@ -96,7 +96,9 @@ def migrations_check(
     :param timeout: the timeout the check runs under, in seconds (default 3); its database calls
         are bounded a little under it, as the database check's are. The Flask extension sets it
         from ``DOCKERFLOW_CHECK_TIMEOUT`` when it is not given.
-    :returns: a function of no arguments, ``async`` for an ``AsyncEngine``.
+    :returns: a function of no arguments, ``async`` for an ``AsyncEngine``. Once it has read
+        the database's revision, its result also holds it, as the value ``database_head``
+        (:class:`~dockerflow.health.CheckData`; ``None`` before any migration).
     :raises TypeError: unless exactly one source of scripts and a database are given.
     :raises MissingDependencyError: if Alembic or SQLAlchemy is not installed.
     """
@@ -151,7 +153,7 @@ def _migrations_applied(
     scripts: Callable[[], ScriptDirectory],
     engine: Engine | CheckEngine,
     opts: Mapping[str, Any],
-) -> list[CheckMessage]:
+) -> list[CheckMessage | CheckData]:
     from sqlalchemy.exc import SQLAlchemyError
 
     script = scripts()
@@ -169,12 +171,14 @@ def _migrations_applied(
         if isinstance(exc, Exception) or not is_driver_failure(exc):
             raise
         return [_cannot_check(exc)]
-    return _compare(script, db_heads)
+    if not isinstance(engine, CheckEngine):
+        return [*_compare(script, db_heads)]  # python-dockerflow's check: messages only
+    return [*_compare(script, db_heads), _head_data(db_heads)]
 
 
 async def _migrations_applied_async(
     scripts: _Scripts, engine: AsyncCheckEngine, opts: Mapping[str, Any]
-) -> list[CheckMessage]:
+) -> list[CheckMessage | CheckData]:
     from sqlalchemy.exc import SQLAlchemyError
 
     # Reading the scripts parses every revision file: not on the event loop.
@@ -191,7 +195,12 @@ async def _migrations_applied_async(
         if isinstance(exc, Exception) or not is_driver_failure(exc):
             raise
         return [_cannot_check(exc)]
-    return _compare(script, db_heads)
+    return [*_compare(script, db_heads), _head_data(db_heads)]
+
+
+def _head_data(db_heads: Iterable[str]) -> CheckData:
+    """The database's revision(s), ``None`` before any migration: cheap, read already."""
+    return CheckData("database_head", ", ".join(sorted(db_heads)) or None)
 
 
 def _current_heads(connection: Connection, opts: Mapping[str, Any]) -> tuple[str, ...]:

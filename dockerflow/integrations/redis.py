@@ -42,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 import weakref
 from typing import Any
 
@@ -49,7 +50,7 @@ import anyio
 
 from .. import health
 from ..engine import CheckFunction, after_fork_in_child
-from ..health import CheckMessage, Error
+from ..health import CheckData, CheckMessage, Error
 from ..masking import masked_repr
 from ._support import Bounded, PerLoop, failure, is_driver_failure, requires
 
@@ -192,6 +193,9 @@ class RedisCheck(Bounded):
         self._lock = threading.Lock()
         self._own: _Own | None = None
         self._warned = False
+        # The server's version, read once through the own client; forgotten on a failure
+        # (the server may come back upgraded).
+        self._version: str | None = None
         # Its connections are closed when the check is let go, or by close().
         weakref.finalize(self, _close_own, self.__dict__)
         after_fork_in_child(self, RedisCheck._forget_inherited)
@@ -202,8 +206,10 @@ class RedisCheck(Bounded):
         self._lock = threading.Lock()
         self._own = None
 
-    def __call__(self) -> list[CheckMessage]:
-        """Ping Redis; return no message, or one :class:`~dockerflow.checks.Error`."""
+    def __call__(self) -> list[CheckMessage | CheckData]:
+        """Ping Redis; return no message, or one :class:`~dockerflow.checks.Error`; an answer
+        also gives the values ``round_trip`` (seconds) and, through the check's own client,
+        ``server_version`` (read once, again after a failure)."""
         with requires("redis", extra="redis"):
             import redis
         target = _client_of(self.client)
@@ -213,8 +219,13 @@ class RedisCheck(Bounded):
         if own is None:
             self._warn_if_unbounded(target)
         pinged = own.client if own is not None else _pingable(self.client, target)
+        self._version, version = None, self._version
         try:
+            started = time.perf_counter()
             reply = pinged.ping()
+            round_trip = time.perf_counter() - started
+            if reply and own is not None and not asyncio.iscoroutine(reply):
+                version = version or _read_version(own.client)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             return [failure(_CANNOT_CONNECT, exc, health.ERROR_CANNOT_CONNECT_REDIS)]
         except redis.RedisError as exc:
@@ -229,7 +240,8 @@ class RedisCheck(Bounded):
         if asyncio.iscoroutine(reply):
             reply.close()  # never awaited: close it so Python does not warn about it
             raise TypeError(f"{masked_repr(target)} is an asyncio client: use AsyncRedisCheck")
-        return _reply(reply)
+        self._version = version
+        return [*_reply(reply), *_data(round_trip, version)]
 
     def _use_own_client(self, target: Any) -> _Own | None:
         """Return the own client for ``target``, counted as in use, or ``None`` to ping as given."""
@@ -324,9 +336,12 @@ class AsyncRedisCheck(Bounded):
         self._own: PerLoop[_Own] = PerLoop(_retire_async)
         # A strong reference: the id of a collected loop may be reused by the next loop.
         self._last_loop: asyncio.AbstractEventLoop | None = None
+        # As RedisCheck's: read once through the own client, forgotten on a failure.
+        self._version: str | None = None
 
-    async def __call__(self) -> list[CheckMessage]:
-        """Ping Redis; return no message, or one :class:`~dockerflow.checks.Error`."""
+    async def __call__(self) -> list[CheckMessage | CheckData]:
+        """Ping Redis; return no message, or one :class:`~dockerflow.checks.Error`; an answer
+        also gives the values ``round_trip`` and ``server_version``, as :class:`RedisCheck`'s."""
         with requires("redis", extra="redis"):
             import redis
         target = _client_of(self.client)
@@ -342,10 +357,15 @@ class AsyncRedisCheck(Bounded):
                 pool.reset()
         self._last_loop = loop
         bound = self.driver_timeout
+        self._version, version = None, self._version
         try:
             with anyio.fail_after(bound):
                 pinged = own.client if own is not None else _pingable(self.client, target)
+                started = time.perf_counter()
                 reply = await pinged.ping()
+                round_trip = time.perf_counter() - started
+                if reply and own is not None:
+                    version = version or await _read_version_async(own.client)
         except TimeoutError as exc:
             # anyio's own timeout, or redis.TimeoutError (which is not a builtin TimeoutError).
             error = exc if str(exc) else TimeoutError(f"no answer within {bound:g}s")
@@ -363,7 +383,8 @@ class AsyncRedisCheck(Bounded):
                 # The last user of a replaced client closes it; not cut short by a cancel.
                 with anyio.CancelScope(shield=True):
                     await own.client.aclose()
-        return _reply(reply)
+        self._version = version
+        return [*_reply(reply), *_data(round_trip, version)]
 
     async def _use_own_client(self, target: Any) -> _Own | None:
         """Return the running loop's own client for ``target``, counted as in use, or ``None``
@@ -456,6 +477,38 @@ def _pingable(client: Any, target: Any) -> Any:
 
 def _reply(reply: object) -> list[CheckMessage]:
     return [] if reply else [Error("Redis ping failed", id=health.ERROR_REDIS_PING_FAILED)]
+
+
+def _data(round_trip: float, version: str | None) -> list[CheckData]:
+    data = [CheckData("round_trip", round(round_trip, 6), unit="s")]
+    if version is not None:
+        data.append(CheckData("server_version", version))
+    return data
+
+
+def _read_version(client: Any) -> str | None:
+    # INFO may be refused (an ACL, a renamed command): the version is left out, the check
+    # passes all the same.
+    import redis
+
+    try:
+        return _server_version(client.info("server"))
+    except redis.RedisError:
+        return None
+
+
+async def _read_version_async(client: Any) -> str | None:
+    import redis
+
+    try:
+        return _server_version(await client.info("server"))
+    except redis.RedisError:
+        return None
+
+
+def _server_version(info: object) -> str | None:
+    version = info.get("redis_version") if isinstance(info, dict) else None
+    return None if version is None else str(version)
 
 
 def _client_of(client: Any) -> Any:

@@ -85,7 +85,7 @@ import anyio
 
 from .. import health
 from ..engine import CheckFunction, after_fork_in_child
-from ..health import CheckMessage
+from ..health import CheckData, CheckMessage
 from ..masking import masked_repr
 from ._support import Bounded, PerLoop, Watchdog, failure, is_driver_failure, requires
 
@@ -117,7 +117,7 @@ class HasAsyncEngine(Protocol):
     def engine(self) -> AsyncEngine: ...
 
 
-def check_database_connected(db: Engine | HasEngine) -> list[CheckMessage]:
+def check_database_connected(db: Engine | HasEngine) -> list[CheckMessage | CheckData]:
     """Check that the database answers ``SELECT 1``: python-dockerflow's check, blocking.
 
     A pooled connection that the server dropped (after a restart or failover) is retried once on a
@@ -128,14 +128,18 @@ def check_database_connected(db: Engine | HasEngine) -> list[CheckMessage]:
         :class:`CheckEngine`, to go through its connections, bounded by its timeout.
     :returns: no message if the database answered, else one
         :class:`~dockerflow.checks.Error`, ``E008``, ``E009`` or ``E001`` (see the module).
+        Through a :class:`CheckEngine`, an answer also gives the value ``round_trip``
+        (:class:`~dockerflow.health.CheckData`): the seconds ``SELECT 1`` took, connecting
+        left out.
     :raises MissingDependencyError: if SQLAlchemy is not installed.
     :raises TypeError: if ``db`` is none of these.
     """
     with requires("sqlalchemy", extra="sqlalchemy"):
         from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+    timed = _Timed()
     try:
         if isinstance(db, CheckEngine):
-            db.run(_select_one, _select_one_shared)
+            db.run(timed.wrap(_select_one), timed.wrap(_select_one_shared))
         else:
             run_on_connection_sync(sync_engine_of(db), _select_one)
     except CannotConnectError as exc:
@@ -150,12 +154,13 @@ def check_database_connected(db: Engine | HasEngine) -> list[CheckMessage]:
         if isinstance(exc, Exception) or not is_driver_failure(exc):
             raise
         return [failure("DB-API error", exc, health.ERROR_DB_API_EXCEPTION)]
-    return []
+    # python-dockerflow's check (a Flask-SQLAlchemy db, an Engine) returns messages only.
+    return timed.data() if isinstance(db, CheckEngine) else []
 
 
 async def check_database_connected_async(
     engine: AsyncEngine | HasAsyncEngine,
-) -> list[CheckMessage]:
+) -> list[CheckMessage | CheckData]:
     """Check that the database answers ``SELECT 1`` through an ``AsyncEngine``.
 
     The same check and message IDs as :func:`check_database_connected`. The engine's connections
@@ -164,7 +169,8 @@ async def check_database_connected_async(
 
     :param engine: an ``AsyncEngine`` (such as ``postgresql+asyncpg://...``) or an
         :class:`AsyncCheckEngine` (bounded by its timeout).
-    :returns: no message if the database answered, else one :class:`~dockerflow.checks.Error`.
+    :returns: no message if the database answered, else one :class:`~dockerflow.checks.Error`;
+        an answer also gives the value ``round_trip`` (seconds ``SELECT 1`` took).
     :raises MissingDependencyError: if SQLAlchemy is not installed.
     :raises TypeError: if ``engine`` is neither.
     """
@@ -172,8 +178,9 @@ async def check_database_connected_async(
         from sqlalchemy.exc import DBAPIError, SQLAlchemyError
     async_engine = async_engine_of(engine)
     bound = engine.driver_timeout if isinstance(engine, AsyncCheckEngine) else None
+    timed = _Timed()
     try:
-        await run_on_connection(async_engine, _select_one, bound)
+        await run_on_connection(async_engine, timed.wrap(_select_one), bound)
     except CannotConnectError as exc:
         return [failure(_CANNOT_CONNECT, exc.error, health.ERROR_CANNOT_CONNECT_DATABASE)]
     except DBAPIError as exc:
@@ -190,7 +197,28 @@ async def check_database_connected_async(
         if not is_driver_failure(exc):
             raise
         return [failure("DB-API error", exc, health.ERROR_DB_API_EXCEPTION)]
-    return []
+    return timed.data()
+
+
+class _Timed:
+    """How long the check's ``SELECT 1`` took on the wire, connecting and the pool left out."""
+
+    def __init__(self) -> None:
+        self.seconds: float | None = None
+
+    def wrap(self, work: Callable[..., T]) -> Callable[..., T]:
+        def timed(*args: Any) -> T:
+            started = time.perf_counter()
+            value = work(*args)
+            self.seconds = time.perf_counter() - started
+            return value
+
+        return timed
+
+    def data(self) -> list[CheckMessage | CheckData]:
+        if self.seconds is None:
+            return []
+        return [CheckData("round_trip", round(self.seconds, 6), unit="s")]
 
 
 def database_check(db: object, *, timeout: float | None = None) -> CheckFunction:

@@ -17,6 +17,7 @@ from typing import Any, cast
 import pytest
 
 from dockerflow.engine import Check, Engine, Report
+from dockerflow.health import CheckData
 
 POSTGRES_URL = os.environ.get(
     "DOCKERFLOW_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
@@ -37,6 +38,11 @@ def unreachable(what: str, variable: str, url: str, how: str, error: BaseExcepti
     if os.environ.get("CI") == "true":
         pytest.fail(message)
     pytest.skip(message)
+
+
+def messages_of(result: Any) -> list[Any]:
+    """Return the check messages of what a check returned, its values (``CheckData``) left out."""
+    return [item for item in result if not isinstance(item, CheckData)]
 
 
 def url_with(url: str, **parts: Any) -> str:

@@ -118,11 +118,19 @@ def test_unapplied_then_applied(
 
     warning = health.WARNING_UNAPPLIED_MIGRATION
     assert run(engine, func) == (warning, "Unapplied migrations found: 0001, 0002")
+    assert database_head(engine, func) is None  # the value the check reports beside
     migrate_to(database, "0001")
     assert run(engine, func) == (warning, "Unapplied migrations found: 0002")
     migrate_to(database, "head")
     assert run(engine, func) is None
+    assert database_head(engine, func) == "0002"
     dispose(engine, func)
+
+
+def database_head(engine: Engine, func: Any) -> object:
+    """Run the migrations check once; return the revision it reports as ``database_head``."""
+    data = engine.run_sync([Check("migrations", func)]).results["migrations"].data
+    return data["database_head"].value
 
 
 def test_alembic_config_and_a_renamed_version_table(

@@ -31,6 +31,7 @@ from dockerflow.integrations.sqlalchemy import CheckEngine
 from .helpers import (
     ALEMBIC_APP,
     count_backends,
+    messages_of,
     running_query,
     unique_name,
     url_with,
@@ -304,7 +305,7 @@ def test_singleton_thread_pool_checks_from_many_threads_leave_the_apps_database(
         for thread in threads:
             thread.start()
             thread.join(10)
-        assert results == [[]] * 8
+        assert [messages_of(result) for result in results] == [[]] * 8
         with app.connect() as connection:
             assert connection.exec_driver_sql("SELECT count(*) FROM app_rows").scalar() == 0
 

@@ -28,6 +28,7 @@ from .helpers import (
     SLACK,
     BlackHole,
     count_backends,
+    messages_of,
     only_message,
     terminate_backends,
     timed,
@@ -368,7 +369,7 @@ def test_async_check_retries_a_connection_dropped_behind_its_back(
         wait_until(lambda: count_backends(postgres_url, name) == 0)
         return await func()
 
-    assert engine.bridge.call(terminate_then_check) == []
+    assert messages_of(engine.bridge.call(terminate_then_check)) == []
     dispose(engine, func)
 
 

@@ -15,6 +15,7 @@ from ...health import (
     INFO,
     STATUSES,
     WARNING,
+    CheckData,
     CheckMessage,
     Critical,
     Debug,
@@ -25,7 +26,7 @@ from ...health import (
 )
 
 
-def check_database_connected(db: Any) -> list[CheckMessage]:
+def check_database_connected(db: Any) -> list[CheckMessage | CheckData]:
     """Run ``SELECT 1`` on a Flask-SQLAlchemy ``db`` or SQLAlchemy ``Engine``.
 
     See :func:`dockerflow.integrations.sqlalchemy.check_database_connected`.
@@ -45,7 +46,7 @@ def check_redis_connected(client: Any) -> list[CheckMessage]:
     return check(client)
 
 
-def check_migrations_applied(migrate: Any) -> list[CheckMessage]:
+def check_migrations_applied(migrate: Any) -> list[CheckMessage | CheckData]:
     """Compare the database's Alembic heads with the script heads of a Flask-Migrate ``migrate``.
 
     See :func:`dockerflow.integrations.alembic.check_migrations_applied`.
