@@ -60,7 +60,9 @@ class HeartbeatMetrics:
         try:
             import prometheus_client
         except ImportError as exc:
-            raise MissingDependencyError("prometheus_client", "prometheus") from exc
+            raise MissingDependencyError.from_import_error(
+                exc, "prometheus_client", "prometheus", "recording Prometheus metrics"
+            ) from exc
         if registry is None:
             registry = prometheus_client.REGISTRY
         #: The registry the metrics are registered in.

@@ -17,7 +17,11 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 import flask
 from flask import Flask
 
-from .._errors import AlreadyInitializedError, NotInitializedError
+from .._errors import (
+    AlreadyInitializedError,
+    MissingDependencyError,
+    NotInitializedError,
+)
 from ..checks.registry import checks_for, owned_checks, register_owned
 from ..engine import (
     Check,
@@ -35,7 +39,7 @@ from ..engine import (
 )
 from ..health import ERROR, ERROR_DRAINING, CheckMessage
 from ..health_json import health_json
-from ..integrations import follow_timeout
+from ..integrations import UnboundMigrationsCheck, follow_timeout
 from ..logging import request_id_context, sanitize_request_id
 from ..metrics import HeartbeatMetrics
 from ..version import get_version
@@ -116,7 +120,9 @@ class Dockerflow:
         the ``check_database_connected`` check.
     :param redis: a ``redis.Redis``, ``redis.asyncio.Redis`` or Flask-Redis store; adds
         ``check_redis_connected``.
-    :param migrate: a Flask-Migrate ``Migrate``; adds ``check_migrations_applied``.
+    :param migrate: a Flask-Migrate ``Migrate``; adds ``check_migrations_applied``. A
+        ``Migrate()`` whose database is given later (``migrate.init_app(app, db)`` in an
+        application factory) is bound to it in :meth:`init_app`, or at the check's first run.
     :param silenced_checks: message IDs to ignore in every heartbeat.
     :param version_path: directory holding ``version.json``; defaults to the parent directory
         of ``app.root_path``.
@@ -124,8 +130,11 @@ class Dockerflow:
         :class:`~dockerflow.metrics.HeartbeatMetrics` in ``prometheus_client.REGISTRY``, or a
         :class:`~dockerflow.metrics.HeartbeatMetrics` of your own (another registry, or one
         shared by several extensions). Needs the ``prometheus`` extra.
-    :raises MissingDependencyError: if ``metrics`` is given and ``prometheus_client`` is not
-        installed.
+    :raises MissingDependencyError: if the driver of ``db``, ``redis`` or ``migrate`` cannot be
+        imported, or ``metrics`` is given and ``prometheus_client`` is not installed; the
+        message names the argument, the module and the extra to install.
+    :raises TypeError: naming the argument, if ``db``, ``redis`` or ``migrate`` is of a type no
+        check takes.
     :raises ConfigurationError: if ``metrics=True`` and the default registry already holds
         Dockerflow's metrics.
     """
@@ -164,7 +173,12 @@ class Dockerflow:
         if isinstance(metrics, HeartbeatMetrics):
             self.metrics = metrics
         elif metrics is True:
-            self.metrics = HeartbeatMetrics()
+            try:
+                self.metrics = HeartbeatMetrics()
+            except MissingDependencyError as exc:
+                raise MissingDependencyError.from_import_error(
+                    exc, exc.package, exc.extra, "Dockerflow(metrics=True)"
+                ) from exc
         elif metrics is not False:
             raise TypeError(
                 f"metrics must be True, False or a HeartbeatMetrics, not {type(metrics).__name__}"
@@ -232,6 +246,7 @@ class Dockerflow:
         )
         self._apps[app] = state
         app.register_blueprint(self._blueprint)
+        self._bind_migrations()
 
         # Per-app hooks that know their app's state: no lookup of it on every request.
         def before_request() -> None:
@@ -253,6 +268,16 @@ class Dockerflow:
         app.extensions["dockerflow"] = self
         if settings.drain_seconds > 0:
             self._drain.configure(settings.drain_seconds)
+
+    def _bind_migrations(self) -> None:
+        # A Migrate() of an app factory gets its database from migrate.init_app(app, db),
+        # usually called before this init_app; if not, the check's first run binds it.
+        for check in owned_checks(self):
+            if isinstance(check.func, UnboundMigrationsCheck):
+                try:
+                    check.func.bind()
+                except TypeError as exc:
+                    raise TypeError(f"Dockerflow(migrate=...): {exc}") from exc
 
     def _make_blueprint(self) -> flask.Blueprint:
         # Routes are added once here; views find their app's state through current_app.
