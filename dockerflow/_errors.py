@@ -9,6 +9,8 @@
     │                                                     (dockerflow.engine)
     ├── UnknownCheckError         (also a LookupError)    a heartbeat named a check not registered
     │                                                     (dockerflow.engine)
+    ├── UnknownGroupError         (also a LookupError)    a heartbeat named a group no check is in
+    │                                                     (dockerflow.flask)
     ├── MissingDependencyError    (also an ImportError)   an optional driver is not installed
     │                                                     (dockerflow.integrations)
     ├── VersionFileError          (also a ValueError)     version.json exists but cannot be served
@@ -54,6 +56,12 @@ class UnknownCheckError(DockerflowError, LookupError):
     """A heartbeat asked to run a check name that is not registered."""
 
     __module__ = "dockerflow.engine"
+
+
+class UnknownGroupError(DockerflowError, LookupError):
+    """A heartbeat asked for a group that no check belongs to and no setting declares."""
+
+    __module__ = "dockerflow.flask"
 
 
 class MissingDependencyError(DockerflowError, ImportError):
