@@ -96,14 +96,15 @@ def _environment_key() -> str:
 
 
 @pytest.fixture(scope="module")
-def trial_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def trial_python(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The Python of the service's environment, holding the freshly built wheel."""
     wheel = _build_wheel(tmp_path_factory.mktemp("wheel"))
     root = REPO / "build" / "trial"
     root.mkdir(parents=True, exist_ok=True)
     venv = root / _environment_key()
     python = venv / "bin" / "python"
-    # Two suites of one checkout (make -j2) may get here at once: one makes it.
+    # Suites of one checkout run side by side (make -j2 test-pythons test-min): the one that
+    # installs holds the lock alone, and those that serve from the environment share it.
     with (root / ".lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (venv / ".complete").exists():
@@ -113,7 +114,8 @@ def trial_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
             (venv / ".complete").touch()
         else:
             _pip(python, "install", "--no-deps", "--force-reinstall", str(wheel))
-    return python
+        fcntl.flock(lock, fcntl.LOCK_SH)
+        yield python
 
 
 @contextlib.contextmanager
