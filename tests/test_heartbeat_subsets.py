@@ -112,6 +112,7 @@ def test_cli_help_documents_the_exit_codes(app: Flask) -> None:
     text = " ".join(result.output.split())
     assert "Exit status: 0 if the heartbeat passes, 1 if it fails, 2 for a usage error" in text
     assert "--check" in text and "--exclude" in text
+    assert "--group" in text and "--record-metrics" in text
 
 
 def test_cli_without_the_extension_is_an_app_error(tmp_path: Path) -> None:
