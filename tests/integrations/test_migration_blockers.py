@@ -18,7 +18,7 @@ from dockerflow import health
 from dockerflow.integrations import MissingDependencyError, builtin_checks
 from dockerflow.integrations._support import requires
 
-from .helpers import ALEMBIC_APP, url_with
+from .helpers import ALEMBIC_APP
 
 flask = pytest.importorskip("flask")
 flask_sqlalchemy = pytest.importorskip("flask_sqlalchemy")
@@ -128,9 +128,8 @@ def make_factory(database: str) -> tuple[Any, Any, Any, Any]:
 
 
 @pytest.mark.postgres
-def test_an_unbound_migrate_is_bound_in_init_app(scratch_database: str) -> None:
+def test_an_unbound_migrate_is_bound_in_init_app(database: str) -> None:
     """Before: TypeError at import, "a database check takes ...; got None"."""
-    database = url_with(scratch_database, drivername="postgresql+psycopg2")
     create_app, db, _, dockerflow = make_factory(database)
     app = create_app()
     try:
@@ -154,8 +153,7 @@ def test_an_unbound_migrate_is_bound_in_init_app(scratch_database: str) -> None:
 
 
 @pytest.mark.postgres
-def test_a_migrate_bound_after_init_app_is_bound_at_the_first_run(scratch_database: str) -> None:
-    database = url_with(scratch_database, drivername="postgresql+psycopg2")
+def test_a_migrate_bound_after_init_app_is_bound_at_the_first_run(database: str) -> None:
     db = flask_sqlalchemy.SQLAlchemy()
     migrate = flask_migrate.Migrate(directory=str(ALEMBIC_APP))
     app = flask.Flask(__name__)
