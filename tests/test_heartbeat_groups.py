@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from flask import Flask
 from prometheus_client import CollectorRegistry
+from test_heartbeat_health_json import cli
 
 from dockerflow.checks import Error, Info, clear_checks, get_checks, register
 from dockerflow.engine import Check, CheckRegistrationError, ConfigurationError
@@ -184,19 +185,15 @@ def test_metrics_count_heartbeats_by_group(app: Flask) -> None:
     assert registry.get_sample_value("dockerflow_heartbeats_total", {"status": "ok"}) == 3
 
 
-def cli(app: Flask, *args: str) -> Any:
-    return app.test_cli_runner().invoke(args=["dockerflow", "heartbeat", *args])
-
-
 def test_cli_group(app: Flask, ext: Dockerflow) -> None:
     ext.init_app(app)
     ready = cli(app, "--group", "ready")
-    assert (ready.exit_code, json.loads(ready.output)["checks"]) == (0, {"db": "ok"})
+    assert (ready.exit_code, json.loads(ready.stdout)["checks"]) == (0, {"db": "ok"})
     deep = cli(app, "--group", "deep", "--format", "health+json")
-    assert (deep.exit_code, json.loads(deep.output)["group"]) == (1, "deep")
+    assert (deep.exit_code, json.loads(deep.stdout)["group"]) == (1, "deep")
     unknown = cli(app, "--group", "nope")
-    assert unknown.exit_code == 2
-    assert "unknown group: nope (the groups are: deep, ready)" in unknown.output
+    assert (unknown.exit_code, unknown.stdout) == (2, "")
+    assert "unknown group: nope (the groups are: deep, ready)" in unknown.stderr
 
 
 CLI_APP = textwrap.dedent(
