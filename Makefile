@@ -120,7 +120,8 @@ test-pythons: $(foreach v,$(PYTHONS),test-py$(v))
 # against the source files git tracks (tests/ and docs/ included, nothing generated or ignored),
 # the wheel's (py.typed, LICENSE) and the classifiers against the trove list. Then the wheel is
 # installed with the flask extra into a throwaway venv outside the checkout, so that only the
-# installed copy is importable, and .ci/dist_smoke.py runs there. The egg-info left in the
+# installed copy is importable, and .ci/dist_smoke.py runs there. Last, the migration trial
+# (tests/production/test_migration_trial.py) runs a python-dockerflow service on that wheel. The egg-info left in the
 # checkout by an earlier build is removed first: setuptools would add the files it lists.
 DIST_DIR := dist
 
@@ -135,6 +136,9 @@ dist: $(STAMP)
 	"$$smoke/venv/bin/python" -m pip install --quiet \
 		"$(abspath $(DIST_DIR))/dockerflow_async-$$version-py3-none-any.whl[flask]" && \
 	cd "$$smoke" && "$$smoke/venv/bin/python" -I -W error $(abspath .ci/dist_smoke.py) "$$version"
+	version=$$($(BIN)/python -c 'import dockerflow; print(dockerflow.__version__)') && \
+	DOCKERFLOW_TRIAL_WHEEL="$(abspath $(DIST_DIR))/dockerflow_async-$$version-py3-none-any.whl" \
+		$(BIN)/pytest -q -p no:cacheprovider tests/production/test_migration_trial.py
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/engine_bench.py

@@ -9,6 +9,8 @@
     │                                                     (dockerflow.engine)
     ├── UnknownCheckError         (also a LookupError)    a heartbeat named a check not registered
     │                                                     (dockerflow.engine)
+    ├── UnknownGroupError         (also a LookupError)    a heartbeat named a group no check is in
+    │                                                     (dockerflow.flask)
     ├── MissingDependencyError    (also an ImportError)   an optional driver is not installed
     │                                                     (dockerflow.integrations)
     ├── VersionFileError          (also a ValueError)     version.json exists but cannot be served
@@ -56,22 +58,70 @@ class UnknownCheckError(DockerflowError, LookupError):
     __module__ = "dockerflow.engine"
 
 
-class MissingDependencyError(DockerflowError, ImportError):
-    """An optional driver needed by a built-in check is not installed.
+class UnknownGroupError(DockerflowError, LookupError):
+    """A heartbeat asked for a group that no check belongs to and no setting declares."""
 
-    :param package: the import name that is missing.
+    __module__ = "dockerflow.flask"
+
+
+class MissingDependencyError(DockerflowError, ImportError):
+    """An optional dependency of a built-in check or of the metrics cannot be imported.
+
+    :param package: the import name that failed: the module that was missing
+        (``ModuleNotFoundError.name``), or the one whose import raised.
     :param extra: the name of the ``dockerflow-async`` extra that installs it.
+    :param needed_by: what needs it, such as ``"Dockerflow(db=...)"``; default "this check".
+    :param reason: the import's own error when the module exists but its import failed (such as
+        SQLAlchemy's asyncio module without ``greenlet``); ``None`` when the module is missing.
     """
 
     __module__ = "dockerflow.integrations"
 
-    def __init__(self, package: str, extra: str) -> None:
+    def __init__(
+        self,
+        package: str,
+        extra: str,
+        *,
+        needed_by: str | None = None,
+        reason: str | None = None,
+    ) -> None:
+        problem = (
+            f"{package!r} is not installed"
+            if reason is None
+            else f"{package!r} cannot be imported ({reason})"
+        )
         super().__init__(
-            f"{package!r} is not installed; it is needed for this check. "
-            f"Install it with: pip install 'dockerflow-async[{extra}]'"
+            f"{problem}; {needed_by or 'this check'} needs it. "
+            f"Install it with: pip install 'dockerflow-async[{extra}]'",
+            name=package,
         )
         self.package = package
         self.extra = extra
+        self.needed_by = needed_by
+        self.reason = reason
+
+    @classmethod
+    def from_import_error(
+        cls, exc: ImportError, package: str, extra: str, needed_by: str | None = None
+    ) -> MissingDependencyError:
+        """Return the error for ``exc``, raised while importing ``package``.
+
+        The module named is the one that failed: ``exc.name`` for a missing module (a driver's
+        own dependency, say), else ``package`` with ``exc``'s message as the reason.
+
+        :param exc: the :class:`ImportError` raised.
+        :param package: the module that was being imported.
+        :param extra: the ``dockerflow-async`` extra that installs it.
+        :param needed_by: what needs it.
+        """
+        if isinstance(exc, MissingDependencyError):
+            needed_by = needed_by or exc.needed_by
+            return cls(exc.package, exc.extra, needed_by=needed_by, reason=exc.reason)
+        if isinstance(exc, ModuleNotFoundError) and exc.name:
+            # A submodule of the package itself means the package is missing.
+            inside = exc.name.startswith(f"{package}.")
+            return cls(package if inside else exc.name, extra, needed_by=needed_by)
+        return cls(package, extra, needed_by=needed_by, reason=str(exc) or type(exc).__name__)
 
 
 class VersionFileError(DockerflowError, ValueError):

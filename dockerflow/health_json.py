@@ -101,6 +101,7 @@ def health_json(
     version: Mapping[str, Any] | None = None,
     service_id: str | None = None,
     description: str | None = None,
+    group: str | None = None,
 ) -> dict[str, Any]:
     """Return the ``application/health+json`` body of a heartbeat report.
 
@@ -113,8 +114,10 @@ def health_json(
              "output": "myapp.health.W002: 1200 jobs waiting"}]}}
 
     ``output`` holds the check's messages, one ``<id>: <text>`` line each, as the engine
-    masked them; it is left out when ``details`` is false and, as the draft advises, for a
-    check that passes. A non-critical check's entry has ``"critical": false``, and that of a
+    masked them; it is left out when ``details`` is false and for a check that has none. A
+    check that passes with a message (an ``Info``, such as ``I001`` "Can't connect to database
+    to check migrations") shows it there too: every message the Dockerflow body shows is in
+    some entry's ``output``. A non-critical check's entry has ``"critical": false``, and that of a
     failing check excused by the startup grace ``"starting": true``. With ``details``, each
     number with a unit that a check reported is an entry of its own, ``"<check>:<name>"``.
 
@@ -127,6 +130,8 @@ def health_json(
         a non-empty string.
     :param service_id: the draft's ``serviceId``; left out when ``None``.
     :param description: the draft's ``description``; left out when ``None``.
+    :param group: the named group of checks the heartbeat ran (``/__heartbeat__/<group>``),
+        as the top-level ``"group"``; left out when ``None``.
     :returns: the body, ready for :func:`json.dumps`.
     :raises ValueError: if ``fail_level`` is not a level from 10 to 50 or ``checked_at`` is
         naive.
@@ -142,6 +147,9 @@ def health_json(
         body["serviceId"] = service_id
     if description is not None:
         body["description"] = description
+    if group is not None:
+        # An additional key, as "critical" in the entries: which subset this status is of.
+        body["group"] = group
     checks: dict[str, list[dict[str, Any]]] = {}
     for name, detail in report.results.items():
         status = _status(detail.level, fail_level)
@@ -158,7 +166,7 @@ def health_json(
             entry["critical"] = False
         if detail.starting:
             entry["starting"] = True
-        if details and status != PASS and detail.messages:
+        if details and detail.messages:
             entry["output"] = "\n".join(f"{key}: {text}" for key, text in detail.messages.items())
         checks.setdefault(check_key(name), []).append(entry)
         if details:

@@ -30,6 +30,7 @@ MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 CHECK_LEVEL = "dockerflow_check_level"
 CHECK_DURATION = "dockerflow_check_duration_seconds"
 HEARTBEATS = "dockerflow_heartbeats_total"
+GROUP_HEARTBEATS = "dockerflow_group_heartbeats_total"
 CHECK_TIMEOUTS = "dockerflow_check_timeouts_total"
 CHECK_STUCK_THREADS = "dockerflow_check_stuck_threads"
 CHECK_STARTING = "dockerflow_check_starting"
@@ -60,7 +61,9 @@ class HeartbeatMetrics:
         try:
             import prometheus_client
         except ImportError as exc:
-            raise MissingDependencyError("prometheus_client", "prometheus") from exc
+            raise MissingDependencyError.from_import_error(
+                exc, "prometheus_client", "prometheus", "recording Prometheus metrics"
+            ) from exc
         if registry is None:
             registry = prometheus_client.REGISTRY
         #: The registry the metrics are registered in.
@@ -101,6 +104,15 @@ class HeartbeatMetrics:
                     registry=registry,
                 )
             )
+            self.group_heartbeats = self._add(
+                prometheus_client.Counter(
+                    GROUP_HEARTBEATS,
+                    "Heartbeats of a named group of checks (/__heartbeat__/<group>), by group "
+                    "and status; they are counted in dockerflow_heartbeats_total too.",
+                    ["group", "status"],
+                    registry=registry,
+                )
+            )
             self.check_timeouts = self._add(
                 prometheus_client.Counter(
                     CHECK_TIMEOUTS,
@@ -136,8 +148,10 @@ class HeartbeatMetrics:
                 "HeartbeatMetrics per registry and share it, e.g. Dockerflow(app, "
                 "metrics=metrics) with metrics = HeartbeatMetrics() at module level"
             ) from None
-        # Every status starts at 0, so that rate() sees the first failure of a worker.
-        self._status = {text: self.heartbeats.labels(text) for text in STATUSES.values()}
+        # Every status starts at 0, so that rate() sees the first failure of a worker: made at
+        # the first heartbeat, not here, so that a process that never records (the CLI) writes
+        # nothing into PROMETHEUS_MULTIPROC_DIR.
+        self._status: dict[str, Any] = {}
         # Labelled children looked up once per check name: labels() takes a lock and builds a
         # tuple on each call, which adds up to most of the cost of a heartbeat's metrics.
         self._checks: dict[str, tuple[Any, Any, Any]] = {}
@@ -173,7 +187,13 @@ class HeartbeatMetrics:
             )
         return children
 
-    def observe(self, report: Report, stuck_threads: Mapping[str, int] | None = None) -> None:
+    def observe(
+        self,
+        report: Report,
+        stuck_threads: Mapping[str, int] | None = None,
+        *,
+        group: str | None = None,
+    ) -> None:
         """Record one heartbeat.
 
         The heartbeat counter and the level gauges are updated for every call; durations and
@@ -185,7 +205,13 @@ class HeartbeatMetrics:
         :param stuck_threads: check name → worker threads held by its stuck runs, for the
             checks that hold any (from :meth:`dockerflow.engine.Engine.stuck_runs`, sync
             checks only).
+        :param group: the named group of checks the heartbeat ran, if it ran one: counted in
+            ``dockerflow_group_heartbeats_total`` too.
         """
+        if not self._status:
+            self._status = {text: self.heartbeats.labels(text) for text in STATUSES.values()}
+        if group is not None:
+            self.group_heartbeats.labels(group, report.status).inc()
         status = self._status.get(report.status)
         if status is None:  # a level between the named ones: counted under its own text
             status = self.heartbeats.labels(report.status)
@@ -271,6 +297,7 @@ __all__ = [
     "CHECK_STUCK_THREADS",
     "CHECK_TIMEOUTS",
     "DURATION_BUCKETS",
+    "GROUP_HEARTBEATS",
     "HEARTBEATS",
     "MULTIPROC_DIR_ENV",
     "HeartbeatMetrics",

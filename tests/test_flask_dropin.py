@@ -428,6 +428,8 @@ def test_warns_once_when_python_dockerflow_is_installed_too(tmp_path: Path) -> N
     assert result.stderr.count("ConflictingInstallWarning") == 1
     assert "python-dockerflow 2026.3.4" in result.stderr
     assert "pip uninstall" in result.stderr
+    # The repair keeps the extras in use (this venv has Flask, SQLAlchemy, redis-py...).
+    assert "pip install 'dockerflow-async[flask,sqlalchemy," in result.stderr
 
 
 def test_no_warning_when_only_ours_is_installed() -> None:

@@ -141,7 +141,8 @@ def test_pass(app: Flask, dockerflow: Dockerflow) -> None:
     assert 0 <= up["observedValue"] < 5
     made = datetime.fromisoformat(up["time"].replace("Z", "+00:00"))
     assert before <= made <= datetime.now(timezone.utc)
-    assert "output" not in entry(body, "cache")
+    # An Info passes, and its message is shown as the Dockerflow body shows it (issue 22.6).
+    assert entry(body, "cache")["output"] == "x.I1: warming up"
     # No version.json: no version fields.
     assert "version" not in body
     assert "releaseId" not in body
@@ -343,7 +344,7 @@ def test_subsets_work_the_same(app: Flask, dockerflow: Dockerflow) -> None:
     unknown = get(app, HEALTH_JSON, "?check=nope")
     assert unknown.status_code == 400
     assert unknown.headers["Content-Type"] == "application/json"
-    assert unknown.json == {"error": "unknown check: nope"}
+    assert unknown.json == {"error": "unknown check: nope (the checks are: down, up)"}
 
 
 # -- time of cached reports ---------------------------------------------------------------------

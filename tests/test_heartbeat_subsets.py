@@ -33,17 +33,43 @@ def checks_of(app: Flask, query: str) -> tuple[int, dict[str, object]]:
     return response.status_code, response.json or {}
 
 
+KNOWN = "(the checks are: down, other, up)"
+
+
 @pytest.mark.parametrize(
     ("query", "named"),
     [
-        ("exclude=nope", "nope"),
         ("check=up,nope", "nope"),
-        ("check=up&exclude=typo,other", "typo"),
-        ("exclude=up&exclude=zzz&exclude=aaa", "aaa, zzz"),
+        ("check=up,zzz,aaa&exclude=typo,other", "aaa, zzz"),
     ],
 )
-def test_unknown_names_are_a_400_naming_them(app: Flask, query: str, named: str) -> None:
-    assert checks_of(app, query) == (400, {"error": f"unknown check: {named}"})
+def test_unknown_names_to_run_are_a_400_naming_them_and_the_checks(
+    app: Flask, query: str, named: str
+) -> None:
+    assert checks_of(app, query) == (400, {"error": f"unknown check: {named} {KNOWN}"})
+
+
+def test_unknown_names_to_leave_out_are_ignored_and_logged_once(
+    app: Flask, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A release that renames or drops a check must not fail the probes that leave it out."""
+    caplog.set_level("WARNING", logger="dockerflow.flask")
+    for _ in range(3):
+        status, body = checks_of(app, "exclude=down,renamed_in_v2")
+        assert (status, body["checks"]) == (200, {"up": "ok", "other": "ok"})
+    logged = [r.getMessage() for r in caplog.records if "renamed_in_v2" in r.getMessage()]
+    assert logged == [
+        "?exclude= names 'renamed_in_v2', which is not a registered check: ignored (logged "
+        "once per process)"
+    ]
+
+
+def test_the_ignored_names_logged_are_bounded(app: Flask, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("WARNING", logger="dockerflow.flask")
+    for start in range(0, 300, 50):
+        names = ",".join(f"gone{i}" for i in range(start, start + 50))
+        assert checks_of(app, f"exclude=down,{names}")[0] == 200
+    assert sum("?exclude= names" in r.getMessage() for r in caplog.records) == 100
 
 
 def test_repeated_parameters_are_merged(app: Flask) -> None:
@@ -70,10 +96,12 @@ def test_cli_subsets_follow_the_same_rules(app: Flask) -> None:
     only = runner.invoke(args=["dockerflow", "heartbeat", "--check", "up", "--check", "down"])
     assert only.exit_code == 1
     assert json.loads(only.stdout)["checks"] == {"up": "ok", "down": "error"}
-    unknown = runner.invoke(args=["dockerflow", "heartbeat", "--exclude", "nope"])
+    unknown = runner.invoke(args=["dockerflow", "heartbeat", "--check", "nope"])
     assert unknown.exit_code == 2
-    assert "unknown check: nope" in unknown.stderr
+    assert f"unknown check: nope {KNOWN}" in unknown.stderr
     assert unknown.stdout == ""
+    ignored = runner.invoke(args=["dockerflow", "heartbeat", "--exclude", "down,nope"])
+    assert ignored.exit_code == 0, ignored.output
     empty = runner.invoke(args=["dockerflow", "heartbeat", "--check", "up", "--exclude", "up"])
     assert empty.exit_code == 2
     assert "the selection leaves no check to run" in empty.stderr
@@ -84,6 +112,7 @@ def test_cli_help_documents_the_exit_codes(app: Flask) -> None:
     text = " ".join(result.output.split())
     assert "Exit status: 0 if the heartbeat passes, 1 if it fails, 2 for a usage error" in text
     assert "--check" in text and "--exclude" in text
+    assert "--group" in text and "--record-metrics" in text
 
 
 def test_cli_without_the_extension_is_an_app_error(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar, overload
 
-from ..engine import Check, Engine, callable_name
+from ..engine import Check, Engine, callable_name, validate_groups
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -40,7 +40,12 @@ _OWNER_OF: weakref.WeakKeyDictionary[Callable[..., Any], weakref.ref[object]] = 
 
 @overload
 def register(
-    func: F, name: str | None = None, *, timeout: float | None = None, critical: bool = True
+    func: F,
+    name: str | None = None,
+    *,
+    timeout: float | None = None,
+    critical: bool = True,
+    groups: Iterable[str] = (),
 ) -> F: ...
 @overload
 def register(
@@ -49,6 +54,7 @@ def register(
     *,
     timeout: float | None = None,
     critical: bool = True,
+    groups: Iterable[str] = (),
 ) -> Callable[[F], F]: ...
 def register(
     func: F | None = None,
@@ -56,6 +62,7 @@ def register(
     *,
     timeout: float | None = None,
     critical: bool = True,
+    groups: Iterable[str] = (),
 ) -> F | Callable[[F], F]:
     """Register a check that every Dockerflow extension in the process runs.
 
@@ -67,13 +74,20 @@ def register(
     :param timeout: seconds the check may run; defaults to the extension's check timeout.
     :param critical: ``False`` makes a failure of the check count as a warning (see
         :class:`~dockerflow.engine.Check`).
+    :param groups: the named heartbeat groups the check belongs to (see
+        :class:`~dockerflow.engine.Check`).
     :returns: ``func`` itself, or a decorator when ``func`` is not given.
     :raises CheckRegistrationError: if ``func`` is not callable or ``timeout`` is not positive.
     """
     if func is None:
-        return functools.partial(register, name=name, timeout=timeout, critical=critical)
+        return functools.partial(
+            register, name=name, timeout=timeout, critical=critical, groups=groups
+        )
     # Made now, so a bad registration fails where it is made rather than at heartbeat time.
-    check = Check(name or callable_name(func), func, timeout, critical=critical)
+    name = name or callable_name(func)
+    check = Check(
+        name, func, timeout, critical=critical, groups=validate_groups(groups, f"{name}: groups")
+    )
     _REGISTERED[check.name] = func
     _CHECKS[check.name] = check
     return func
@@ -85,6 +99,7 @@ def register_partial(
     name: str | None = None,
     timeout: float | None = None,
     critical: bool = True,
+    groups: Iterable[str] = (),
 ) -> Callable[[], Any]:
     """Register ``func(*args)`` as a check, as python-dockerflow's ``register_partial`` does.
 
@@ -93,12 +108,13 @@ def register_partial(
     :param name: the check's name; defaults to ``func``'s name.
     :param timeout: seconds the check may run; defaults to the extension's check timeout.
     :param critical: ``False`` makes a failure of the check count as a warning.
+    :param groups: the named heartbeat groups the check belongs to.
     :returns: the partial that was registered.
     :raises CheckRegistrationError: if ``func`` is not callable or ``timeout`` is not positive.
     """
     partial = functools.partial(func, *args)
     functools.update_wrapper(partial, func)
-    register(partial, name=name, timeout=timeout, critical=critical)
+    register(partial, name=name, timeout=timeout, critical=critical, groups=groups)
     return partial
 
 

@@ -13,6 +13,7 @@ from ._check import (
     CheckFunction,
     CheckRegistry,
     callable_name,
+    validate_groups,
     validate_timeout,
 )
 from ._engine import Engine
@@ -49,6 +50,7 @@ __all__ = [
     "after_fork_in_child",
     "aggregate",
     "callable_name",
+    "validate_groups",
     "validate_timeout",
 ]
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import functools
 import inspect
 import math
-from collections.abc import Callable, Iterator
+import re
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +39,32 @@ def validate_timeout(value: object, what: str = "timeout") -> float:
             f"{what} must be a number of seconds above 0 and at most {MAX_SECONDS:g}, got {value!r}"
         )
     return seconds
+
+
+#: What a group name may hold: it is a path segment of ``/__heartbeat__/<group>``.
+GROUP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
+
+
+def validate_groups(value: object, what: str = "groups") -> tuple[str, ...]:
+    """Return the group names in ``value`` as a tuple, in order, without duplicates.
+
+    :param value: an iterable of group names (not a single string).
+    :param what: the name of the argument, used in the error message.
+    :raises CheckRegistrationError: if ``value`` is a string or not iterable, or a name does
+        not match :data:`GROUP_NAME`.
+    """
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise CheckRegistrationError(
+            f"{what} must be a list of group names, such as ['ready'], got {value!r}"
+        )
+    names = tuple(dict.fromkeys(value))
+    bad = [name for name in names if not isinstance(name, str) or not GROUP_NAME.fullmatch(name)]
+    if bad:
+        raise CheckRegistrationError(
+            f"{what}: not group names: {', '.join(repr(name) for name in bad)} (letters, "
+            "digits, '_', '.' and '-', starting with a letter or digit)"
+        )
+    return names
 
 
 def is_async_callable(func: object) -> bool:
@@ -83,8 +110,11 @@ class Check:
         ``"warning"``, ``"critical": false`` in the report's details), so that a non-essential
         dependency being down does not fail the heartbeat. Logs, signals and metrics still see
         the check failing.
-    :raises CheckRegistrationError: if the name is empty, ``func`` is not callable or a number
-        is out of range.
+    :param groups: the named groups the check belongs to (a heartbeat may be asked for one
+        group, ``/__heartbeat__/<group>``); names of letters, digits, ``_``, ``.`` and ``-``.
+        Any iterable of names but a single string; kept as a tuple, duplicates dropped.
+    :raises CheckRegistrationError: if the name is empty, ``func`` is not callable, a number
+        is out of range or a group name is not valid.
 
     Checks compare by identity: the engine keeps per-check state (the run in progress, the
     threads a stuck check occupies) keyed by the check object.
@@ -99,6 +129,7 @@ class Check:
     failure_grace: float = 0.0
     restart_after: float | None = None
     critical: bool = True
+    groups: tuple[str, ...] = ()
     is_async: bool = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -134,6 +165,7 @@ class Check:
             raise CheckRegistrationError(
                 f"{self.name}: critical must be True or False, got {self.critical!r}"
             )
+        object.__setattr__(self, "groups", validate_groups(self.groups, f"{self.name}: groups"))
         object.__setattr__(self, "is_async", is_async_callable(self.func))
 
     @property

@@ -7,7 +7,12 @@
 
 from __future__ import annotations
 
-from .._errors import AlreadyInitializedError, DrainError, NotInitializedError
+from .._errors import (
+    AlreadyInitializedError,
+    DrainError,
+    NotInitializedError,
+    UnknownGroupError,
+)
 from ..engine import UnknownCheckError
 
 # app is python-dockerflow's module path; imported so that its has_flask_login is read.
@@ -21,6 +26,7 @@ __all__ = [
     "DrainError",
     "NotInitializedError",
     "UnknownCheckError",
+    "UnknownGroupError",
     "checks",
     "signals",
 ]

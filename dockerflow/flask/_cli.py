@@ -13,7 +13,7 @@ import click
 import flask
 from flask.cli import with_appcontext
 
-from .._errors import UnknownCheckError, VersionFileError
+from .._errors import UnknownCheckError, UnknownGroupError, VersionFileError
 
 #: Exit status of ``flask dockerflow heartbeat`` when the heartbeat passes.
 EXIT_PASSED = 0
@@ -31,9 +31,12 @@ _HEARTBEAT_HELP = f"""Run the checks and print the report as one JSON document o
 
 The report is the body of /__heartbeat__ with its details, in the Dockerflow format or, with
 --format health+json, as application/health+json. Log records written while the checks run go
-to stderr, so the output can be piped (for example into jq). Exit status: {EXIT_PASSED} if the
+to stderr, so the output can be piped (for example into jq). No Prometheus metrics are recorded
+unless --record-metrics is given: an exec probe must not write into a PROMETHEUS_MULTIPROC_DIR
+set for the whole container. Exit status: {EXIT_PASSED} if the
 heartbeat passes, {EXIT_FAILED} if it fails, {EXIT_USAGE} for a usage error (an unknown check
-name, a selection that leaves no check, no app found, an app without the Dockerflow extension).
+name or group, a selection that leaves no check, no app found, an app without the Dockerflow
+extension).
 An exception raised while creating the app ends with Flask's traceback and status 1. Usable as a
 Docker HEALTHCHECK, which reserves status 2: write `flask dockerflow heartbeat || exit 1`.
 """
@@ -47,8 +50,16 @@ class CliExtension(Protocol):
     """
 
     def _cli_heartbeat(
-        self, *, exclude: Iterable[str], only: Iterable[str] | None, health_json: bool
+        self,
+        *,
+        exclude: Iterable[str],
+        only: Iterable[str] | None,
+        health_json: bool,
+        group: str | None = None,
+        record_metrics: bool = False,
     ) -> tuple[dict[str, Any], bool]: ...
+
+    def groups(self, app: flask.Flask | None = None) -> dict[str, list[str]]: ...
 
     def _cli_version(self) -> tuple[str, dict[str, Any] | None]: ...
 
@@ -112,6 +123,18 @@ def _stdout_to_stderr() -> Iterator[None]:
     help="Leave these checks out (repeatable), like ?exclude= on /__heartbeat__.",
 )
 @click.option(
+    "--group",
+    metavar="GROUP",
+    default=None,
+    help="Run only the checks of this named group, like /__heartbeat__/GROUP.",
+)
+@click.option(
+    "--record-metrics",
+    is_flag=True,
+    default=False,
+    help="Record this heartbeat in the extension's Prometheus metrics (off by default).",
+)
+@click.option(
     "--format",
     "output_format",
     type=click.Choice(FORMATS),
@@ -120,7 +143,13 @@ def _stdout_to_stderr() -> Iterator[None]:
     help="The body to print: the Dockerflow report, or application/health+json.",
 )
 @with_appcontext
-def heartbeat_command(only: tuple[str, ...], exclude: tuple[str, ...], output_format: str) -> None:
+def heartbeat_command(
+    only: tuple[str, ...],
+    exclude: tuple[str, ...],
+    group: str | None,
+    record_metrics: bool,
+    output_format: str,
+) -> None:
     """Run the checks and print the report as JSON; the exit status tells pass or fail."""
     ext = _extension()
     selected = _names(only) if only else None
@@ -132,7 +161,12 @@ def heartbeat_command(only: tuple[str, ...], exclude: tuple[str, ...], output_fo
                 exclude=_names(exclude),
                 only=selected,
                 health_json=output_format == "health+json",
+                group=group,
+                record_metrics=record_metrics,
             )
+        except UnknownGroupError:
+            known = ", ".join(ext.groups()) or "none"
+            raise click.UsageError(f"unknown group: {group} (the groups are: {known})") from None
         except UnknownCheckError as exc:
             raise click.UsageError(f"unknown check: {exc}") from None
         except ValueError as exc:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..engine import MAX_SECONDS, ConfigurationError
+from ..engine import MAX_SECONDS, CheckRegistrationError, ConfigurationError, validate_groups
 from ..health import STATUSES
 
 logger = logging.getLogger("dockerflow.flask")
@@ -138,6 +138,46 @@ def _parse_list(value: Any, pattern: re.Pattern[str], what: str, sample: str) ->
     return tuple(items)
 
 
+#: A parsed DOCKERFLOW_HEARTBEAT_GROUPS: (group, check names) pairs, in the order given.
+Groups = tuple[tuple[str, tuple[str, ...]], ...]
+
+
+def _parse_groups(value: Any) -> Groups:
+    if isinstance(value, str):
+        # The environment's form: "ready:db,cache;live:" (an empty group is allowed).
+        pairs: list[tuple[Any, Any]] = []
+        for part in value.split(";"):
+            if not part.strip():
+                continue
+            group, colon, names = part.partition(":")
+            if not colon:
+                raise ValueError(
+                    f"{part.strip()!r} is not GROUP:CHECK[,CHECK...] (expected groups such as "
+                    "ready:check_database_connected,check_redis_connected;live:)"
+                )
+            pairs.append((group.strip(), names))
+    elif isinstance(value, Mapping):
+        pairs = list(value.items())
+    elif isinstance(value, (list, tuple)) and all(
+        isinstance(pair, (list, tuple)) and len(pair) == 2 for pair in value
+    ):
+        pairs = [tuple(pair) for pair in value]  # as parsed before: (group, names) pairs
+    else:
+        raise ValueError(
+            "expected a mapping of group name to check names, or GROUP:CHECK,CHECK;GROUP:..."
+        )
+    groups: dict[str, tuple[str, ...]] = {}
+    for group, names in pairs:
+        try:
+            (name,) = validate_groups([group], "a group name")
+        except CheckRegistrationError as exc:
+            raise ValueError(str(exc)) from None
+        if name in groups:
+            raise ValueError(f"group {name!r} is given twice")
+        groups[name] = _parse_name_list(names) if names else ()
+    return tuple(groups.items())
+
+
 @dataclass(frozen=True)
 class Setting:
     """One ``DOCKERFLOW_*`` key: its name, attribute in :class:`Settings`, default, parser, and
@@ -253,6 +293,17 @@ SETTINGS: tuple[Setting, ...] = (
         "check_redis_connected,search_cluster",
     ),
     Setting(
+        "DOCKERFLOW_HEARTBEAT_GROUPS",
+        "groups",
+        (),
+        _parse_groups,
+        "GROUP:CHECK,CHECK;GROUP:... (a dict in app.config)",
+        "Named groups of checks, added to those given in code (groups=): "
+        "/__heartbeat__/<group> runs a group's checks only. Every check named must be "
+        "registered when init_app runs, or init_app fails. Read in init_app only.",
+        "ready:check_database_connected,check_redis_connected;live:",
+    ),
+    Setting(
         "DOCKERFLOW_ERROR_ENDPOINT",
         "error_endpoint",
         False,
@@ -340,6 +391,8 @@ class Settings:
     cache_failed_ttl: float
     silenced_checks: tuple[str, ...]
     noncritical_checks: tuple[str, ...]
+    #: DOCKERFLOW_HEARTBEAT_GROUPS: (group, check names) pairs.
+    groups: Groups
     error_endpoint: bool
     request_id_header: str
     summary_log_querystring: bool

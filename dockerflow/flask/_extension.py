@@ -17,7 +17,12 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 import flask
 from flask import Flask
 
-from .._errors import AlreadyInitializedError, NotInitializedError
+from .._errors import (
+    AlreadyInitializedError,
+    MissingDependencyError,
+    NotInitializedError,
+    UnknownGroupError,
+)
 from ..checks.registry import checks_for, owned_checks, register_owned
 from ..engine import (
     Check,
@@ -36,7 +41,7 @@ from ..engine import (
 )
 from ..health import ERROR, ERROR_DRAINING, CheckMessage
 from ..health_json import health_json
-from ..integrations import follow_timeout
+from ..integrations import UnboundMigrationsCheck, follow_timeout
 from ..logging import request_id_context, sanitize_request_id
 from ..metrics import HeartbeatMetrics
 from ..version import get_version
@@ -61,6 +66,8 @@ VersionCallback = Callable[[str], "dict[str, Any] | None"]
 EXCLUDE_PARAM = "exclude"
 #: Query parameter of ``/__heartbeat__`` naming the only checks to run, comma-separated.
 ONLY_PARAM = "check"
+#: Unknown names in ``?exclude=`` logged once per process, at most (the rest are not logged).
+MAX_LOGGED_EXCLUDES = 100
 #: HTTP status of ``/__heartbeat__`` while the process drains.
 DRAINING_STATUS_CODE = 503
 #: The name the drain is reported under in ``/__heartbeat__``, in place of the checks.
@@ -91,6 +98,8 @@ class _AppState:
     startup: StartupGrace = field(default_factory=lambda: StartupGrace(0.0))
     #: The recent results of each check in this process, for the status page.
     history: History = field(default_factory=History)
+    #: Unknown names of ?exclude= already logged in this process.
+    ignored_excludes: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         # A thread of the parent may hold the lock at fork time: the child gets a new one.
@@ -120,7 +129,9 @@ class Dockerflow:
         the ``check_database_connected`` check.
     :param redis: a ``redis.Redis``, ``redis.asyncio.Redis`` or Flask-Redis store; adds
         ``check_redis_connected``.
-    :param migrate: a Flask-Migrate ``Migrate``; adds ``check_migrations_applied``.
+    :param migrate: a Flask-Migrate ``Migrate``; adds ``check_migrations_applied``. A
+        ``Migrate()`` whose database is given later (``migrate.init_app(app, db)`` in an
+        application factory) is bound to it in :meth:`init_app`, or at the check's first run.
     :param silenced_checks: message IDs to ignore in every heartbeat.
     :param version_path: directory holding ``version.json``; defaults to the parent directory
         of ``app.root_path``.
@@ -128,8 +139,11 @@ class Dockerflow:
         :class:`~dockerflow.metrics.HeartbeatMetrics` in ``prometheus_client.REGISTRY``, or a
         :class:`~dockerflow.metrics.HeartbeatMetrics` of your own (another registry, or one
         shared by several extensions). Needs the ``prometheus`` extra.
-    :raises MissingDependencyError: if ``metrics`` is given and ``prometheus_client`` is not
-        installed.
+    :raises MissingDependencyError: if the driver of ``db``, ``redis`` or ``migrate`` cannot be
+        imported, or ``metrics`` is given and ``prometheus_client`` is not installed; the
+        message names the argument, the module and the extra to install.
+    :raises TypeError: naming the argument, if ``db``, ``redis`` or ``migrate`` is of a type no
+        check takes.
     :raises ConfigurationError: if ``metrics=True`` and the default registry already holds
         Dockerflow's metrics.
     """
@@ -168,7 +182,12 @@ class Dockerflow:
         if isinstance(metrics, HeartbeatMetrics):
             self.metrics = metrics
         elif metrics is True:
-            self.metrics = HeartbeatMetrics()
+            try:
+                self.metrics = HeartbeatMetrics()
+            except MissingDependencyError as exc:
+                raise MissingDependencyError.from_import_error(
+                    exc, exc.package, exc.extra, "Dockerflow(metrics=True)"
+                ) from exc
         elif metrics is not False:
             raise TypeError(
                 f"metrics must be True, False or a HeartbeatMetrics, not {type(metrics).__name__}"
@@ -213,6 +232,7 @@ class Dockerflow:
                 "DOCKERFLOW_METRICS_ENDPOINT is on but metrics are off: pass "
                 "Dockerflow(app, metrics=True) to record them"
             )
+        self._check_group_settings(settings)
         engine = Engine(
             timeout=settings.check_timeout,
             restart_after=settings.check_restart_after,
@@ -236,6 +256,7 @@ class Dockerflow:
         )
         self._apps[app] = state
         app.register_blueprint(self._blueprint)
+        self._bind_migrations()
 
         # Per-app hooks that know their app's state: no lookup of it on every request.
         def before_request() -> None:
@@ -250,19 +271,62 @@ class Dockerflow:
         app.before_request_funcs.setdefault(None, []).insert(0, before_request)
         app.after_request(after_request)
         flask.got_request_exception.connect(self._got_request_exception, app)
-        if self.metrics is not None:
-            # A bound method is held weakly by the signal: the app's extension keeps it alive.
-            heartbeat_checked.connect(self._record_metrics, app)
         app.cli.add_command(dockerflow_cli)
         app.extensions["dockerflow"] = self
         if settings.drain_seconds > 0:
             self._drain.configure(settings.drain_seconds)
+
+    def _check_group_settings(self, settings: Settings) -> None:
+        # A probe of a group must not find out at its first run that the group names a check
+        # that is not there: checks named by the setting must be registered by now.
+        known = {check.name for check in self._all_checks()}
+        for group, names in settings.groups:
+            unknown = [name for name in names if name not in known]
+            if unknown:
+                raise ConfigurationError(
+                    f"DOCKERFLOW_HEARTBEAT_GROUPS: group {group!r} names "
+                    f"{', '.join(repr(name) for name in unknown)}, not a registered check "
+                    f"(registered: {', '.join(sorted(known)) or 'none'}). Register checks "
+                    "before init_app, or give the group where the check is registered: "
+                    "@dockerflow.check(groups=[...])"
+                )
+
+    def groups(self, app: Flask | None = None) -> dict[str, list[str]]:
+        """Return the heartbeat groups of ``app`` (default: the current app) and their checks.
+
+        A group is made by ``groups=`` of the checks registered (:meth:`check`,
+        :func:`dockerflow.checks.register`) and by :confval:`DOCKERFLOW_HEARTBEAT_GROUPS`.
+
+        :returns: group name → names of its checks, in registration order (a group the setting
+            declares empty has none); groups in alphabetical order.
+        :raises NotInitializedError: if the extension is not set up on ``app``.
+        """
+        if app is None:
+            app = flask.current_app._get_current_object()  # type: ignore[attr-defined]
+        assert app is not None
+        checks = self._all_checks()
+        members = _group_members(self._state(app), checks)
+        return {
+            group: [check.name for check in checks if check.name in members[group]]
+            for group in sorted(members)
+        }
+
+    def _bind_migrations(self) -> None:
+        # A Migrate() of an app factory gets its database from migrate.init_app(app, db),
+        # usually called before this init_app; if not, the check's first run binds it.
+        for check in owned_checks(self):
+            if isinstance(check.func, UnboundMigrationsCheck):
+                try:
+                    check.func.bind()
+                except TypeError as exc:
+                    raise TypeError(f"Dockerflow(migrate=...): {exc}") from exc
 
     def _make_blueprint(self) -> flask.Blueprint:
         # Routes are added once here; views find their app's state through current_app.
         bp = flask.Blueprint("dockerflow", __name__)
         bp.add_url_rule("/__version__", "version", self._version_view)
         bp.add_url_rule("/__heartbeat__", "heartbeat", self._heartbeat_view)
+        bp.add_url_rule("/__heartbeat__/<group>", "heartbeat_group", self._heartbeat_view)
         bp.add_url_rule("/__lbheartbeat__", "lbheartbeat", self._lbheartbeat_view)
         bp.add_url_rule("/__error__", "error", self._error_view)
         bp.add_url_rule("/__metrics__", "metrics", self._metrics_view)
@@ -472,20 +536,27 @@ class Dockerflow:
         *,
         exclude: Iterable[str] = (),
         only: Iterable[str] | None = None,
+        group: str | None = None,
     ) -> Report:
-        """Run the checks of ``app`` (default: the current app) and send the heartbeat signals.
+        """Run the checks of ``app`` (default: the current app), send the heartbeat signals
+        and record the metrics.
 
-        :param exclude: names of checks to leave out.
+        :param exclude: names of checks to leave out; a name that is not registered is ignored
+            (logged once per process), so that a release that renames or removes a check does
+            not fail a probe that leaves it out.
         :param only: if given, the names of the only checks to run.
+        :param group: if given, run only the checks of this group (see :meth:`groups`);
+            ``only`` and ``exclude`` then choose among them.
         :returns: the report.
-        :raises UnknownCheckError: if ``only`` or ``exclude`` names a check that is not
-            registered (the message lists them).
+        :raises UnknownCheckError: if ``only`` names a check that is not registered (the
+            message lists those that are).
+        :raises UnknownGroupError: if ``group`` is no group of the app.
         :raises ValueError: if ``only`` and ``exclude`` leave no check to run.
         """
         if app is None:
             app = flask.current_app._get_current_object()  # type: ignore[attr-defined]
         assert app is not None
-        return self._run(app, self._state(app), exclude, only)
+        return self._run(app, self._state(app), exclude, only, group=group)
 
     def _run(
         self,
@@ -495,19 +566,30 @@ class Dockerflow:
         only: Iterable[str] | None,
         *,
         grace: bool = False,
+        group: str | None = None,
+        record_metrics: bool = True,
     ) -> Report:
         checks = every_check = self._all_checks()
         if not state.noncritical_checked:
             state.noncritical_checked = True
             self._warn_unknown_noncritical(state, checks)
+        if group is not None:
+            members = _group_members(state, checks).get(group)
+            if members is None:
+                raise UnknownGroupError(group)
+            checks = [check for check in checks if check.name in members]
         excluded = set(exclude)
         if only is not None or excluded:
             wanted = set(only) if only is not None else None
-            known = {check.name for check in checks}
-            unknown = ((wanted or set()) | excluded) - known
+            known = {check.name for check in every_check}
+            unknown = (wanted or set()) - known
             if unknown:
-                # A typo in a probe's ?check= or ?exclude= must not go unnoticed.
-                raise UnknownCheckError(", ".join(sorted(unknown)))
+                # A typo in a probe's ?check= must not go unnoticed.
+                raise UnknownCheckError(
+                    f"{', '.join(sorted(unknown))} (the checks are: "
+                    f"{', '.join(sorted(known)) or 'none'})"
+                )
+            self._log_unknown_excludes(state, excluded - known)
             checks = [
                 check
                 for check in checks
@@ -532,9 +614,29 @@ class Dockerflow:
             report = state.startup.apply(report, state.settings.fail_level, names)
         if self._page_on(app, state):
             state.history.record(report)
-        whole = only is None and not excluded
+        whole = only is None and not excluded and group is None
         self._send_signals(app, state, report, whole)
+        if record_metrics and self.metrics is not None:
+            try:
+                self._record_metrics(state, report, group)
+            except Exception:
+                self.logger.exception(
+                    "The heartbeat's metrics could not be recorded; the heartbeat is not affected"
+                )
         return report
+
+    def _log_unknown_excludes(self, state: _AppState, unknown: set[str]) -> None:
+        # A release may rename or drop a check that a probe leaves out: the probe goes on
+        # passing, and whoever reads the logs learns the name is stale.
+        fresh = sorted(unknown - state.ignored_excludes)
+        room = MAX_LOGGED_EXCLUDES - len(state.ignored_excludes)
+        for name in fresh[: max(room, 0)]:
+            state.ignored_excludes.add(name)
+            self.logger.warning(
+                "?exclude= names %r, which is not a registered check: ignored (logged once "
+                "per process)",
+                name,
+            )
 
     def _warn_unknown_noncritical(self, state: _AppState, checks: Iterable[Check]) -> None:
         # Checks are often registered after init_app, so the names are compared at the first
@@ -567,18 +669,14 @@ class Dockerflow:
                 previous_status=previous,
             )
 
-    def _record_metrics(self, sender: Flask, *, report: Report, **_: Any) -> None:
-        # A receiver of heartbeat_checked: one that raises is logged by _send, and the
-        # heartbeat's response stays what it was.
-        state = self._apps.get(sender)
-        if self.metrics is None or state is None:
-            return
+    def _record_metrics(self, state: _AppState, report: Report, group: str | None) -> None:
+        assert self.metrics is not None
         stuck = state.engine.stuck_runs()
         if stuck:
             # Only a stuck run of a sync check holds a thread; an async one holds a task.
             sync = {check.name for check in self._all_checks() if not check.is_async}
             stuck = {name: runs for name, runs in stuck.items() if name in sync}
-        self.metrics.observe(report, stuck)
+        self.metrics.observe(report, stuck, group=group)
 
     def _send(self, signal: Any, sender: Flask, **kwargs: Any) -> None:
         # Each receiver called on its own: one that raises is logged, the others still run
@@ -595,16 +693,22 @@ class Dockerflow:
     # -- the flask dockerflow commands (see _cli.CliExtension) ----------------------------------
 
     def _cli_heartbeat(
-        self, *, exclude: Iterable[str], only: Iterable[str] | None, health_json: bool
+        self,
+        *,
+        exclude: Iterable[str],
+        only: Iterable[str] | None,
+        health_json: bool,
+        group: str | None = None,
+        record_metrics: bool = False,
     ) -> tuple[dict[str, Any], bool]:
         """Run a heartbeat of the current app; return its body, details shown, and whether
-        it failed.
+        it failed. Metrics are recorded only when ``record_metrics`` is true.
         """
         app = flask.current_app._get_current_object()  # type: ignore[attr-defined]
         state = self._state(app)
-        report = self._run(app, state, exclude, only)
+        report = self._run(app, state, exclude, only, group=group, record_metrics=record_metrics)
         failed = report.level >= state.settings.fail_level
-        return self._body(state, report, health_json, True), failed
+        return self._body(state, report, health_json, True, group), failed
 
     def _cli_version(self) -> tuple[str, dict[str, Any] | None]:
         """Return the directory ``version.json`` is read from and what the loader made of it.
@@ -616,7 +720,7 @@ class Dockerflow:
 
     # -- views ----------------------------------------------------------------------------------
 
-    def _heartbeat_view(self) -> flask.Response:
+    def _heartbeat_view(self, group: str | None = None) -> flask.Response:
         app = flask.current_app._get_current_object()  # type: ignore[attr-defined]
         state = self._state(app)
         self._drain.check()
@@ -631,25 +735,29 @@ class Dockerflow:
             return _json_response({"error": f"?{ONLY_PARAM}= names no check"}, 400)
         try:
             report = self._run(
-                app, state, _split_names(args.getlist(EXCLUDE_PARAM)), only, grace=True
+                app, state, _split_names(args.getlist(EXCLUDE_PARAM)), only, grace=True, group=group
             )
+        except UnknownGroupError:
+            # The group's name is not echoed: the known ones are listed instead.
+            known = sorted(_group_members(state, self._all_checks()))
+            return _json_response({"error": "unknown heartbeat group", "groups": known}, 404)
         except UnknownCheckError as exc:
             return _json_response({"error": f"unknown check: {exc}"}, 400)
         except ValueError as exc:
             return _json_response({"error": str(exc)}, 400)
         failed = report.level >= state.settings.fail_level
         status = state.live.get("failed_status_code") if failed else 200
-        return self._heartbeat_response(app, state, report, status)
+        return self._heartbeat_response(app, state, report, status, group)
 
     def _heartbeat_response(
-        self, app: Flask, state: _AppState, report: Report, status: int
+        self, app: Flask, state: _AppState, report: Report, status: int, group: str | None = None
     ) -> flask.Response:
         show = self._details_shown(app, state)
         accept = flask.request.accept_mimetypes
         if show and state.live.get("heartbeat_page") and wants_html(accept):
             response = self._page(app, state, report, status)
         elif wants_health_json(accept):
-            response = health_json_response(self._body(state, report, True, show), status)
+            response = health_json_response(self._body(state, report, True, show, group), status)
         else:
             response = _json_response(self._body(state, report, False, show), status)
         response.vary.add("Accept")
@@ -696,7 +804,12 @@ class Dockerflow:
         return icon_response(status)
 
     def _body(
-        self, state: _AppState, report: Report, as_health_json: bool, details: bool
+        self,
+        state: _AppState,
+        report: Report,
+        as_health_json: bool,
+        details: bool,
+        group: str | None = None,
     ) -> dict[str, Any]:
         """Return the heartbeat body of ``report``: Dockerflow's, or health+json."""
         # Every heartbeat stamps its report, so that one served again from the cache keeps
@@ -710,6 +823,7 @@ class Dockerflow:
             fail_level=state.settings.fail_level,
             details=details,
             version=self._health_json_version(state),
+            group=group,
         )
 
     def _health_json_version(self, state: _AppState) -> dict[str, Any] | None:
@@ -913,6 +1027,16 @@ def _new_request_id() -> str:
     raw[8] = (raw[8] & 0x3F) | 0x80
     h = raw.hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def _group_members(state: _AppState, checks: Iterable[Check]) -> dict[str, set[str]]:
+    """Return each group of the app and the names of its checks: ``groups=`` of the checks,
+    and DOCKERFLOW_HEARTBEAT_GROUPS (whose groups exist even when empty)."""
+    members: dict[str, set[str]] = {group: set(names) for group, names in state.settings.groups}
+    for check in checks:
+        for group in check.groups:
+            members.setdefault(group, set()).add(check.name)
+    return members
 
 
 def _split_names(values: Iterable[str]) -> list[str]:

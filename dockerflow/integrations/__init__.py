@@ -18,12 +18,14 @@ module                    checks
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from collections.abc import Iterator
 
 from .._errors import MissingDependencyError
 from ..engine import CheckFunction
-from ._support import Bounded, driver_timeout
-from .alembic import check_migrations_applied, migrations_check
+from ._support import bounded_parts, driver_timeout
+from .alembic import UnboundMigrationsCheck, check_migrations_applied, migrations_check
 from .asyncpg import AsyncpgCheck
 from .disk import DiskSpaceCheck, disk_space_check
 from .http import HttpCheck, http_check
@@ -52,6 +54,7 @@ __all__ = [
     "HttpCheck",
     "MissingDependencyError",
     "RedisCheck",
+    "UnboundMigrationsCheck",
     "builtin_checks",
     "check_database_connected",
     "check_database_connected_async",
@@ -90,29 +93,56 @@ def builtin_checks(
     :param db: a Flask-SQLAlchemy ``SQLAlchemy`` object, or a SQLAlchemy ``Engine`` or
         ``AsyncEngine``.
     :param redis: a ``redis.Redis`` or ``redis.asyncio.Redis``, or a Flask-Redis store.
-    :param migrate: a ``flask_migrate.Migrate``.
+    :param migrate: a ``flask_migrate.Migrate``; one made without its database (``Migrate()``
+        of an application factory) gets an :class:`UnboundMigrationsCheck`, made into the check
+        once ``migrate.init_app(app, db)`` has run.
     :param timeout: the timeout the checks run under, in seconds (default 3): their driver calls
         are bounded a little under it. Left ``None``, :func:`follow_timeout` may set it later.
     :returns: ``(name, function)`` pairs, in that order.
-    :raises TypeError: if a service is of a type that no check takes.
-    :raises MissingDependencyError: if a service's driver is not installed.
+    :raises TypeError: if a service is of a type that no check takes (the message names the
+        argument).
+    :raises MissingDependencyError: if a service's driver is not installed (the message names
+        the argument, the module that failed to import and the extra to install).
     """
     checks: list[tuple[str, CheckFunction]] = []
     engine = None
     if db is not None:
-        engine = check_engine(db, timeout=timeout)
-        checks.append(("check_database_connected", database_check(engine)))
+        with _argument("db"):
+            engine = check_engine(db, timeout=timeout)
+            checks.append(("check_database_connected", database_check(engine)))
     if redis is not None:
-        checks.append(("check_redis_connected", redis_check(redis, timeout=timeout)))
+        with _argument("redis"):
+            checks.append(("check_redis_connected", redis_check(redis, timeout=timeout)))
     if migrate is not None:
-        shared = engine if db is not None and getattr(migrate, "db", None) is db else None
-        checks.append(
-            (
-                "check_migrations_applied",
-                migrations_check(migrate=migrate, engine=shared, timeout=timeout),
-            )
-        )
+        with _argument("migrate"):
+            checks.append(("check_migrations_applied", _migrations(migrate, db, engine, timeout)))
     return checks
+
+
+def _migrations(
+    migrate: object, db: object, engine: object, timeout: float | None
+) -> CheckFunction:
+    # Both database checks share one CheckEngine when migrate.db is db, also for a Migrate()
+    # whose database is set later (migrate.init_app(app, db)).
+    def make(bound: float | None) -> CheckFunction:
+        shared = engine if db is not None and getattr(migrate, "db", None) is db else None
+        return migrations_check(migrate=migrate, engine=shared, timeout=bound)
+
+    if getattr(migrate, "db", None) is None and hasattr(migrate, "init_app"):
+        return UnboundMigrationsCheck(migrate, make, timeout=timeout)
+    return make(timeout)
+
+
+@contextlib.contextmanager
+def _argument(name: str) -> Iterator[None]:
+    """Name the argument of ``Dockerflow(...)`` in the errors raised by the block."""
+    where = f"Dockerflow({name}=...)"
+    try:
+        yield
+    except MissingDependencyError as exc:
+        raise MissingDependencyError.from_import_error(exc, exc.package, exc.extra, where) from exc
+    except TypeError as exc:
+        raise TypeError(f"{where}: {exc}") from exc
 
 
 def follow_timeout(func: object, seconds: float) -> None:
@@ -126,9 +156,8 @@ def follow_timeout(func: object, seconds: float) -> None:
     :param seconds: the check's timeout in seconds.
     :raises CheckRegistrationError: if ``seconds`` is not a positive number of seconds.
     """
-    for part in _parts(func):
-        if isinstance(part, Bounded):
-            part.follow(seconds)
+    for part in bounded_parts(func):
+        part.follow(seconds)
 
 
 async def release(func: object) -> None:
@@ -141,7 +170,10 @@ async def release(func: object) -> None:
     :param func: a check function, as returned by :func:`builtin_checks`, or any other.
     """
     for part in _parts(func):
-        if isinstance(part, CheckEngine):
+        if isinstance(part, UnboundMigrationsCheck):
+            if part.bound is not None:
+                await release(part.bound)
+        elif isinstance(part, CheckEngine):
             part.dispose()
         elif isinstance(part, RedisCheck):
             part.close()

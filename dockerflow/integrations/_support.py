@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import heapq
 import itertools
 import logging
@@ -81,6 +82,17 @@ class Bounded:
         self._followed = True
 
 
+def bounded_parts(func: object) -> list[Bounded]:
+    """Return the :class:`Bounded` objects a built-in check is made of.
+
+    A built-in check is a check object, or a partial whose arguments hold one.
+
+    :param func: a check function.
+    """
+    parts = [func, *func.args] if isinstance(func, functools.partial) else [func]
+    return [part for part in parts if isinstance(part, Bounded)]
+
+
 @contextlib.contextmanager
 def requires(package: str, extra: str) -> Iterator[None]:
     """Turn an :class:`ImportError` raised in the block into :class:`MissingDependencyError`.
@@ -90,14 +102,15 @@ def requires(package: str, extra: str) -> Iterator[None]:
         with requires("redis", extra="redis"):
             import redis
 
-    :param package: the import name of the driver, shown in the message.
+    :param package: the import name of the driver, shown in the message unless the module that
+        was missing is another one (``ModuleNotFoundError.name``: a dependency of the driver).
     :param extra: the ``dockerflow-async`` extra that installs it.
     :raises MissingDependencyError: if the block raises :class:`ImportError`.
     """
     try:
         yield
     except ImportError as exc:
-        raise MissingDependencyError(package, extra) from exc
+        raise MissingDependencyError.from_import_error(exc, package, extra) from exc
 
 
 def failure(

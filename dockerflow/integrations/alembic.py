@@ -19,15 +19,17 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
 
 from .. import health
+from .._errors import ConfigurationError
 from ..engine import CheckFunction
 from ..health import CheckData, CheckMessage, Info, Warning
-from ._support import failure, is_driver_failure, requires
+from ._support import Bounded, bounded_parts, failure, is_driver_failure, requires
 from .sqlalchemy import (
     AsyncCheckEngine,
     CannotConnectError,
@@ -107,6 +109,18 @@ def migrations_check(
     sources = [migrate, config, script_location]
     if sum(source is not None for source in sources) != 1:
         raise TypeError("give exactly one of migrate, config or script_location")
+    if engine is None and migrate is not None and getattr(migrate, "db", None) is None:
+        # Migrate() of an application factory: its database comes with init_app(app, db).
+        return UnboundMigrationsCheck(
+            migrate,
+            lambda bound: migrations_check(
+                migrate=migrate,
+                version_table=version_table,
+                version_table_schema=version_table_schema,
+                timeout=bound,
+            ),
+            timeout=timeout,
+        )
     if engine is None:
         if migrate is None:
             raise TypeError("give the engine of the migrated database")
@@ -127,6 +141,74 @@ def migrations_check(
     if isinstance(database, AsyncCheckEngine):
         return functools.partial(_migrations_applied_async, scripts, database, opts)
     return functools.partial(_migrations_applied, scripts, database, opts)
+
+
+class UnboundMigrationsCheck(Bounded):
+    """The migrations check of a Flask-Migrate ``Migrate()`` not yet given its database.
+
+    An application factory makes ``migrate = Migrate()`` at import time and calls
+    ``migrate.init_app(app, db)`` later, as python-dockerflow allows. The check is made by
+    :meth:`bind` once ``migrate.db`` is set: the Flask extension calls it in ``init_app``, and
+    the first run does if that was too early. A run while ``migrate.db`` is still ``None``
+    raises :class:`~dockerflow.engine.ConfigurationError` (reported as the check's error)
+    saying to call ``migrate.init_app(app, db)``.
+
+    :param migrate: the ``flask_migrate.Migrate``.
+    :param make: ``make(timeout)`` returns the check once ``migrate.db`` is set.
+    :param timeout: as for :func:`migrations_check`.
+    """
+
+    def __init__(
+        self,
+        migrate: Any,
+        make: Callable[[float | None], CheckFunction],
+        *,
+        timeout: float | None = None,
+    ) -> None:
+        super().__init__(timeout)
+        self.migrate = migrate
+        self._make = make
+        self._lock = threading.Lock()
+        self._check: CheckFunction | None = None
+
+    @property
+    def bound(self) -> CheckFunction | None:
+        """The check, once :meth:`bind` made it; else ``None``."""
+        return self._check
+
+    def bind(self) -> CheckFunction | None:
+        """Make the check if ``migrate.db`` is set now; return it, or ``None`` while it is not.
+
+        :raises TypeError: if ``migrate.db`` is of a type no database check takes.
+        """
+        # Runs of the check in several worker threads may bind at once: one check is made.
+        with self._lock:
+            if self._check is None and getattr(self.migrate, "db", None) is not None:
+                check = self._make(self.timeout if self._explicit else None)
+                if self._followed:
+                    for part in bounded_parts(check):
+                        part.follow(self.timeout)
+                self._check = check
+            return self._check
+
+    def follow(self, seconds: float) -> None:
+        """Take ``seconds`` as the timeout, as :meth:`Bounded.follow`, and tell the check."""
+        super().follow(seconds)
+        if self._check is not None:
+            for part in bounded_parts(self._check):
+                part.follow(seconds)
+
+    def __call__(self) -> Any:
+        check = self.bind()
+        if check is None:
+            raise ConfigurationError(
+                "migrate= was given a Flask-Migrate Migrate() whose database is not set "
+                "(migrate.db is None): call migrate.init_app(app, db) in the app factory"
+            )
+        return check()
+
+    def __repr__(self) -> str:
+        return f"UnboundMigrationsCheck({self.migrate!r})"
 
 
 class _Scripts:

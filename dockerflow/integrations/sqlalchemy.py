@@ -76,10 +76,11 @@ import inspect
 import math
 import os
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Protocol, TypeGuard, TypeVar, cast
 
 import anyio
 
@@ -254,12 +255,11 @@ def check_engine(db: object, *, timeout: float | None = None) -> CheckEngine | A
     """
     with requires("sqlalchemy", extra="sqlalchemy"):
         from sqlalchemy.engine import Engine
-        from sqlalchemy.ext.asyncio import AsyncEngine
     if isinstance(db, (CheckEngine, AsyncCheckEngine)):
         if timeout is not None:
             db.follow(timeout)
         return db
-    if isinstance(db, AsyncEngine):
+    if _is_async_engine(db):
         return AsyncCheckEngine(db, timeout=timeout)
     # A Flask-SQLAlchemy object's engine needs an application context: look at its class only.
     if isinstance(db, Engine) or hasattr(type(db), "engine"):
@@ -443,17 +443,27 @@ def sync_engine_of(db: object) -> Engine:
     :raises TypeError: if there is none.
     """
     from sqlalchemy.engine import Engine
-    from sqlalchemy.ext.asyncio import AsyncEngine
 
     if isinstance(db, Engine):
         return db
     # An AsyncEngine's .engine is its sync core, which cannot run outside of the async API.
-    if isinstance(db, (AsyncEngine, AsyncCheckEngine)):
+    if isinstance(db, AsyncCheckEngine) or _is_async_engine(db):
         raise TypeError(f"{masked_repr(db)} is async: use check_database_connected_async")
     engine = getattr(db, "engine", None)  # Flask-SQLAlchemy: needs an application context
     if isinstance(engine, Engine):
         return engine
     raise TypeError(f"expected a sync engine: {_ACCEPTED}; got {masked_repr(db)}")
+
+
+def _is_async_engine(db: object) -> TypeGuard[AsyncEngine]:
+    """Whether ``db`` is a SQLAlchemy ``AsyncEngine``, without importing the asyncio extension.
+
+    An ``AsyncEngine`` exists only once ``sqlalchemy.ext.asyncio`` was imported; importing it
+    for a sync engine would need ``greenlet``, which SQLAlchemy 2.1 no longer installs by
+    itself (only its ``asyncio`` extra does).
+    """
+    module = sys.modules.get("sqlalchemy.ext.asyncio")
+    return module is not None and isinstance(db, module.AsyncEngine)
 
 
 def async_engine_of(db: object) -> AsyncEngine:

@@ -67,6 +67,8 @@ MIGRATIONS = os.path.join(HERE, "migrations")
 
 #: Timeout of the slow check, in seconds.
 SLOW_CHECK_TIMEOUT = 1.0
+#: The group of checks that the readiness probe asks for: /__heartbeat__/ready.
+READY = "ready"
 
 
 #: ``Cache-Control: max-age`` of static files without a hash in their name, in seconds: short,
@@ -172,17 +174,24 @@ def create_app() -> Flask:
         )
 
     dockerflow = Dockerflow(app, db=engine, redis=redis_client, version_path=HERE)
+    # The readiness probe asks /__heartbeat__/ready: the checks that decide whether a pod takes
+    # traffic join the group here, the built-in ones by DOCKERFLOW_HEARTBEAT_GROUPS (see
+    # examples/kubernetes/demo.yaml). slow_dependency is in no group: only the full heartbeat
+    # runs it.
     dockerflow.check(
         migrations_check(script_location=MIGRATIONS, engine=engine),
         name="check_migrations_applied",
+        groups=[READY],
     )
 
     if os.environ.get("DATABASE_URL"):
         dockerflow.check(
-            AsyncpgCheck(dsn=_asyncpg_dsn(os.environ["DATABASE_URL"])), name="postgres"
+            AsyncpgCheck(dsn=_asyncpg_dsn(os.environ["DATABASE_URL"])),
+            name="postgres",
+            groups=[READY],
         )
 
-    @dockerflow.check(timeout=0.5)
+    @dockerflow.check(timeout=0.5, groups=[READY])
     async def event_loop_lag() -> list[CheckMessage]:
         """Warn when the checks' event loop wakes up late: something blocks it."""
         started = time.perf_counter()

@@ -166,3 +166,19 @@ def redis_gate(redis_url: str) -> Iterator[Gate]:
     gate = Gate(urlsplit(redis_url).port or 6379)
     yield gate
     gate.close()
+
+
+@pytest.fixture
+def database(scratch_database: str) -> str:
+    """The scratch database, emptied of the migrations of ``alembic_app/``; its psycopg2
+    SQLAlchemy URL."""
+    import sqlalchemy
+
+    url = url_with(scratch_database, drivername="postgresql+psycopg2")
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    with engine.begin() as connection:
+        connection.execute(
+            sqlalchemy.text("DROP TABLE IF EXISTS widgets, alembic_version, dockerflow_versions")
+        )
+    engine.dispose()
+    return url

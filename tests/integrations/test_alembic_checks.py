@@ -36,19 +36,6 @@ def alembic_config(version_table: str | None = None) -> Config:
     return config
 
 
-@pytest.fixture
-def database(scratch_database: str) -> str:
-    """The scratch database, emptied of migrations; its psycopg2 SQLAlchemy URL."""
-    url = url_with(scratch_database, drivername="postgresql+psycopg2")
-    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
-    with engine.begin() as connection:
-        connection.execute(
-            sqlalchemy.text("DROP TABLE IF EXISTS widgets, alembic_version, dockerflow_versions")
-        )
-    engine.dispose()
-    return url
-
-
 def migrate_to(url: str, revision: str, version_table: str | None = None) -> None:
     """Upgrade the database at ``url`` to ``revision`` with the test scripts."""
     engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)

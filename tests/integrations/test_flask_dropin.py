@@ -19,7 +19,7 @@ from dockerflow import checks, health
 from dockerflow.flask import Dockerflow
 
 from .helpers import url_with
-from .test_alembic_checks import database, flask_app  # noqa: F401 - fixture
+from .test_alembic_checks import flask_app
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
@@ -40,7 +40,7 @@ def redis_app(redis_url: str) -> tuple[Flask, Any]:
 
 
 def test_builtin_checks_are_listed_and_run(
-    database: str,  # noqa: F811 - the fixture
+    database: str,
     redis_url: str,
     extensions: list[Dockerflow],
 ) -> None:
@@ -125,7 +125,7 @@ class User(UserMixin):
 
 
 def test_request_summary_of_a_logged_in_user_and_an_early_answer(
-    database: str,  # noqa: F811 - the fixture
+    database: str,
     redis_url: str,
     extensions: list[Dockerflow],
     caplog: pytest.LogCaptureFixture,

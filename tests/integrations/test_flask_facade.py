@@ -16,7 +16,7 @@ from dockerflow.flask import Dockerflow
 from dockerflow.integrations import AsyncpgCheck
 
 from .helpers import SECRET, asyncpg_dsn, url_with
-from .test_alembic_checks import database, flask_app, migrate_to  # noqa: F401 - fixture
+from .test_alembic_checks import flask_app, migrate_to
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
@@ -30,7 +30,7 @@ def stop() -> Iterator[list[Dockerflow]]:
 
 
 def test_flask_sqlalchemy_migrate_and_redis(
-    database: str,  # noqa: F811 - the fixture
+    database: str,
     redis_url: str,
     stop: list[Dockerflow],
 ) -> None:

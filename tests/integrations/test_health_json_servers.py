@@ -17,7 +17,7 @@ from dockerflow import health
 from dockerflow.flask import Dockerflow
 
 from .helpers import SECRET, url_with
-from .test_alembic_checks import database, flask_app, migrate_to  # noqa: F401 - fixture
+from .test_alembic_checks import flask_app, migrate_to
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
@@ -47,7 +47,7 @@ def statuses(body: dict[str, Any]) -> dict[str, str]:
 
 
 def test_flask_sqlalchemy_migrate_and_redis_warn_then_pass(
-    database: str,  # noqa: F811 - the fixture
+    database: str,
     redis_url: str,
     stop: list[Dockerflow],
 ) -> None:
