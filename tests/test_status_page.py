@@ -226,6 +226,18 @@ def test_history_json_is_bounded_and_says_when_a_check_changed(
     assert database["results"][0]["data"] == {"round_trip": {"value": 0.002, "unit": "s"}}
 
 
+def test_a_group_called_history_keeps_its_url_and_the_history_is_there_otherwise(
+    app: Flask, dockerflow: Dockerflow
+) -> None:
+    """/__heartbeat__/history is the recent results, unless a group has that name: then the
+    probe asking for the group gets the group's heartbeat, never the history."""
+    assert "checks" in get(app, None, "/__heartbeat__/history").get_json()
+    dockerflow.check(lambda: [Error("down", id="x.E4")], name="archive", groups=["history"])
+    response = get(app, None, "/__heartbeat__/history")
+    assert response.status_code == 500
+    assert response.get_json()["checks"] == {"archive": "error"}
+
+
 def _report(level_text: str) -> Report:
     messages = () if level_text == "ok" else (Error("x", id="x.E9"),)
     return aggregate([Result("c", messages, 0.1)])

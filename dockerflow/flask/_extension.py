@@ -70,6 +70,8 @@ ONLY_PARAM = "check"
 MAX_LOGGED_EXCLUDES = 100
 #: HTTP status of ``/__heartbeat__`` while the process drains.
 DRAINING_STATUS_CODE = 503
+#: The last segment of ``/__heartbeat__/history``, the recent results (when no group has it).
+HISTORY_PATH = "history"
 #: The name the drain is reported under in ``/__heartbeat__``, in place of the checks.
 DRAINING_CHECK = "draining"
 
@@ -330,7 +332,6 @@ class Dockerflow:
         bp.add_url_rule("/__lbheartbeat__", "lbheartbeat", self._lbheartbeat_view)
         bp.add_url_rule("/__error__", "error", self._error_view)
         bp.add_url_rule("/__metrics__", "metrics", self._metrics_view)
-        bp.add_url_rule("/__heartbeat__/history", "heartbeat_history", self._history_view)
         bp.add_url_rule("/__heartbeat__/assets/<name>", "heartbeat_asset", self._page_asset_view)
         bp.add_url_rule("/__heartbeat__/icon/<status>.svg", "heartbeat_icon", self._page_icon_view)
         return bp
@@ -723,6 +724,10 @@ class Dockerflow:
     def _heartbeat_view(self, group: str | None = None) -> flask.Response:
         app = flask.current_app._get_current_object()  # type: ignore[attr-defined]
         state = self._state(app)
+        if group == HISTORY_PATH and group not in _group_members(state, self._all_checks()):
+            # /__heartbeat__/history is the recent results, unless the app has a group of that
+            # name: a probe's URL is the contract that must not change under it.
+            return self._history_view()
         self._drain.check()
         if self._drain.active:
             return self._heartbeat_response(
