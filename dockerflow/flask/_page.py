@@ -164,7 +164,7 @@ def page_response(
         "js_url": _asset_url("page.js"),
         "css_url": _asset_url("page.css"),
         "icon_url": flask.url_for("dockerflow.heartbeat_icon", status=icon_status),
-        "history_url": flask.url_for("dockerflow.heartbeat_history"),
+        "history_url": flask.url_for("dockerflow.heartbeat_group", group="history"),
     }
     response = flask.Response(_template().render(context), status, mimetype="text/html")
     response.headers.update(PAGE_HEADERS)
