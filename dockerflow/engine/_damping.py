@@ -20,9 +20,13 @@ _REMEMBERED = 16
 
 @dataclass
 class _Streak:
+    #: Failures counted: one per failing run, and one more per timeout a stuck run overruns.
     count: int
     since: float
     counted: deque[Hashable] = field(default_factory=lambda: deque(maxlen=_REMEMBERED))
+    #: Distinct runs among them, for the message (a stuck run is one run, however long).
+    runs: int = 0
+    last_run: object = None
 
 
 class Damper:
@@ -67,7 +71,11 @@ class Damper:
             if key not in streak.counted:
                 streak.counted.append(key)
                 streak.count += 1
-            count, since = streak.count, streak.since
+                run = key[0] if isinstance(key, tuple) and key else key
+                if run is not streak.last_run:
+                    streak.last_run = run
+                    streak.runs += 1
+            count, since, runs = streak.count, streak.since, streak.runs
         failing_for = now - since
         due = (check.failure_threshold > 1 and count >= check.failure_threshold) or (
             check.failure_grace > 0 and failing_for >= check.failure_grace
@@ -76,7 +84,7 @@ class Damper:
             return result
         first = next(m for m in result.messages if m.level >= self.fail_level)
         held = Info(
-            f"Failing for {count} run(s) over {failing_for:.1f}s, not reported yet: {first.msg}",
+            f"Failing for {runs} run(s) over {failing_for:.1f}s, not reported yet: {first.msg}",
             id=health.INFO_FAILURE_DAMPED,
         )
         return CheckResult(result.name, (held,), result.duration)
