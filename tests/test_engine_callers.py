@@ -250,7 +250,7 @@ def test_an_owner_still_alive_is_reset_in_a_forked_child() -> None:
 def test_damping_counts_a_run_once_however_long_it_overruns(
     engine: Engine, release: threading.Event
 ) -> None:
-    check = Check("damped", release.wait, timeout=0.05, failure_threshold=50)
+    check = Check("damped", release.wait, timeout=0.05, failure_threshold=50, restart_after=60)
     first = engine.run_sync([check])
     deadline = time.monotonic() + 0.3
     while time.monotonic() < deadline:  # the one run overruns its timeout several times over

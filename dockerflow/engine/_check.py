@@ -18,6 +18,11 @@ CheckFunction = Callable[[], Any]
 #: Timeout of a check that does not set its own.
 DEFAULT_TIMEOUT = 3.0
 
+#: A run still going after this many timeouts is started again beside it, by default: a few
+#: timeouts, so that a check stuck on a dead connection recovers soon after its dependency,
+#: while a run that merely returns a little late is not doubled.
+RESTART_TIMEOUTS = 3
+
 #: Largest number of seconds a duration setting takes (a day); larger ones are surely mistakes,
 #: and past about 9e9 seconds the standard library's waits overflow.
 MAX_SECONDS = 86400.0
@@ -77,8 +82,8 @@ class Check:
         A failure held back is shown as an Info message (``dockerflow.health.I002``).
     :param restart_after: seconds after which a run that is still going (stuck, say, on a
         socket whose peer went silent) is given up and a new run is started beside it; ``None``
-        takes the engine's ``restart_after`` (default: the larger of 10 x the timeout and 30 s).
-        At most two runs of a check are ever in progress.
+        takes the engine's ``restart_after`` (default: 3 x the timeout). At most two runs of a
+        check function are ever stuck past their timeout in a process.
     :param critical: ``False`` makes a failure of the check count as a warning (status
         ``"warning"``, ``"critical": false`` in the report's details), so that a non-essential
         dependency being down does not fail the heartbeat. Logs, signals and metrics still see
@@ -146,13 +151,13 @@ def restart_delay(check: Check, timeout: float, default: float | None) -> float:
     """Return after how many seconds a run of ``check`` that is still going is started again.
 
     :param timeout: the check's timeout in seconds.
-    :param default: the engine's setting, or ``None`` for the larger of 10 x timeout and 30 s.
+    :param default: the engine's setting, or ``None`` for :data:`RESTART_TIMEOUTS` x timeout.
     """
     if check.restart_after is not None:
         return check.restart_after
     if default is not None:
         return default
-    return max(10 * timeout, 30.0)
+    return RESTART_TIMEOUTS * timeout
 
 
 class CheckRegistry:

@@ -72,8 +72,8 @@ class Engine:
     :param context: called for each run of a check; the context manager it returns is entered
         around the run, in the thread or task that executes it. ``None``: no context.
     :param restart_after: seconds after which a run still in progress is started again beside
-        it, for checks that set no ``restart_after`` of their own; ``None`` (default) takes the
-        larger of 10 x the check's timeout and 30 s.
+        it, for checks that set no ``restart_after`` of their own; ``None`` (default) takes 3 x
+        the check's timeout.
     :param noncritical: names of checks whose failure counts as a warning, as if they were made
         with ``critical=False``.
     :raises ConfigurationError: if a number is out of range or not a number.

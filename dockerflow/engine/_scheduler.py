@@ -70,7 +70,6 @@ SLOW_FAILURE = 0.5
 #: served in place of a new run.
 RETRY_TIMEOUTS = 10
 MIN_RETRY_SECONDS = 30.0
-_FAST_ANSWERS = False
 #: Key of a check's runs in one scheduler: (id of its function, timeout, host of an async run).
 RunKey = tuple[int, float, "Host | None"]
 
@@ -191,7 +190,7 @@ class Scheduler:
                 self._refusal_logged.discard(id(check.func))
                 run = Run(check, timeout, where, self)
                 RUNS.add(run)
-                if current is not None and not background and _FAST_ANSWERS:
+                if current is not None and not background:
                     # Known to be failing by timeout: answered at once from the stuck run
                     # while the new one tries again.
                     self._failing[key] = current
@@ -387,10 +386,8 @@ class Scheduler:
         """End ``run``, update its check's slow-failure state, and retry it in the background
         if it failed slowly while heartbeats ask for it. In the thread or task that ran it."""
         run.finished = time.monotonic()
-        slow = (
-            _FAST_ANSWERS
-            and self._failed(run)
-            and (run.timed_out or run.finished - run.started >= SLOW_FAILURE * run.timeout)
+        slow = self._failed(run) and (
+            run.timed_out or run.finished - run.started >= SLOW_FAILURE * run.timeout
         )
         key: RunKey = (id(run.check.func), run.timeout, run.host)
 

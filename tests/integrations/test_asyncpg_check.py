@@ -78,12 +78,15 @@ def test_black_hole_reported_by_asyncpgs_timeout(
     """The check's bound (0.8 s) is under its timeout (1 s): E001, not the engine's E011."""
     dsn = asyncpg_dsn(url_with(postgres_url, port=black_hole.port))
     check = make_check(dsn, timeout=engine.timeout)
-    for _ in range(2):
+    for beat in range(2):
         report, took = timed(engine, Check("pg", check))
         msg_id, text = only_message(report, "pg")
         assert msg_id == health.ERROR_CANNOT_CONNECT_DATABASE
         assert text == "Cannot connect to database: TimeoutError: no answer within 0.8s"
-        assert 0.8 <= took < 0.8 + SLACK
+        if beat == 0:
+            assert 0.8 <= took < 0.8 + SLACK
+        else:  # failing slowly: answered at once while a run retries in the background
+            assert took < 0.4
 
 
 def test_black_hole_cancelled_by_the_engine(
@@ -96,10 +99,13 @@ def test_black_hole_cancelled_by_the_engine(
     check = Check(
         "pg", make_check(asyncpg_dsn(url_with(postgres_url, port=black_hole.port)), timeout=30)
     )
-    for _ in range(2):
+    for beat in range(2):
         report, took = timed(engine, check)
         assert only_message(report, "pg")[0] == health.ERROR_CHECK_TIMEOUT
-        assert engine.timeout <= took < engine.timeout + SLACK
+        if beat == 0:
+            assert engine.timeout <= took < engine.timeout + SLACK
+        else:  # failing by timeout: answered at once while a run retries in the background
+            assert took < engine.timeout / 2
 
 
 @pytest.mark.parametrize(

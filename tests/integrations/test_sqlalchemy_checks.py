@@ -116,12 +116,15 @@ def test_sync_black_hole_is_reported_by_the_connect_timeout(
     """The check connects with connect_timeout=2 (libpq's least) for a 2.5 s check timeout."""
     url = url_with(postgres_url, port=black_hole.port)
     check = Check("db", database_check(make_engine(url), timeout=2.5), timeout=2.5)
-    for _ in range(2):  # the thread returned in time, so the check runs each time
+    for beat in range(2):
         report, took = timed(engine, check)
         msg_id, text = only_message(report, "db")
         assert msg_id == health.ERROR_CANNOT_CONNECT_DATABASE
         assert "timeout expired" in text
-        assert 2.0 <= took < 2.5 + SLACK
+        if beat == 0:
+            assert 2.0 <= took < 2.5 + SLACK
+        else:  # failing slowly: answered at once while a run retries in the background
+            assert took < 1.0
 
 
 def test_sync_black_hole_with_a_shorter_connect_timeout_of_the_application(
@@ -268,11 +271,14 @@ def test_async_black_hole_is_cancelled_at_the_timeout(
 ) -> None:
     func = database_check(make_async_engine(url_with(postgres_url, port=black_hole.port)))
     check = Check("db", func)
-    for _ in range(2):  # cancelled, so not stuck: the second heartbeat runs it again
+    for beat in range(2):
         report, took = timed(engine, check)
         msg_id, text = only_message(report, "db")
         assert (msg_id, text) == (health.ERROR_CHECK_TIMEOUT, "Check timed out after 1s")
-        assert engine.timeout <= took < engine.timeout + SLACK
+        if beat == 0:
+            assert engine.timeout <= took < engine.timeout + SLACK
+        else:  # failing by timeout: answered at once while a run retries in the background
+            assert took < engine.timeout / 2
     dispose(engine, func)
 
 
