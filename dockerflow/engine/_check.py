@@ -5,8 +5,9 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from typing import Any
 
 from ._exceptions import CheckRegistrationError
@@ -77,7 +78,7 @@ class Check:
         as an error (``dockerflow.health.E014``); default ``2 * interval + timeout``.
     :param failure_threshold: report a failure only from this many consecutive failing runs on
         (flap damping); default 1 reports the first failure.
-    :param failure_grace: report a failure only once the check has been failing for this many
+    :param failure_delay: report a failure only once the check has been failing for this many
         seconds (flap damping); default 0. With both set, whichever is reached first reports.
         A failure held back is shown as an Info message (``dockerflow.health.I002``).
     :param restart_after: seconds after which a run that is still going (stuck, say, on a
@@ -88,6 +89,8 @@ class Check:
         ``"warning"``, ``"critical": false`` in the report's details), so that a non-essential
         dependency being down does not fail the heartbeat. Logs, signals and metrics still see
         the check failing.
+    :param failure_grace: deprecated name of ``failure_delay`` (a ``DeprecationWarning``):
+        "grace" is the startup grace's word.
     :raises CheckRegistrationError: if the name is empty, ``func`` is not callable or a number
         is out of range.
 
@@ -101,12 +104,13 @@ class Check:
     interval: float | None = None
     max_age: float | None = None
     failure_threshold: int = 1
-    failure_grace: float = 0.0
+    failure_delay: float = 0.0
     restart_after: float | None = None
     critical: bool = True
     is_async: bool = field(init=False, compare=False)
+    failure_grace: InitVar[float | None] = None
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, failure_grace: float | None) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise CheckRegistrationError(f"a check needs a non-empty name, got {self.name!r}")
         if not callable(self.func):
@@ -124,17 +128,24 @@ class Check:
             raise CheckRegistrationError(
                 f"{self.name}: failure_threshold must be an integer >= 1, got {threshold!r}"
             )
-        grace = self.failure_grace
+        delay, what = self.failure_delay, "failure_delay"
+        if failure_grace is not None and not isinstance(failure_grace, property):
+            warnings.warn(
+                "Check(failure_grace=...) is deprecated: use failure_delay=",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+            delay, what = failure_grace, "failure_grace"
         if (
-            isinstance(grace, bool)
-            or not isinstance(grace, (int, float))
-            or not 0 <= grace <= MAX_SECONDS
+            isinstance(delay, bool)
+            or not isinstance(delay, (int, float))
+            or not 0 <= delay <= MAX_SECONDS
         ):
             raise CheckRegistrationError(
-                f"{self.name}: failure_grace must be a number of seconds from 0 to "
-                f"{MAX_SECONDS:g}, got {grace!r}"
+                f"{self.name}: {what} must be a number of seconds from 0 to "
+                f"{MAX_SECONDS:g}, got {delay!r}"
             )
-        object.__setattr__(self, "failure_grace", float(grace))
+        object.__setattr__(self, "failure_delay", float(delay))
         if not isinstance(self.critical, bool):
             raise CheckRegistrationError(
                 f"{self.name}: critical must be True or False, got {self.critical!r}"
@@ -144,7 +155,18 @@ class Check:
     @property
     def damped(self) -> bool:
         """Whether failures of this check are held back (flap damping)."""
-        return self.failure_threshold > 1 or self.failure_grace > 0
+        return self.failure_threshold > 1 or self.failure_delay > 0
+
+
+def _deprecated_failure_grace(check: Check) -> float:
+    warnings.warn(
+        "Check.failure_grace is deprecated: read failure_delay", DeprecationWarning, stacklevel=2
+    )
+    return check.failure_delay
+
+
+# The old name, read: set after the dataclass took its default for the init-only alias.
+Check.failure_grace = property(_deprecated_failure_grace)  # type: ignore[attr-defined]
 
 
 def restart_delay(check: Check, timeout: float, default: float | None) -> float:

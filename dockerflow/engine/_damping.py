@@ -31,7 +31,7 @@ class _Streak:
 
 class Damper:
     """Holds back a damped check's failures until ``failure_threshold`` consecutive failing
-    runs or ``failure_grace`` seconds of failing, whichever comes first.
+    runs or ``failure_delay`` seconds of failing, whichever comes first.
 
     A failure held back becomes an Info message (``dockerflow.health.I002``). Each failing run
     counts once, however many heartbeats share it: results come with a key naming the run they
@@ -78,7 +78,7 @@ class Damper:
             count, since, runs = streak.count, streak.since, streak.runs
         failing_for = now - since
         due = (check.failure_threshold > 1 and count >= check.failure_threshold) or (
-            check.failure_grace > 0 and failing_for >= check.failure_grace
+            check.failure_delay > 0 and failing_for >= check.failure_delay
         )
         if due:
             return result
