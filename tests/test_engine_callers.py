@@ -295,3 +295,36 @@ def test_an_async_callers_refreshed_check_runs_on_that_callers_loop(engine: Engi
     ]
     assert len(seen) >= 4
     assert all(ran_on is loop for ran_on in seen)
+
+
+def test_the_blocker_is_reported_with_the_step_start_it_read(engine: Engine) -> None:
+    """The loop thread may end the blocking step between two reads of its start: the heartbeat
+    must use the one it read, not a later ``None`` (which printed "blocked for 3536.7s")."""
+    from dockerflow.engine._runs import Run
+
+    class EndsItsStepWhenRead(Run):
+        reads = 0
+
+        @property  # type: ignore[override]
+        def step_started(self) -> float | None:
+            type(self).reads += 1
+            return self._started_at if type(self).reads == 1 else None
+
+        @step_started.setter
+        def step_started(self, value: float | None) -> None:
+            self._started_at = value
+
+        _started_at: float | None = None
+
+    host = engine.scheduler.bridge_host
+    run = EndsItsStepWhenRead(Check("blocks", lambda: None), 1.0, host, engine.scheduler)
+    run.step_started = time.monotonic() - 0.5
+    engine.scheduler._stepping[host] = run
+    try:
+        found = engine.scheduler.blocker(host)
+    finally:
+        engine.scheduler._stepping.pop(host, None)
+    assert found is not None
+    blocking, started = found
+    assert blocking is run
+    assert 0.4 < time.monotonic() - started < 60

@@ -6,6 +6,7 @@ import gc
 import inspect
 import logging
 import os
+import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -27,6 +28,7 @@ from .helpers import (
     SECRET,
     SLACK,
     BlackHole,
+    Proxy,
     count_backends,
     only_message,
     terminate_backends,
@@ -441,4 +443,19 @@ def test_sync_forked_child_makes_its_own_copy(
     with parent_copy.connect() as connection:
         assert connection.execute(sqlalchemy.text("SELECT 1")).scalar() == 1
     assert count_backends(postgres_url, name) == 1
+    dispose(engine, func)
+
+
+def test_a_silent_pooled_connection_is_reported_with_a_sane_duration(
+    engine: Engine, make_engine: Callable[..., Any], postgres_url: str, postgres_proxy: Proxy
+) -> None:
+    """The query's bound is what was left of the check's after connecting: shown rounded
+    ("within 0.8s"), not to the microsecond ("within 0.79991s", issue 20 item 9)."""
+    func = database_check(make_engine(postgres_proxy.url(postgres_url)), timeout=engine.timeout)
+    check = Check("db", func)
+    assert engine.run_sync([check]).checks == {"db": "ok"}
+    postgres_proxy.black_hole()  # the pooled connection goes silent mid-query
+    msg_id, text = only_message(engine.run_sync([check]), "db")
+    assert "no answer from the database within" in text, (msg_id, text)
+    assert re.search(r"within \d+(\.\d{1,2})?s", text), text
     dispose(engine, func)
