@@ -144,7 +144,11 @@ class Engine:
             started = time.monotonic()
             host = self.scheduler.bridge_host
             batch: list[Run] = []
-            plans = [self._plan(check, started, host, batch) for check in _once(key)]
+            async_batch: list[Run] = []
+            plans = [self._plan(check, started, host, batch, async_batch) for check in _once(key)]
+            if async_batch:
+                # One hand-off to the loop thread for all of them, first: they run meanwhile.
+                self.scheduler.start_async_batch(async_batch)
             if batch:
                 queue = self.scheduler.start_batch(batch)
                 if queue:
@@ -200,12 +204,18 @@ class Engine:
         return restart_delay(check, timeout, self.restart_after)
 
     def _plan(
-        self, check: Check, started: float, host: Host | None, batch: list[Run] | None = None
+        self,
+        check: Check,
+        started: float,
+        host: Host | None,
+        batch: list[Run] | None = None,
+        async_batch: list[Run] | None = None,
     ) -> _Plan:
         """Decide what this heartbeat does about ``check``: serve its background result, or
         share (or start) a run and wait until that run's deadline.
 
         :param batch: new sync runs are collected here, for the caller to start together.
+        :param async_batch: new async runs on the loop thread are collected here, likewise.
         """
         timeout = self._timeout_of(check)
         if check.interval is not None:
@@ -224,7 +234,9 @@ class Engine:
             if run is not None:
                 return _Plan(check, timeout, run=run, overdue=started >= run.deadline)
         restart = self._restart_of(check, timeout)
-        run, stuck = self.scheduler.start(check, timeout, restart, host, batch)
+        run, stuck = self.scheduler.start(
+            check, timeout, restart, host, batch, async_batch=async_batch
+        )
         if run is None:
             result, key = self._refused(check, stuck)
             return _Plan(check, timeout, result=result, key=key)

@@ -131,6 +131,7 @@ class Scheduler:
         batch: list[Run] | None = None,
         *,
         background: bool = False,
+        async_batch: list[Run] | None = None,
     ) -> tuple[Run | None, list[Run]]:
         """Return the run of ``check`` a heartbeat should report on, starting one if needed.
 
@@ -146,6 +147,8 @@ class Scheduler:
         :param host: for an async check, the host it runs on; ignored for a sync check.
         :param batch: if given, a new sync run is added to it instead of started: the caller
             starts the batch with :meth:`start_batch`.
+        :param async_batch: if given, a new async run on the loop thread is added to it instead
+            of started: the caller starts them with :meth:`start_async_batch`.
         :param background: the caller (a background refresh) waits for the newest run whatever
             the check's state, and is not a heartbeat asking for the check.
         :returns: the run to report on, or ``None`` when the check has no run here and could
@@ -216,6 +219,8 @@ class Scheduler:
             )
         if batch is not None and where is None and failing is None:
             batch.append(run)
+        elif async_batch is not None and where is self.bridge_host and failing is None:
+            async_batch.append(run)
         else:
             self._launch(run)
         if failing is not None and not background:
@@ -240,6 +245,23 @@ class Scheduler:
                 return queue
         self.spread(queue)
         return queue
+
+    def start_async_batch(self, runs: list[Run]) -> None:
+        """Start the async runs collected with ``start(async_batch=...)`` on the loop thread
+        with one hand-off, as tasks of one task group of their own there (not the caller's)."""
+        if len(runs) == 1:
+            self._launch(runs[0])
+            return
+        try:
+            self.bridge.submit(self._run_together, runs)
+        except BaseException as exc:
+            for run in runs:  # no loop to run on: that is each check's error
+                self._not_started(run, exc)
+
+    async def _run_together(self, runs: list[Run]) -> None:
+        async with anyio.create_task_group() as group:
+            for run in runs:
+                group.start_soon(self._execute_async, run)
 
     def spread(self, queue: BatchQueue) -> None:
         """Start each run of ``queue`` that no thread has begun, in a thread of its own."""
@@ -266,10 +288,13 @@ class Scheduler:
                 self._pool.submit(lambda: self._execute_sync(run))
         except BaseException as exc:
             # No thread, or no loop to run on: that is this check's error.
-            run.error = exc
-            run.start_error = True
-            run.finished = time.monotonic()
-            RUNS.end(run)
+            self._not_started(run, exc)
+
+    def _not_started(self, run: Run, exc: BaseException) -> None:
+        run.error = exc
+        run.start_error = True
+        run.finished = time.monotonic()
+        RUNS.end(run)
 
     def stuck(self) -> dict[str, int]:
         """Return check name → runs of this scheduler still in progress past their timeout
@@ -405,7 +430,9 @@ class Scheduler:
                 self._failing[key] = run
             now = time.monotonic()
             if (
-                now - self._asked.get(key, -math.inf) > retry_window(run.timeout)
+                # A cancellation: the run's loop may be shutting down; nothing to retry on.
+                isinstance(run.error, asyncio.CancelledError)
+                or now - self._asked.get(key, -math.inf) > retry_window(run.timeout)
                 or RUNS.newest(run.check, run.timeout, run.host, self) is not None
                 or len(RUNS.stuck_of(run.check, now)) >= MAX_STUCK_RUNS
             ):
