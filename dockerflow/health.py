@@ -231,6 +231,9 @@ ERROR_CHECK_EXCEPTION = "dockerflow.health.E012"
 ERROR_CHECK_BAD_RESULT = "dockerflow.health.E013"
 #: A background-refreshed check's latest result is older than its ``max_age``.
 ERROR_CHECK_RESULT_STALE = "dockerflow.health.E014"
+#: The check was not started: runs of its function already stuck past their timeout hold
+#: every slot the process allows (two), and the check is not run until one of them returns.
+ERROR_CHECK_NOT_STARTED = "dockerflow.health.E016"
 
 # The process (new in this library).
 #: The process is draining before it stops (SIGTERM, or ``start_draining()``): the heartbeat
@@ -268,6 +271,7 @@ __all__ = [
     "ERROR_CANNOT_CONNECT_REDIS",
     "ERROR_CHECK_BAD_RESULT",
     "ERROR_CHECK_EXCEPTION",
+    "ERROR_CHECK_NOT_STARTED",
     "ERROR_CHECK_RESULT_STALE",
     "ERROR_CHECK_TIMEOUT",
     "ERROR_DB_API_EXCEPTION",

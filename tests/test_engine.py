@@ -417,7 +417,8 @@ def test_a_stuck_sync_check_holds_one_thread_until_its_restart_delay(engine: Eng
         entered.set()
         release.wait(30)  # set below or at the end of the test, never a real hang
 
-    check = Check("stuck", stuck, timeout=0.05)
+    # Far past the 200 heartbeats below, however slow the machine (the default is 3 x timeout).
+    check = Check("stuck", stuck, timeout=0.05, restart_after=60)
     start_threads = threading.active_count()
     try:
         for beat in range(200):
@@ -451,7 +452,7 @@ def test_stuck_check_does_not_block_the_other_checks(
     def stuck() -> None:
         release.wait(10)
 
-    checks = [Check("stuck", stuck, timeout=0.05), Check("fine", ok)]
+    checks = [Check("stuck", stuck, timeout=0.05, restart_after=60), Check("fine", ok)]
     for _ in range(5):
         report = engine.run_sync(checks)
         assert report.checks == {"stuck": "error", "fine": "ok"}

@@ -97,8 +97,8 @@ def test_failure_threshold_holds_back_the_first_failures(engine: Engine) -> None
     assert engine.run_sync([check]).status == "info"  # the streak starts over after a pass
 
 
-def test_failure_grace_reports_after_time_in_error(engine: Engine) -> None:
-    check = Check("slowfail", lambda: [Error("boom", id="x.E1")], failure_grace=0.3)
+def test_failure_delay_reports_after_time_in_error(engine: Engine) -> None:
+    check = Check("slowfail", lambda: [Error("boom", id="x.E1")], failure_delay=0.3)
     assert engine.run_sync([check]).status == "info"
     time.sleep(0.35)
     assert engine.run_sync([check]).status == "error"
@@ -112,10 +112,21 @@ def test_failure_grace_reports_after_time_in_error(engine: Engine) -> None:
         {"max_age": 5},
         {"failure_threshold": 0},
         {"failure_threshold": 2.5},
-        {"failure_grace": -1},
-        {"failure_grace": "soon"},
+        {"failure_delay": -1},
+        {"failure_delay": "soon"},
     ],
 )
 def test_bad_mode_options(options: dict[str, object]) -> None:
     with pytest.raises(CheckRegistrationError):
         Check("x", lambda: None, **options)  # type: ignore[arg-type]
+
+
+def test_failure_grace_is_a_deprecated_name_of_failure_delay() -> None:
+    with pytest.warns(DeprecationWarning, match="failure_delay"):
+        check = Check("old", lambda: None, failure_grace=5)
+    assert check.failure_delay == 5.0
+    assert check.damped
+    with pytest.warns(DeprecationWarning, match="failure_delay"):
+        assert check.failure_grace == 5.0
+    with pytest.warns(DeprecationWarning), pytest.raises(CheckRegistrationError, match="grace"):
+        Check("old", lambda: None, failure_grace=-1)

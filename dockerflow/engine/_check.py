@@ -6,8 +6,9 @@ import functools
 import inspect
 import math
 import re
+import warnings
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from typing import Any
 
 from ._exceptions import CheckRegistrationError
@@ -18,6 +19,11 @@ CheckFunction = Callable[[], Any]
 
 #: Timeout of a check that does not set its own.
 DEFAULT_TIMEOUT = 3.0
+
+#: A run still going after this many timeouts is started again beside it, by default: a few
+#: timeouts, so that a check stuck on a dead connection recovers soon after its dependency,
+#: while a run that merely returns a little late is not doubled.
+RESTART_TIMEOUTS = 3
 
 #: Largest number of seconds a duration setting takes (a day); larger ones are surely mistakes,
 #: and past about 9e9 seconds the standard library's waits overflow.
@@ -99,13 +105,13 @@ class Check:
         as an error (``dockerflow.health.E014``); default ``2 * interval + timeout``.
     :param failure_threshold: report a failure only from this many consecutive failing runs on
         (flap damping); default 1 reports the first failure.
-    :param failure_grace: report a failure only once the check has been failing for this many
+    :param failure_delay: report a failure only once the check has been failing for this many
         seconds (flap damping); default 0. With both set, whichever is reached first reports.
         A failure held back is shown as an Info message (``dockerflow.health.I002``).
     :param restart_after: seconds after which a run that is still going (stuck, say, on a
         socket whose peer went silent) is given up and a new run is started beside it; ``None``
-        takes the engine's ``restart_after`` (default: the larger of 10 x the timeout and 30 s).
-        At most two runs of a check are ever in progress.
+        takes the engine's ``restart_after`` (default: 3 x the timeout). At most two runs of a
+        check function are ever stuck past their timeout in a process.
     :param critical: ``False`` makes a failure of the check count as a warning (status
         ``"warning"``, ``"critical": false`` in the report's details), so that a non-essential
         dependency being down does not fail the heartbeat. Logs, signals and metrics still see
@@ -113,6 +119,8 @@ class Check:
     :param groups: the named groups the check belongs to (a heartbeat may be asked for one
         group, ``/__heartbeat__/<group>``); names of letters, digits, ``_``, ``.`` and ``-``.
         Any iterable of names but a single string; kept as a tuple, duplicates dropped.
+    :param failure_grace: deprecated name of ``failure_delay`` (a ``DeprecationWarning``):
+        "grace" is the startup grace's word.
     :raises CheckRegistrationError: if the name is empty, ``func`` is not callable, a number
         is out of range or a group name is not valid.
 
@@ -126,13 +134,14 @@ class Check:
     interval: float | None = None
     max_age: float | None = None
     failure_threshold: int = 1
-    failure_grace: float = 0.0
+    failure_delay: float = 0.0
     restart_after: float | None = None
     critical: bool = True
     groups: tuple[str, ...] = ()
     is_async: bool = field(init=False, compare=False)
+    failure_grace: InitVar[float | None] = None
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, failure_grace: float | None) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise CheckRegistrationError(f"a check needs a non-empty name, got {self.name!r}")
         if not callable(self.func):
@@ -150,17 +159,24 @@ class Check:
             raise CheckRegistrationError(
                 f"{self.name}: failure_threshold must be an integer >= 1, got {threshold!r}"
             )
-        grace = self.failure_grace
+        delay, what = self.failure_delay, "failure_delay"
+        if failure_grace is not None and not isinstance(failure_grace, property):
+            warnings.warn(
+                "Check(failure_grace=...) is deprecated: use failure_delay=",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+            delay, what = failure_grace, "failure_grace"
         if (
-            isinstance(grace, bool)
-            or not isinstance(grace, (int, float))
-            or not 0 <= grace <= MAX_SECONDS
+            isinstance(delay, bool)
+            or not isinstance(delay, (int, float))
+            or not 0 <= delay <= MAX_SECONDS
         ):
             raise CheckRegistrationError(
-                f"{self.name}: failure_grace must be a number of seconds from 0 to "
-                f"{MAX_SECONDS:g}, got {grace!r}"
+                f"{self.name}: {what} must be a number of seconds from 0 to "
+                f"{MAX_SECONDS:g}, got {delay!r}"
             )
-        object.__setattr__(self, "failure_grace", float(grace))
+        object.__setattr__(self, "failure_delay", float(delay))
         if not isinstance(self.critical, bool):
             raise CheckRegistrationError(
                 f"{self.name}: critical must be True or False, got {self.critical!r}"
@@ -171,20 +187,31 @@ class Check:
     @property
     def damped(self) -> bool:
         """Whether failures of this check are held back (flap damping)."""
-        return self.failure_threshold > 1 or self.failure_grace > 0
+        return self.failure_threshold > 1 or self.failure_delay > 0
+
+
+def _deprecated_failure_grace(check: Check) -> float:
+    warnings.warn(
+        "Check.failure_grace is deprecated: read failure_delay", DeprecationWarning, stacklevel=2
+    )
+    return check.failure_delay
+
+
+# The old name, read: set after the dataclass took its default for the init-only alias.
+Check.failure_grace = property(_deprecated_failure_grace)  # type: ignore[attr-defined]
 
 
 def restart_delay(check: Check, timeout: float, default: float | None) -> float:
     """Return after how many seconds a run of ``check`` that is still going is started again.
 
     :param timeout: the check's timeout in seconds.
-    :param default: the engine's setting, or ``None`` for the larger of 10 x timeout and 30 s.
+    :param default: the engine's setting, or ``None`` for :data:`RESTART_TIMEOUTS` x timeout.
     """
     if check.restart_after is not None:
         return check.restart_after
     if default is not None:
         return default
-    return max(10 * timeout, 30.0)
+    return RESTART_TIMEOUTS * timeout
 
 
 class CheckRegistry:

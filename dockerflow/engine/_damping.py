@@ -20,14 +20,18 @@ _REMEMBERED = 16
 
 @dataclass
 class _Streak:
+    #: Failures counted: one per failing run, and one more per timeout a stuck run overruns.
     count: int
     since: float
     counted: deque[Hashable] = field(default_factory=lambda: deque(maxlen=_REMEMBERED))
+    #: Distinct runs among them, for the message (a stuck run is one run, however long).
+    runs: int = 0
+    last_run: object = None
 
 
 class Damper:
     """Holds back a damped check's failures until ``failure_threshold`` consecutive failing
-    runs or ``failure_grace`` seconds of failing, whichever comes first.
+    runs or ``failure_delay`` seconds of failing, whichever comes first.
 
     A failure held back becomes an Info message (``dockerflow.health.I002``). Each failing run
     counts once, however many heartbeats share it: results come with a key naming the run they
@@ -67,16 +71,20 @@ class Damper:
             if key not in streak.counted:
                 streak.counted.append(key)
                 streak.count += 1
-            count, since = streak.count, streak.since
+                run = key[0] if isinstance(key, tuple) and key else key
+                if run is not streak.last_run:
+                    streak.last_run = run
+                    streak.runs += 1
+            count, since, runs = streak.count, streak.since, streak.runs
         failing_for = now - since
         due = (check.failure_threshold > 1 and count >= check.failure_threshold) or (
-            check.failure_grace > 0 and failing_for >= check.failure_grace
+            check.failure_delay > 0 and failing_for >= check.failure_delay
         )
         if due:
             return result
         first = next(m for m in result.messages if m.level >= self.fail_level)
         held = Info(
-            f"Failing for {count} run(s) over {failing_for:.1f}s, not reported yet: {first.msg}",
+            f"Failing for {runs} run(s) over {failing_for:.1f}s, not reported yet: {first.msg}",
             id=health.INFO_FAILURE_DAMPED,
         )
         return CheckResult(result.name, (held,), result.duration, data=result.data)

@@ -21,8 +21,9 @@ from ._damping import Damper
 from ._exceptions import ConfigurationError
 from ._refresh import Refresher
 from ._report import CheckResult, Report, aggregate
-from ._results import log_results, run_key, run_result, timed_out
-from ._scheduler import BATCH_SLICE, MAX_RUNS_PER_CHECK, ContextFactory, Host, Run, Scheduler
+from ._results import log_results, not_started, run_key, run_result, timed_out
+from ._runs import Host, Run
+from ._scheduler import BATCH_WAIT, ContextFactory, Scheduler
 
 
 @dataclass
@@ -40,6 +41,8 @@ class _Plan:
     overdue: bool = False
     result: CheckResult | None = None
     key: Hashable | None = None
+    #: A new run was needed but not started: these runs of the check are stuck.
+    stuck: list[Run] | None = None
 
 
 class Engine:
@@ -50,10 +53,13 @@ class Engine:
     check executes in a fresh context, entered through ``context`` (the Flask layer passes
     ``app.app_context``). Heartbeats asking for a check whose run is in progress share that run.
     Every heartbeat sharing a run answers by that run's start plus its timeout (plus
-    :data:`~._scheduler.GRACE` for an async check), whatever the checks do; a run not finished by
+    :data:`~._runs.CANCEL_WAIT` for an async check), whatever the checks do; a run not finished by
     then, or finished later, is reported as timed out (``E011``) to everyone who sees it. A run
-    still going after its restart delay is started again beside it (at most two runs of a check
-    function at a time in the process). An optional cache serves a recent report for
+    still going after its restart delay is started again beside it, unless two runs of the check's
+    function are already stuck past their timeout in the process (then the check is reported as
+    not started, ``E016``). While a check fails slowly (a run overran its timeout, or failed
+    after half of it), heartbeats answer at once with its latest outcome while one run retries in
+    the background (see :mod:`._scheduler`). An optional cache serves a recent report for
     ``cache_ttl`` seconds (``cache_failed_ttl`` when it is failing).
 
     :param timeout: seconds a check may run when it sets no timeout of its own.
@@ -66,8 +72,8 @@ class Engine:
     :param context: called for each run of a check; the context manager it returns is entered
         around the run, in the thread or task that executes it. ``None``: no context.
     :param restart_after: seconds after which a run still in progress is started again beside
-        it, for checks that set no ``restart_after`` of their own; ``None`` (default) takes the
-        larger of 10 x the check's timeout and 30 s.
+        it, for checks that set no ``restart_after`` of their own; ``None`` (default) takes 3 x
+        the check's timeout.
     :param noncritical: names of checks whose failure counts as a warning, as if they were made
         with ``critical=False``.
     :raises ConfigurationError: if a number is out of range or not a number.
@@ -107,9 +113,9 @@ class Engine:
         )
         self._owns_bridge = bridge is None
         self.bridge = bridge if bridge is not None else LoopThread()
-        self.scheduler = Scheduler(self.bridge, context)
+        self.scheduler = Scheduler(self.bridge, context, self._failed)
         self.damper = Damper(fail_level)
-        self.refresher = Refresher(self.bridge, self._start_on_bridge, self._settle_refresh)
+        self.refresher = Refresher(self.bridge, self._start_refresh, self._settle_refresh)
 
     @property
     def cache_ttl(self) -> float:
@@ -126,7 +132,7 @@ class Engine:
     def run_sync(self, checks: Iterable[Check]) -> Report:
         """Run ``checks`` and return the report, or a cached one; blocks the calling thread.
 
-        Answers by the longest timeout of ``checks`` plus :data:`~._scheduler.GRACE`, whatever
+        Answers by the longest timeout of ``checks`` plus :data:`~._runs.CANCEL_WAIT`, whatever
         the checks do.
 
         :param checks: the checks to run.
@@ -138,12 +144,16 @@ class Engine:
             started = time.monotonic()
             host = self.scheduler.bridge_host
             batch: list[Run] = []
-            plans = [self._plan(check, started, host, batch) for check in _once(key)]
+            async_batch: list[Run] = []
+            plans = [self._plan(check, started, host, batch, async_batch) for check in _once(key)]
+            if async_batch:
+                # One hand-off to the loop thread for all of them, first: they run meanwhile.
+                self.scheduler.start_async_batch(async_batch)
             if batch:
                 queue = self.scheduler.start_batch(batch)
                 if queue:
                     # The batch's thread runs them in order: once the last is done, all are.
-                    batch[-1].wait(time.monotonic() + BATCH_SLICE)
+                    batch[-1].wait(time.monotonic() + BATCH_WAIT)
                     self.scheduler.spread(queue)
             for plan in plans:
                 if plan.run is not None:
@@ -158,7 +168,7 @@ class Engine:
         Async checks run on the caller's event loop (so they may use clients bound to it), as
         tasks the engine owns there; sync checks in worker threads. The caller answers by the
         same deadline as a sync caller: the longest timeout of ``checks`` plus
-        :data:`~._scheduler.GRACE`, unless a check blocks the caller's loop itself (the engine's
+        :data:`~._runs.CANCEL_WAIT`, unless a check blocks the caller's loop itself (the engine's
         own loop, which sync callers use, is not affected then).
 
         :param checks: the checks to run.
@@ -194,16 +204,25 @@ class Engine:
         return restart_delay(check, timeout, self.restart_after)
 
     def _plan(
-        self, check: Check, started: float, host: Host | None, batch: list[Run] | None = None
+        self,
+        check: Check,
+        started: float,
+        host: Host | None,
+        batch: list[Run] | None = None,
+        async_batch: list[Run] | None = None,
     ) -> _Plan:
         """Decide what this heartbeat does about ``check``: serve its background result, or
         share (or start) a run and wait until that run's deadline.
 
         :param batch: new sync runs are collected here, for the caller to start together.
+        :param async_batch: new async runs on the loop thread are collected here, likewise.
         """
         timeout = self._timeout_of(check)
         if check.interval is not None:
-            latest = self.refresher.latest(check)
+            # An async check refreshed for an async caller runs on the caller's loop, where its
+            # clients live; every other on the engine's loop thread.
+            where = host if check.is_async and host is not self.scheduler.bridge_host else None
+            latest = self.refresher.latest(check, where)
             if latest is not None:
                 stale = self.refresher.stale(check, latest, timeout)
                 if stale is not None:
@@ -211,45 +230,52 @@ class Engine:
                     return _Plan(check, timeout, result=stale)
                 return _Plan(check, timeout, result=latest.result, key=latest.key)
             # No background result yet: wait for the refresh's first run.
-            run = self.refresher.pending(check)
+            run = self.refresher.pending(check, where)
             if run is not None:
                 return _Plan(check, timeout, run=run, overdue=started >= run.deadline)
-        run = self.scheduler.start(check, timeout, self._restart_of(check, timeout), host, batch)
-        if run is None:
-            result, key = self._refused(check, timeout)
-            return _Plan(check, timeout, result=result, key=key)
-        return _Plan(check, timeout, run=run, overdue=started >= run.deadline)
-
-    def _refused(self, check: Check, timeout: float) -> tuple[CheckResult, Hashable]:
-        """The result of a check that could not start: its runs elsewhere hold every slot."""
-        now = time.monotonic()
-        oldest = self.scheduler.oldest_elsewhere(check)
-        running = f" for {now - oldest.started:.1f}s" if oldest is not None else ""
-        result = timed_out(
-            check,
-            timeout,
-            0.0,
-            f"not started: {MAX_RUNS_PER_CHECK} runs of it are still in progress in this "
-            f"process{running}",
+        restart = self._restart_of(check, timeout)
+        run, stuck = self.scheduler.start(
+            check, timeout, restart, host, batch, async_batch=async_batch
         )
-        return result, (run_key(oldest, now) if oldest is not None else ("refused", check))
+        if run is None:
+            result, key = self._refused(check, stuck)
+            return _Plan(check, timeout, result=result, key=key)
+        return _Plan(check, timeout, run=run, overdue=started >= run.deadline, stuck=stuck)
 
-    def _observe(self, check: Check, run: Run, overdue: bool, since: float) -> CheckResult:
+    def _refused(self, check: Check, stuck: list[Run]) -> tuple[CheckResult, Hashable]:
+        """The result of a check that could not start: its stuck runs hold every slot."""
+        now = time.monotonic()
+        oldest = stuck[0]
+        result = not_started(check, len(stuck), now - oldest.started, oldest.timeout)
+        return result, run_key(oldest, now)
+
+    def _failed(self, run: Run) -> bool:
+        """Whether ``run``, which ended, failed (reported ``fail_level`` or above)."""
+        return any(m.level >= self.fail_level for m in run_result(run).messages)
+
+    def _observe(
+        self, check: Check, run: Run, overdue: bool, since: float, stuck: list[Run] | None = None
+    ) -> CheckResult:
         """Return the raw result of ``run`` as seen now, at or after its deadline, by a caller
-        that asked at ``since`` (a run not finished took that caller the time it waited)."""
+        that asked at ``since`` (a run not finished took that caller the time it waited).
+
+        :param stuck: the stuck runs that kept a new run from starting beside ``run``, if any.
+        """
         if run.done:
             return run_result(run)
         why = ""
         blocker = self.scheduler.blocker(run.host)
         if overdue:
-            why = (
-                f"still running from an earlier heartbeat, stuck for {run.duration:.1f}s "
-                f"(started again once stuck for {self._restart_of(check, run.timeout):g}s)"
-            )
+            why = f"still running from an earlier heartbeat, stuck for {run.duration:.1f}s"
+            if stuck:
+                why += f"; not started again: {len(stuck)} runs of it are stuck in this process"
+            else:
+                why += f"; started again once stuck for {self._restart_of(check, run.timeout):g}s"
         elif blocker is not None:
+            blocking, step_started = blocker
             why = (
-                f"the event loop was blocked by check {blocker.check.name!r} "
-                f"for {time.monotonic() - (blocker.step_started or 0.0):.1f}s"
+                f"the event loop was blocked by check {blocking.check.name!r} "
+                f"for {time.monotonic() - step_started:.1f}s"
             )
         # How long this caller waited for it: nothing, for a run already past its deadline.
         waited = 0.0 if overdue else min(run.duration, time.monotonic() - since)
@@ -258,7 +284,7 @@ class Engine:
     def _settle(self, plan: _Plan, started: float) -> CheckResult:
         check = plan.check
         if plan.run is not None:
-            raw = self._observe(check, plan.run, plan.overdue, started)
+            raw = self._observe(check, plan.run, plan.overdue, started, plan.stuck)
             key: Hashable | None = run_key(plan.run, time.monotonic())
         else:
             assert plan.result is not None
@@ -276,18 +302,19 @@ class Engine:
 
     # -- background refresh, on the bridge loop ------------------------------------------------
 
-    def _start_on_bridge(self, check: Check) -> Run | None:
+    def _start_refresh(self, check: Check, host: Host | None) -> tuple[Run | None, list[Run]]:
         timeout = self._timeout_of(check)
         restart = self._restart_of(check, timeout)
-        return self.scheduler.start(check, timeout, restart, self.scheduler.bridge_host)
+        where = host if host is not None else self.scheduler.bridge_host
+        return self.scheduler.start(check, timeout, restart, where, background=True)
 
     async def _settle_refresh(
-        self, check: Check, run: Run | None, started: float
+        self, check: Check, run: Run | None, stuck: list[Run], started: float
     ) -> tuple[CheckResult, Hashable]:
         """Wait for a refresh's run (started at ``started``) and return its raw result and run
-        key; ``run`` is ``None`` when the check could not start."""
+        key; ``run`` is ``None`` when the check could not start (``stuck`` held the slots)."""
         if run is None:
-            result, key = self._refused(check, self._timeout_of(check))
+            result, key = self._refused(check, stuck)
         else:
             await run.wait_async(run.deadline)
             result = self._observe(check, run, started >= run.deadline, started)

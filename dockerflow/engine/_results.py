@@ -17,7 +17,7 @@ from ..health import CheckData, CheckMessage, Error
 from ..masking import mask_secrets, masked_repr, short_error
 from ._check import Check
 from ._report import CheckResult
-from ._scheduler import Run
+from ._runs import Run
 
 #: python-dockerflow's logger for check messages: one ``"<id>: <msg>"`` record per message.
 MESSAGES_LOGGER = "dockerflow.checks.registry"
@@ -49,9 +49,10 @@ def run_key(run: Run, now: float) -> tuple[Run, int]:
     elapsed = run.duration if run.done else now - run.started
     if run.done and elapsed <= run.timeout and not run.timed_out:
         return (run, 0)
-    # The async grace is the engine's, not the check's: it does not make another failed run.
-    grace = run.deadline - run.started - run.timeout
-    return (run, max(1, int((elapsed - grace) // run.timeout)))
+    # The wait for an async run's cancellation is the engine's, not the check's: it does not
+    # make another failed run.
+    cancel_wait = run.deadline - run.started - run.timeout
+    return (run, max(1, int((elapsed - cancel_wait) // run.timeout)))
 
 
 def _outcome(run: Run) -> CheckResult:
@@ -100,6 +101,17 @@ def timed_out(check: Check, timeout: float, duration: float, why: str = "") -> C
     """
     text = f"Check timed out after {timeout:g}s" + (f": {why}" if why else "")
     return CheckResult(check.name, (Error(text, id=health.ERROR_CHECK_TIMEOUT),), duration)
+
+
+def not_started(check: Check, stuck: int, stuck_for: float, timeout: float) -> CheckResult:
+    """Return the result of a check that was not started because ``stuck`` runs of its
+    function, the oldest running for ``stuck_for`` seconds, hold every slot (``E016``)."""
+    text = (
+        f"Check not started: {stuck} runs of it are stuck in this process (the oldest for "
+        f"{stuck_for:.1f}s, timeout {timeout:g}s); it starts again when one of them returns. "
+        "A check that can hang needs a timeout of its own on its I/O"
+    )
+    return CheckResult(check.name, (Error(text, id=health.ERROR_CHECK_NOT_STARTED),), 0.0)
 
 
 def _to_messages(

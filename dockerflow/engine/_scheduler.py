@@ -1,45 +1,49 @@
 """The one scheduler: every run of every check starts here, whoever asks for it.
 
-A :class:`Run` is one execution of one check, with one completion primitive: a
-:class:`concurrent.futures.Future` that the run completes when the check returns, whatever the
-check did. Threads wait on it; coroutines register a callback that wakes them on their own loop.
-
 Sync checks run in daemon worker threads; async checks run as tasks of a task group the scheduler
 owns on an event loop (the engine's loop thread for sync callers, a host on the caller's own loop
 for async callers), never in a caller's task group: a caller that leaves at its deadline, or is
-cancelled, leaves the run going, and a run ends only by finishing, by its own timeout or when its
-loop shuts down.
+cancelled, leaves the run going. An async run ends when it finishes, at its own timeout (it is
+cancelled) or when its loop shuts down; a sync run ends only when its function returns, which
+may be never (a socket with no timeout whose peer went silent).
 
 Each run executes in a fresh context of its own: a new :mod:`contextvars` context and whatever the
 engine's ``context`` factory returns (the Flask layer passes ``app.app_context``), entered where
-the run executes and exited when the check returns. Heartbeats asking for a check whose run is in
-progress share that run (single-flight); a run still going after its restart delay is left behind
-and a new one started beside it. However many engines and APIs run one check function, at most
-:data:`MAX_RUNS_PER_CHECK` runs of it are in progress in the process.
+the run executes and exited when the check returns. Heartbeats of one scheduler asking for a check
+whose run is in progress share that run (single-flight); runs of two schedulers are never shared,
+since each executes in its own scheduler's context. A run still going after its restart delay is
+left behind and a new one started beside it, unless :data:`~._runs.MAX_STUCK_RUNS` runs of the
+check's function are already stuck past their timeout in the process (see :mod:`._runs`).
+
+While a check is failing slowly (its latest run overran its timeout, or failed after taking at
+least half of it), heartbeats do not wait for it: they are answered at once with that run's
+outcome, while one run tries again in the background, started again as soon as the previous try
+ends for as long as heartbeats ask for the check. The first try that passes, or fails fast, ends
+it: the next heartbeat runs the check and waits for it as usual.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import concurrent.futures
 import contextlib
 import contextvars
 import logging
 import math
-import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Generator
+import weakref
+from collections.abc import Awaitable, Callable, Coroutine, Generator, MutableMapping
 from contextlib import AbstractContextManager
-from typing import Any, Protocol
+from typing import Any
 
 import anyio
 import anyio.lowlevel
 from anyio.abc import TaskGroup
 
-from ._bridge import LoopThread, call_soon
+from ._bridge import LoopThread
 from ._check import Check
 from ._fork import after_fork_in_child
+from ._runs import MAX_STUCK_RUNS, RUNS, Host, Run
 from ._workers import WorkerPool
 
 logger = logging.getLogger("dockerflow.engine")
@@ -47,169 +51,32 @@ logger = logging.getLogger("dockerflow.engine")
 #: Makes the context each run of a check executes in (for Flask: ``app.app_context``).
 ContextFactory = Callable[[], AbstractContextManager[Any]]
 #: Sync runs waiting for a thread, taken from the left by whichever thread begins them.
-BatchQueue = collections.deque["Run"]
+BatchQueue = collections.deque[Run]
 #: A coroutine function a host starts as a task.
 TaskFunction = Callable[[], Coroutine[Any, Any, None]]
+#: Whether a run that ended failed (the engine's judgement of its result).
+FailedJudge = Callable[[Run], bool]
 
-#: Seconds a heartbeat waits for an async run past the run's timeout, for the run to report its
-#: own timeout (it is cancelled then); past it the heartbeat answers without the run.
-GRACE = 0.1
 #: An async check that runs this long without awaiting anything blocks the loop; it is logged.
 BLOCKING_STEP = 0.1
-#: Seconds a heartbeat's batch of sync runs (see :meth:`Scheduler.start_batch`) runs in one
-#: thread before the runs not begun yet get threads of their own.
-BATCH_SLICE = 0.002
-#: Most runs of one check function in progress at a time in the process (threads, for a sync
-#: check), whichever engines and APIs started them.
-MAX_RUNS_PER_CHECK = 2
+#: Seconds a heartbeat waits for its batch of sync runs (see :meth:`Scheduler.start_batch`) to
+#: be done in one thread before the runs not begun yet get threads of their own.
+BATCH_WAIT = 0.002
+#: A failing run that took at least this share of its timeout makes its check "failing slowly":
+#: heartbeats stop waiting for it while it is retried in the background.
+SLOW_FAILURE = 0.5
+#: A check failing slowly is retried in the background while a heartbeat asked for it within
+#: this many timeouts (at least :data:`MIN_RETRY_SECONDS`); an outcome older than that is not
+#: served in place of a new run.
+RETRY_TIMEOUTS = 10
+MIN_RETRY_SECONDS = 30.0
+#: Key of a check's runs in one scheduler: (id of its function, timeout, host of an async run).
+RunKey = tuple[int, float, "Host | None"]
 
 
-class Host(Protocol):
-    """Where async runs execute: a task group on one event loop, owned by the scheduler."""
-
-    def spawn(self, func: TaskFunction) -> None:
-        """Start ``func()`` as a task of the host, without waiting for it."""
-
-
-class Run:
-    """One execution of one check, shared by every heartbeat that asks while it is in progress.
-
-    ``future`` completes when the run has ended, whatever its outcome: ``value``, ``error``,
-    ``timed_out`` (its timeout fired), ``abandoned`` (its loop shut down under it) or
-    ``start_error`` (it could not be started). Everything else is set before it completes.
-    """
-
-    __slots__ = (
-        "abandoned",
-        "blocked_for",
-        "check",
-        "ended",
-        "error",
-        "finished",
-        "future",
-        "host",
-        "result",
-        "start_error",
-        "started",
-        "step_started",
-        "timed_out",
-        "timeout",
-        "value",
-        "warned",
-    )
-
-    def __init__(self, check: Check, timeout: float, host: Host | None) -> None:
-        self.check = check
-        self.timeout = timeout
-        #: The host an async run executes on; ``None`` for a sync run (a worker thread).
-        self.host = host
-        self.started = time.monotonic()
-        self.finished = 0.0
-        self.future: concurrent.futures.Future[None] = concurrent.futures.Future()
-        #: Set just before ``future`` completes: a plain read, for the many "is it done yet?"
-        #: questions of a heartbeat (the future's own answer takes its lock).
-        self.ended = False
-        self.value: Any = None
-        self.error: BaseException | None = None
-        self.timed_out = False
-        self.abandoned = False
-        self.start_error = False
-        #: Longest time the check ran without awaiting (async runs), in seconds.
-        self.blocked_for = 0.0
-        #: When the step of the coroutine running now began; ``None`` between steps.
-        self.step_started: float | None = None
-        #: Whether blocking the loop was logged for this run (once per run).
-        self.warned = False
-        #: What the engine made of the outcome, kept so that it is made once per run.
-        self.result: Any = None
-
-    @property
-    def done(self) -> bool:
-        """Whether the run has ended."""
-        return self.ended
-
-    @property
-    def deadline(self) -> float:
-        """The ``time.monotonic()`` value by which every heartbeat sharing the run answers:
-        its start plus its timeout (plus :data:`GRACE` for an async run, to be cancelled in)."""
-        return self.started + self.timeout + (GRACE if self.check.is_async else 0.0)
-
-    @property
-    def duration(self) -> float:
-        """Seconds from the start to the end of the run (to now while it is in progress)."""
-        end = self.finished if self.done else time.monotonic()
-        return end - self.started
-
-    def wait(self, deadline: float) -> None:
-        """Block the calling thread until the run has ended or ``deadline`` has passed."""
-        if self.ended:
-            return
-        with contextlib.suppress(concurrent.futures.TimeoutError):
-            self.future.exception(max(0.0, deadline - time.monotonic()))
-
-    async def wait_async(self, deadline: float) -> None:
-        """Wait until the run has ended or ``deadline`` has passed, holding no thread."""
-        if self.done:
-            return
-        token = anyio.lowlevel.current_token()
-        ended = anyio.Event()
-
-        def wake(_: object) -> None:
-            # Called in whichever thread completes the run: reach the waiter's loop safely.
-            with contextlib.suppress(RuntimeError):  # that loop closed: nobody waits any more
-                call_soon(token, ended.set)
-
-        self.future.add_done_callback(wake)
-        with anyio.move_on_after(max(0.0, deadline - time.monotonic())):
-            await ended.wait()
-
-
-class RunSlots:
-    """The runs in progress of each check function in this process, for the bound of
-    :data:`MAX_RUNS_PER_CHECK`.
-
-    The one piece of process-wide state of the engine: the bound is per process by definition
-    (every engine, extension and API shares the threads a stuck check holds). A forked child
-    starts with none: the parent's threads are not in it.
-    """
-
-    def __init__(self) -> None:
-        self._reset()
-        after_fork_in_child(self, RunSlots._reset)
-
-    def _reset(self) -> None:
-        self._lock = threading.Lock()
-        # id(function) -> its runs in progress; each run holds its function, so ids stay unique.
-        self._runs: dict[int, list[Run]] = {}
-
-    def take(self, run: Run) -> bool:
-        """Count ``run`` in if its function has a free slot; return whether it had one."""
-        with self._lock:
-            runs = self._runs.setdefault(id(run.check.func), [])
-            if len(runs) >= MAX_RUNS_PER_CHECK:
-                return False
-            runs.append(run)
-            return True
-
-    def give_back(self, run: Run) -> None:
-        """Count ``run`` out (it ended, or never started)."""
-        key = id(run.check.func)
-        with self._lock:
-            runs = self._runs.get(key, [])
-            if run in runs:
-                runs.remove(run)
-            if not runs:
-                self._runs.pop(key, None)
-
-    def oldest(self, func: object) -> Run | None:
-        """Return the longest-running run of ``func`` in progress, or ``None``."""
-        with self._lock:
-            runs = self._runs.get(id(func))
-            return runs[0] if runs else None
-
-
-#: The process's run slots (see :class:`RunSlots`).
-PROCESS_SLOTS = RunSlots()
+def retry_window(timeout: float) -> float:
+    """Seconds a slow failure is retried and served for without a heartbeat asking again."""
+    return max(RETRY_TIMEOUTS * timeout, MIN_RETRY_SECONDS)
 
 
 class Scheduler:
@@ -217,18 +84,18 @@ class Scheduler:
 
     :param bridge: the loop thread that runs async checks for sync callers.
     :param context: makes the context each run executes in, or ``None`` for none.
-    :param slots: the bound on runs per check function; defaults to the process's.
+    :param failed: tells whether a run that ended failed; ``None``: only errors and timeouts do.
     """
 
     def __init__(
         self,
         bridge: LoopThread,
         context: ContextFactory | None = None,
-        slots: RunSlots = PROCESS_SLOTS,
+        failed: FailedJudge | None = None,
     ) -> None:
         self.bridge = bridge
-        self.slots = slots
         self._context = context
+        self._failed = failed if failed is not None else _raised_or_timed_out
         #: The host of async runs for sync callers: the bridge's own task group.
         self.bridge_host: Host = _BridgeHost(bridge)
         self._reset()
@@ -236,17 +103,21 @@ class Scheduler:
         after_fork_in_child(self, Scheduler._reset)
 
     def _reset(self) -> None:
-        self._lock = threading.Lock()
-        # The newest run in progress of each (function, timeout, host): what heartbeats share.
-        self._running: dict[tuple[int, float, Host | None], Run] = {}
-        # Every run of this scheduler in progress, the ones left behind included.
-        self._live: set[Run] = set()
+        # Under RUNS.lock: per check of this scheduler, the latest run of a slow failure (what
+        # heartbeats are answered with while it is retried), and when a heartbeat last asked.
+        self._failing: dict[RunKey, Run] = {}
+        # The run that ended a slow failure by passing (or failing fast), for the next
+        # heartbeat to report rather than run the check once more.
+        self._recovered: dict[RunKey, Run] = {}
+        self._asked: dict[RunKey, float] = {}
+        # Functions whose refusal was logged, until a run of theirs starts again.
+        self._refusal_logged: set[int] = set()
         # The async run executing a step on each host's loop right now (at most one per loop).
         self._stepping: dict[Host, Run] = {}
-        # Hosts on async callers' loops, by native loop.
-        self._hosts: dict[object, _LoopHost] = {}
-        # Host tasks started on asyncio loops, held until done.
-        self._detached: set[asyncio.Task[None]] = set()
+        # Hosts on async callers' loops, by native loop; an asyncio loop is held weakly (its
+        # host too): a caller's loop must not outlive the caller because the engine saw it.
+        self._hosts: weakref.WeakKeyDictionary[object, _LoopHost] = weakref.WeakKeyDictionary()
+        self._trio_hosts: dict[object, _LoopHost] = {}
         self._pool = WorkerPool()
 
     # -- starting runs --------------------------------------------------------------------------
@@ -258,63 +129,139 @@ class Scheduler:
         restart_after: float,
         host: Host | None,
         batch: list[Run] | None = None,
-    ) -> Run | None:
+        *,
+        background: bool = False,
+        async_batch: list[Run] | None = None,
+    ) -> tuple[Run | None, list[Run]]:
         """Return the run of ``check`` a heartbeat should report on, starting one if needed.
 
         A run of the same function and timeout in progress is shared. A new run starts beside
-        one that has been in progress for ``restart_after`` seconds, if the function has a free
-        slot in the process.
+        one that has been in progress for ``restart_after`` seconds, unless
+        :data:`~._runs.MAX_STUCK_RUNS` runs of the function are stuck past their timeout in the
+        process. While the check is failing slowly, the run returned is the latest one that
+        failed (or is stuck), whose deadline has passed: the heartbeat answers at once, and a
+        new run, if one is needed, is started in the background.
 
         :param timeout: the check's timeout.
         :param restart_after: seconds after which a run in progress is left behind.
         :param host: for an async check, the host it runs on; ignored for a sync check.
         :param batch: if given, a new sync run is added to it instead of started: the caller
             starts the batch with :meth:`start_batch`.
-        :returns: the run, or ``None`` if no run is in progress here and the function has no
-            free slot (its runs elsewhere in the process are stuck).
+        :param async_batch: if given, a new async run on the loop thread is added to it instead
+            of started: the caller starts them with :meth:`start_async_batch`.
+        :param background: the caller (a background refresh) waits for the newest run whatever
+            the check's state, and is not a heartbeat asking for the check.
+        :returns: the run to report on, or ``None`` when the check has no run here and could
+            not start one; and the stuck runs that kept a new run from starting (empty if none
+            was refused).
         """
         where = host if check.is_async else None
-        key = (id(check.func), timeout, where)
-        with self._lock:
-            current = self._running.get(key)
-            if current is not None and time.monotonic() - current.started < restart_after:
-                return current
-            run = Run(check, timeout, where)
-            if not self.slots.take(run):
-                return current
-            if current is not None:
+        key: RunKey = (id(check.func), timeout, where)
+        now = time.monotonic()
+        with RUNS.lock:
+            if not background:
+                self._asked[key] = now
+            failing = self._failing.get(key)
+            if (
+                failing is not None
+                and failing.ended
+                and now - failing.finished > retry_window(timeout)
+            ):
+                failing = None  # too old to speak for the check now
+                del self._failing[key]
+            recovered = self._recovered.pop(key, None)
+            if (
+                recovered is not None
+                and not background
+                and now - recovered.finished <= timeout
+                and failing is None
+            ):
+                return recovered, []
+            current = RUNS.newest(check, timeout, where, self)
+            if current is not None and now - current.started < restart_after:
+                if failing is not None and not background and failing is not current:
+                    return failing, []
+                return current, []
+            stuck = RUNS.stuck_of(check, now)
+            if len(stuck) >= MAX_STUCK_RUNS:
+                log = id(check.func) not in self._refusal_logged
+                self._refusal_logged.add(id(check.func))
+                refused: tuple[Run | None, list[Run]] = (current, stuck)
+            else:
+                log = False
+                refused = (None, [])
+                self._refusal_logged.discard(id(check.func))
+                run = Run(check, timeout, where, self)
+                RUNS.add(run)
+                if current is not None and not background:
+                    # Known to be failing by timeout: answered at once from the stuck run
+                    # while the new one tries again.
+                    self._failing[key] = current
+                    failing = current
+        if refused[1]:
+            if log:
                 logger.warning(
-                    "Dockerflow check %r has been running for %.1fs; starting it again beside "
-                    "the stuck run",
+                    "Dockerflow check %r is not started again: %d runs of it are stuck in this "
+                    "process (the oldest for %.1fs, timeout %gs); it starts again when one of "
+                    "them returns",
                     check.name,
-                    current.duration,
+                    len(refused[1]),
+                    now - refused[1][0].started,
+                    refused[1][0].timeout,
                 )
-            self._running[key] = run
-            self._live.add(run)
-        if batch is not None and where is None:
+            return refused
+        if current is not None:
+            logger.warning(
+                "Dockerflow check %r has been running for %.1fs; starting it again beside "
+                "the stuck run",
+                check.name,
+                now - current.started,
+            )
+        if batch is not None and where is None and failing is None:
             batch.append(run)
+        elif async_batch is not None and where is self.bridge_host and failing is None:
+            async_batch.append(run)
         else:
             self._launch(run)
-        return run
+        if failing is not None and not background:
+            return failing, []
+        return run, []
 
     def start_batch(self, runs: list[Run]) -> BatchQueue:
         """Start the sync runs collected with ``start(batch=...)`` in one worker thread, one
         after another: one hand-off for a heartbeat's many quick checks, not one each.
 
         :returns: the runs that thread has not begun yet. The caller hands them to threads of
-            their own with :meth:`spread` after :data:`BATCH_SLICE` seconds, so that a slow
-            check delays the others in the batch by that much at most.
+            their own with :meth:`spread` after waiting :data:`BATCH_WAIT` seconds, so that a
+            slow check delays the others in the batch by that much at most.
         """
         queue: BatchQueue = collections.deque(runs)
         if len(runs) > 1:
             try:
-                self._pool.submit(lambda: self._drain(queue))
+                self._pool.submit(lambda: self._run_in_order(queue))
             except BaseException:
                 pass  # no thread for the batch: each run is started on its own below
             else:
                 return queue
         self.spread(queue)
         return queue
+
+    def start_async_batch(self, runs: list[Run]) -> None:
+        """Start the async runs collected with ``start(async_batch=...)`` on the loop thread
+        with one hand-off, as tasks of one task group of their own there (not the caller's)."""
+        if len(runs) == 1:
+            self._launch(runs[0])
+            return
+        try:
+            self.bridge.submit(self._run_together, runs)
+        except BaseException as exc:
+            for run in runs:  # no loop to run on: that is each check's error
+                self._not_started(run, exc)
+
+    async def _run_together(self, runs: list[Run]) -> None:
+        async with anyio.create_task_group() as group:
+            for run in runs:
+                group.start_soon(self._execute_async, run)
 
     def spread(self, queue: BatchQueue) -> None:
         """Start each run of ``queue`` that no thread has begun, in a thread of its own."""
@@ -325,7 +272,7 @@ class Scheduler:
                 return
             self._launch(run)
 
-    def _drain(self, queue: BatchQueue) -> None:
+    def _run_in_order(self, queue: BatchQueue) -> None:
         while True:
             try:
                 run = queue.popleft()
@@ -340,69 +287,65 @@ class Scheduler:
             else:
                 self._pool.submit(lambda: self._execute_sync(run))
         except BaseException as exc:
-            # No thread, or no loop to run on: that is this check's error, and the slot is free.
-            run.error = exc
-            run.start_error = True
-            self._finish(run)
+            # No thread, or no loop to run on: that is this check's error.
+            self._not_started(run, exc)
 
-    def oldest_elsewhere(self, check: Check) -> Run | None:
-        """Return the longest-running run of ``check``'s function in the process, or ``None``."""
-        return self.slots.oldest(check.func)
+    def _not_started(self, run: Run, exc: BaseException) -> None:
+        run.error = exc
+        run.start_error = True
+        run.finished = time.monotonic()
+        RUNS.end(run)
 
     def stuck(self) -> dict[str, int]:
         """Return check name → runs of this scheduler still in progress past their timeout
         (each holds a thread, for a sync check), for the checks that have any."""
-        now = time.monotonic()
-        with self._lock:
-            live = list(self._live)
-        out: dict[str, int] = {}
-        for run in live:
-            if now - run.started >= run.timeout:
-                out[run.check.name] = out.get(run.check.name, 0) + 1
-        return out
+        return RUNS.stuck(self)
 
     async def host_here(self) -> Host:
         """Return the host of async runs on the running event loop, starting it if needed.
 
-        The host is a task of its own on that loop, not the caller's: a caller's deadline or
-        cancellation does not reach the runs. It ends when the loop shuts down.
+        The host's runs are tasks of their own on that loop, not the caller's: a caller's
+        deadline or cancellation does not reach them. Hosts of loops that were closed are let
+        go here, whether or not the loop cancelled its tasks first.
         """
         native = anyio.lowlevel.current_token().native_token
-        host = self._hosts.get(native)
-        if host is None or host.ended:
-            host = self._hosts[native] = _LoopHost(lambda ended: self._forget_host(native, ended))
-            self._start_detached(native, host.serve)
+        hosts: MutableMapping[object, _LoopHost] = (
+            self._hosts if isinstance(native, asyncio.AbstractEventLoop) else self._trio_hosts
+        )
+        host = hosts.get(native)
+        if host is None or host.closed:
+            self._forget_closed_loops()
+            host = hosts[native] = _LoopHost(native)
+            if hosts is self._trio_hosts:  # anyio's other backend
+                import trio
+
+                contextvars.Context().run(trio.lowlevel.spawn_system_task, host.serve)
         await host.ready.wait()
         return host
 
-    def _forget_host(self, native_loop: object, host: _LoopHost) -> None:
-        # The loop is shutting down: let it (and its host) go.
-        if self._hosts.get(native_loop) is host:
-            del self._hosts[native_loop]
+    def _forget_closed_loops(self) -> None:
+        # A loop closed without cancelling its tasks first (run_until_complete, then close)
+        # never tells its host: holding the host would hold the loop for ever.
+        for hosts in (self._hosts, self._trio_hosts):
+            for native, host in list(hosts.items()):
+                if host.closed:
+                    hosts.pop(native, None)
+        with RUNS.lock:
+            for table in (self._asked, self._failing, self._recovered):
+                for key in [k for k in table if k[2] is not None and k[2].closed]:
+                    del table[key]
 
-    def _start_detached(self, native_loop: object, func: TaskFunction) -> None:
-        """Start ``func()`` as a task of its own on the running loop, outside any caller's task
-        group, from an empty context (nothing of the caller's travels with it)."""
-        empty = contextvars.Context()
-        if isinstance(native_loop, asyncio.AbstractEventLoop):
-            task = empty.run(native_loop.create_task, func())
-            # The loop holds tasks weakly: keep this one until it is done.
-            self._detached.add(task)
-            task.add_done_callback(self._detached.discard)
-        else:  # anyio's other backend
-            import trio
-
-            empty.run(trio.lowlevel.spawn_system_task, func)
-
-    def blocker(self, host: Host | None) -> Run | None:
+    def blocker(self, host: Host | None) -> tuple[Run, float] | None:
         """Return the async run blocking ``host``'s loop now (a step longer than
-        :data:`BLOCKING_STEP`), or ``None``. The first time a run is found blocking, a warning
-        naming its check is logged: it may never end its step."""
+        :data:`BLOCKING_STEP`) and when its step began, or ``None``. The first time a run is
+        found blocking, a warning naming its check is logged: it may never end its step."""
         if host is None:
             return None
         run = self._stepping.get(host)
+        # Read once: the loop thread may end the step (and clear it) meanwhile.
         started = run.step_started if run is not None else None
-        if run is None or started is None or time.monotonic() - started < BLOCKING_STEP:
+        now = time.monotonic()
+        if run is None or started is None or now - started < BLOCKING_STEP:
             return None
         if not run.warned:
             run.warned = True
@@ -410,9 +353,9 @@ class Scheduler:
                 "Dockerflow check %r is blocking the event loop (for %.2fs so far) without "
                 "awaiting; make it a def check if it calls blocking code",
                 run.check.name,
-                time.monotonic() - started,
+                now - started,
             )
-        return run
+        return run, started
 
     # -- executing runs -------------------------------------------------------------------------
 
@@ -452,6 +395,8 @@ class Scheduler:
             if _cancelled_from_outside():
                 # The host is cancelled: the loop shuts down under the run.
                 run.abandoned = True
+                run.finished = time.monotonic()
+                RUNS.end(run)
                 raise
             # A cancellation the check raised itself (a driver's, say) is its own failure.
             run.timed_out = s.cancel_called
@@ -459,20 +404,46 @@ class Scheduler:
         except BaseException as exc:
             run.timed_out = s.cancel_called
             run.error = exc
-        finally:
+        if not run.ended:
             self._finish(run)
 
     def _finish(self, run: Run) -> None:
+        """End ``run``, update its check's slow-failure state, and retry it in the background
+        if it failed slowly while heartbeats ask for it. In the thread or task that ran it."""
         run.finished = time.monotonic()
-        key = (id(run.check.func), run.timeout, run.host)
-        with self._lock:
-            # Only this run's own entry: a newer run of the check may own it by now.
-            if self._running.get(key) is run:
-                del self._running[key]
-            self._live.discard(run)
-        self.slots.give_back(run)
-        run.ended = True
-        run.future.set_result(None)
+        slow = self._failed(run) and (
+            run.timed_out or run.finished - run.started >= SLOW_FAILURE * run.timeout
+        )
+        key: RunKey = (id(run.check.func), run.timeout, run.host)
+
+        def update() -> Run | None:
+            # Under RUNS.lock, before anyone waiting for the run is woken: the heartbeats
+            # woken by it find the check's state as the run left it.
+            failing = self._failing.get(key)
+            if not slow:
+                # A pass, or a fast failure (refused connection): heartbeats wait for runs again.
+                if failing is not None and failing.started <= run.started:
+                    del self._failing[key]
+                    self._recovered[key] = run
+                return None
+            if failing is None or failing.started <= run.started or not failing.ended:
+                self._failing[key] = run
+            now = time.monotonic()
+            if (
+                # A cancellation: the run's loop may be shutting down; nothing to retry on.
+                isinstance(run.error, asyncio.CancelledError)
+                or now - self._asked.get(key, -math.inf) > retry_window(run.timeout)
+                or RUNS.newest(run.check, run.timeout, run.host, self) is not None
+                or len(RUNS.stuck_of(run.check, now)) >= MAX_STUCK_RUNS
+            ):
+                return None
+            retry = Run(run.check, run.timeout, run.host, self)
+            RUNS.add(retry)
+            return retry
+
+        retry = RUNS.end(run, update)
+        if retry is not None:
+            self._launch(retry)
 
     def _step_started(self, run: Run) -> None:
         # Called on the run's loop thread only: one step runs at a time per loop.
@@ -512,23 +483,59 @@ class _BridgeHost:
     def spawn(self, func: TaskFunction) -> None:
         self._bridge.submit(func)
 
+    @property
+    def closed(self) -> bool:
+        # The loop thread starts again on its next use.
+        return False
+
 
 class _LoopHost:
-    """A task group of the scheduler's on an async caller's loop, hosting the runs started
-    there. Used from that loop's thread only."""
+    """Hosts the async runs started on an async caller's loop, as tasks of their own there.
+    Used from that loop's thread only.
 
-    def __init__(self, on_end: Callable[[_LoopHost], object]) -> None:
+    On asyncio each run is a plain task of the loop, started from an empty context (nothing of
+    the caller's travels with it) and held until done: no task of the host's own waits for ever,
+    so a loop closed without cancelling its tasks is not kept alive by one. On trio a system
+    task holds a nursery for the runs, ended when the run finishes.
+    """
+
+    def __init__(self, native_loop: object) -> None:
         self.ready = anyio.Event()
         self.ended = False
+        # Weakly: the host must not keep its loop alive (the scheduler holds hosts).
+        self._loop = (
+            weakref.ref(native_loop) if isinstance(native_loop, asyncio.AbstractEventLoop) else None
+        )
+        self._tasks: set[asyncio.Task[None]] = set()
         self._group: TaskGroup | None = None
-        self._on_end = on_end
+        if self._loop is not None:
+            self.ready.set()
+
+    @property
+    def closed(self) -> bool:
+        """Whether the host's loop shut it down, or was closed."""
+        if self._loop is None:
+            return self.ended
+        loop = self._loop()
+        return loop is None or loop.is_closed()
 
     def spawn(self, func: TaskFunction) -> None:
-        if self._group is None or self.ended:
+        if self.closed:
+            raise RuntimeError("the event loop this check would run on is shutting down")
+        if self._loop is not None:
+            loop = self._loop()
+            assert loop is not None  # called on that loop
+            task = contextvars.Context().run(loop.create_task, func())
+            # The loop holds tasks weakly: keep this one until it is done.
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return
+        if self._group is None:
             raise RuntimeError("the event loop this check would run on is shutting down")
         self._group.start_soon(func)
 
     async def serve(self) -> None:
+        """Hold the nursery of the runs until the loop shuts down (trio)."""
         try:
             async with anyio.create_task_group() as group:
                 self._group = group
@@ -537,7 +544,6 @@ class _LoopHost:
         finally:
             self.ended = True
             self.ready.set()
-            self._on_end(self)
 
 
 class _Stepped:
@@ -601,3 +607,7 @@ async def _await_within(awaitable: Awaitable[Any], deadline: float) -> Any:
     with anyio.move_on_after(max(0.0, deadline - time.monotonic())):
         return await awaitable
     raise DeadlinePassedError
+
+
+def _raised_or_timed_out(run: Run) -> bool:
+    return run.timed_out or run.error is not None or run.duration > run.timeout

@@ -210,8 +210,7 @@ SETTINGS: tuple[Setting, ...] = (
         _parse_restart_after,
         "float in (0, 86400], or unset",
         "Seconds after which a check run that is still going (stuck) is started again beside "
-        "it, unless the check sets its own restart_after. Unset: the larger of 10 x the check's "
-        "timeout and 30 s.",
+        "it, unless the check sets its own restart_after. Unset: 3 x the check's timeout.",
         "60",
     ),
     Setting(

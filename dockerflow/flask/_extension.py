@@ -384,7 +384,7 @@ class Dockerflow:
         :param name: the check's key in the report; defaults to the function's ``__name__``.
         :param options: keyword options of :class:`~dockerflow.engine.Check`: ``timeout``
             (seconds; default ``DOCKERFLOW_CHECK_TIMEOUT``), ``interval`` and ``max_age``
-            (background refresh), ``failure_threshold`` and ``failure_grace`` (flap damping),
+            (background refresh), ``failure_threshold`` and ``failure_delay`` (flap damping),
             ``restart_after`` (seconds before a stuck run is started again; default
             ``DOCKERFLOW_CHECK_RESTART_AFTER``).
         :returns: ``func`` itself.

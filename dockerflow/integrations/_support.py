@@ -189,14 +189,25 @@ class PerLoop(Generic[T]):
     keeps its pool per loop. Each is closed on its own loop when that loop shuts down:
     ``asyncio.run()`` and anyio close a loop's async generators before they close the loop, and
     one of ours, parked on each loop that has a value, closes the value then. Five
-    ``asyncio.run()`` calls therefore leave no pool and no server connection behind. A value of
-    another loop (a forked child's parent's) is never touched.
+    ``asyncio.run()`` calls therefore leave no pool and no server connection behind. A loop
+    closed without that shutdown (``run_until_complete()`` then ``close()``) cannot close its
+    values any more: they are let go the next time any loop asks for its value, after
+    ``abandon(value)`` (which should at least end the server's side of its connections); their
+    sockets are closed when they are collected. A value of another loop (a forked child's
+    parent's) is never touched.
 
     :param close: ``await close(value)`` releases a value; run on the value's own loop.
+    :param abandon: ``abandon(value)`` releases what it can of a value whose loop was closed,
+        without that loop; its errors are ignored.
     """
 
-    def __init__(self, close: Callable[[T], Awaitable[object]]) -> None:
+    def __init__(
+        self,
+        close: Callable[[T], Awaitable[object]],
+        abandon: Callable[[T], object] | None = None,
+    ) -> None:
         self._close = close
+        self._abandon = abandon
         self._values: dict[asyncio.AbstractEventLoop, T] = {}
         self._watchers: dict[asyncio.AbstractEventLoop, AsyncGenerator[None, None]] = {}
         self._locks: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
@@ -212,6 +223,7 @@ class PerLoop(Generic[T]):
         value = self._values.get(loop)
         if value is not None:
             return value
+        self._forget_closed_loops()
         # Heartbeats that arrive together on a new loop must make one value, not one each.
         async with self._locks.setdefault(loop, asyncio.Lock()):
             value = self._values.get(loop)
@@ -229,11 +241,23 @@ class PerLoop(Generic[T]):
         loop = asyncio.get_running_loop()
         value = self._values.get(loop)
         if value is None:
+            self._forget_closed_loops()
             value = self._values[loop] = make()
             watcher = self._watchers[loop] = self._watch(loop)
             # Its first step, which registers it with the loop, must be awaited: in a task.
             self._starting = loop.create_task(_first_step(watcher))
         return value
+
+    def _forget_closed_loops(self) -> None:
+        # Values of loops closed without shutting their async generators down: nothing will
+        # ever close them on their loop, and holding them would hold the loop and its sockets.
+        for loop in [loop for loop in (*self._values, *self._locks) if loop.is_closed()]:
+            value = self._values.pop(loop, None)
+            self._watchers.pop(loop, None)
+            self._locks.pop(loop, None)
+            if value is not None and self._abandon is not None:
+                with contextlib.suppress(Exception):
+                    self._abandon(value)
 
     async def discard(self) -> None:
         """Close the running loop's value and forget it; a later :meth:`get` makes a new one."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -80,15 +81,24 @@ class AsyncpgCheck(Bounded):
             import asyncpg  # noqa: F401 - fail here, where the check is made, not at a heartbeat
         self.dsn = None if dsn is None else _asyncpg_dsn(dsn)
         self._pool = pool
+        # A given pool belongs to the process (and loop) that opened it.
+        self._pool_pid = os.getpid()
         self._connect_kwargs: Mapping[str, Any] = connect_kwargs
         # asyncpg connections belong to the loop that opened them: one pool per loop, closed
         # when its loop ends.
-        self._pools: PerLoop[Any] = PerLoop(lambda pool: pool.close())
+        # A pool of a loop closed without closing it is terminated: its connections end on the
+        # server's side at once (the loop can no longer close them properly).
+        self._pools: PerLoop[Any] = PerLoop(
+            lambda pool: pool.close(), lambda pool: pool.terminate()
+        )
 
     async def __call__(self) -> list[CheckMessage]:
         """Run ``SELECT 1`` and return no message, or one :class:`~dockerflow.checks.Error`."""
         with requires("asyncpg", extra="postgres"):
             import asyncpg
+        misplaced = self._misplaced_pool()
+        if misplaced:
+            return [health.Error(misplaced, id=health.ERROR_MISCONFIGURED_DATABASE)]
         try:
             # One bound for opening the pool, acquiring and querying together.
             with anyio.fail_after(self.driver_timeout):
@@ -114,6 +124,28 @@ class AsyncpgCheck(Bounded):
                 raise
             return [failure("Database error", exc, health.ERROR_DB_API_EXCEPTION)]
         return []
+
+    def _misplaced_pool(self) -> str:
+        """Say why a given pool cannot be used here, or ``""``: its connections belong to the
+        process and the event loop that opened it (asyncpg itself would only say "another
+        operation is in progress")."""
+        if self._pool is None:
+            return ""
+        if os.getpid() != self._pool_pid:
+            return (
+                "Database misconfigured: the asyncpg pool given to AsyncpgCheck was opened in "
+                f"the parent process (pid {self._pool_pid}) and cannot be used in this forked "
+                "one; pass dsn= so that each process opens its own pool"
+            )
+        # asyncpg keeps no public record of a pool's loop; "_loop" has been its name throughout.
+        loop = getattr(self._pool, "_loop", None)
+        if loop is not None and loop is not asyncio.get_running_loop():
+            return (
+                "Database misconfigured: the asyncpg pool given to AsyncpgCheck belongs to "
+                "another event loop than the one the check runs on; create it on that loop "
+                "(engine.bridge.call(asyncpg.create_pool, dsn) for sync callers) or pass dsn="
+            )
+        return ""
 
     async def _select_one(self, pool: Any) -> None:
         import asyncpg

@@ -630,7 +630,9 @@ def _bounded_sync(
             return _with_statement_timeout(work, statement_ms, connection)
         except Exception as exc:
             if fired.is_set():
-                raise NoAnswerError(f"no answer from the database within {remaining:g}s") from exc
+                raise NoAnswerError(
+                    f"no answer from the database within {round(remaining, 2):g}s"
+                ) from exc
             raise
 
 

@@ -2,8 +2,9 @@
 
 Each test runs the check through a :class:`~.helpers.Proxy` in front of the shared server: healthy,
 then black-holed (connections accepted and never answered, pooled ones silent for good), then
-forwarding again. While silent, the check must report its "cannot connect" ID within its timeout;
-once the proxy forwards, the check must pass again within a couple of timeouts.
+forwarding again. While silent, the check must report its "cannot connect" ID within its timeout,
+and at once on later heartbeats; once the proxy forwards, the check must pass again within its
+timeout + 1 s.
 """
 
 from __future__ import annotations
@@ -42,19 +43,21 @@ def released(engine: Engine) -> Iterator[Callable[[Any], Any]]:
 
 
 def recovers(engine: Engine, check: Check, proxy: Proxy, cannot_connect: str) -> None:
-    """Healthy, silent (reported within the timeout, twice), then healthy again promptly."""
+    """Healthy; silent: reported within the timeout, then at once by the next heartbeats while
+    the check retries in the background; healthy again within the timeout + 1 s of the proxy
+    forwarding again (issue 21)."""
     timeout = check.timeout or engine.timeout
     assert engine.run_sync([check]).checks == {check.name: "ok"}
     proxy.black_hole()
-    for _ in range(2):  # a pooled connection gone silent, then a new one that hangs
+    for beat in range(3):
         report, took = timed(engine, check)
         msg_id, text = only_message(report, check.name)
         assert msg_id == cannot_connect, text
-        assert took < timeout + SLACK
+        assert took < (timeout + SLACK if beat == 0 else timeout / 2), (beat, took)
     proxy.forward()
     started = time.monotonic()
     while engine.run_sync([check]).checks != {check.name: "ok"}:
-        assert time.monotonic() - started < 2 * timeout + SLACK, "did not recover in time"
+        assert time.monotonic() - started < timeout + 1.0 + SLACK, "did not recover in time"
         time.sleep(0.05)
 
 
