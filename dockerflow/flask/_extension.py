@@ -47,6 +47,7 @@ from ._drain import SigtermDrain
 from ._drain import install as install_sigterm_drain
 from ._health_json import ReportTimes, health_json_response, wants_health_json
 from ._live import LiveSettings
+from ._query import BadQueryError, echo_names, read_selection
 from .signals import (
     heartbeat_checked,
     heartbeat_failed,
@@ -58,10 +59,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
 VersionCallback = Callable[[str], "dict[str, Any] | None"]
 
-#: Query parameter of ``/__heartbeat__`` naming checks to leave out, comma-separated.
-EXCLUDE_PARAM = "exclude"
-#: Query parameter of ``/__heartbeat__`` naming the only checks to run, comma-separated.
-ONLY_PARAM = "check"
 #: HTTP status of ``/__heartbeat__`` while the process drains.
 DRAINING_STATUS_CODE = 503
 #: The name the drain is reported under in ``/__heartbeat__``, in place of the checks.
@@ -576,7 +573,7 @@ class Dockerflow:
             unknown = ((wanted or set()) | excluded) - known
             if unknown:
                 # A typo in a probe's ?check= or ?exclude= must not go unnoticed.
-                raise UnknownCheckError(", ".join(sorted(unknown)))
+                raise UnknownCheckError(echo_names(unknown))
             checks = [
                 check
                 for check in checks
@@ -692,15 +689,11 @@ class Dockerflow:
             return self._heartbeat_response(
                 app, state, self._drain_report(state), DRAINING_STATUS_CODE
             )
-        args = flask.request.args
-        # Repeated parameters are merged: ?check=a&check=b is ?check=a,b.
-        only = _split_names(args.getlist(ONLY_PARAM)) if ONLY_PARAM in args else None
-        if only == []:
-            return _json_response({"error": f"?{ONLY_PARAM}= names no check"}, 400)
         try:
-            report = self._run(
-                app, state, _split_names(args.getlist(EXCLUDE_PARAM)), only, grace=True
-            )
+            selection = read_selection(flask.request)
+            report = self._run(app, state, selection.exclude, selection.only, grace=True)
+        except BadQueryError as exc:
+            return _json_response({"error": str(exc)}, 400)
         except UnknownCheckError as exc:
             return _json_response({"error": f"unknown check: {exc}"}, 400)
         except ValueError as exc:
@@ -939,11 +932,6 @@ def _new_request_id() -> str:
     raw[8] = (raw[8] & 0x3F) | 0x80
     h = raw.hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-
-
-def _split_names(values: Iterable[str]) -> list[str]:
-    """Return the names in comma-separated ``values``, blanks dropped."""
-    return [name.strip() for value in values for name in value.split(",") if name.strip()]
 
 
 def _is_own_endpoint() -> bool:
