@@ -7,7 +7,9 @@ What runs: the deployment docs/deployment.rst describes, ``gunicorn -c examples/
 (mozlog JSON on stdout, here to a file) with 2 workers x 4 ``gthread`` threads, bound to
 127.0.0.1, serving :func:`create_app`: a Flask app with ``Dockerflow(app, db=engine)``, the
 built-in database check on a SQLAlchemy engine (psycopg2, SQLAlchemy's default pool), and
-``DOCKERFLOW_CHECK_TIMEOUT`` (``--timeout``, default 1 s); every other setting is the default.
+``DOCKERFLOW_CHECK_TIMEOUT`` (``--timeout``, default 3 s as the library's); every other setting
+is the default. (Below 2 s, a run outlasts the timeout: libpq's connect timeout counts whole
+seconds, at least 2.)
 The engine's PostgreSQL (``--postgres-url``, the tests' shared server by default; only ``SELECT 1``
 is sent) is reached through a TCP proxy run by this script on 127.0.0.1 which passes, then
 black-holes for ``--fault`` seconds (default 20), then passes again. A black hole accepts new
@@ -663,7 +665,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--before-ref", default=DEFAULT_BEFORE_REF, help="git ref of the tree without the fix"
     )
-    parser.add_argument("--timeout", type=float, default=1.0, help="DOCKERFLOW_CHECK_TIMEOUT")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=3.0,
+        help="DOCKERFLOW_CHECK_TIMEOUT (default: 3, the library's)",
+    )
     parser.add_argument(
         "--postgres-url",
         default=os.environ.get(
