@@ -29,8 +29,10 @@ the same client against a stub HTTP server in the same loop.
 Phases: warm-up (5 s, not counted), before the fault (10 s), the fault (20 s), after it (15 s).
 Per tree, the table gives:
 
-* p50/p99/max of both endpoints before, during and after the fault (by scheduled time), and the
-  share of lbheartbeats over 100 ms during the fault;
+* p50/p99/max of both endpoints before, during and after the fault, and the share of
+  lbheartbeats over 100 ms during the fault, also among those sent once the first failing run
+  was over (fault start + timeout + 0.1 s); a probe is "during" the fault if it was scheduled
+  before its end and answered after its start;
 * heartbeats answered per second during the fault, and probes with no answer;
 * detection: fault start -> the first failing heartbeat answered (a status other than 200, or no
   answer), and recovery: fault end -> the first passing heartbeat answered;
@@ -538,6 +540,11 @@ def figures(run: TreeRun, timeout: float) -> Figures:
     slow = sum(1 for p in lb_during if p.latency > LBHEARTBEAT_TARGET)
     rows["lbheartbeats over 100 ms during the fault"] = (
         f"{slow}/{len(lb_during)} ({100 * slow / max(1, len(lb_during)):.0f} %)"
+    )
+    # Those sent once the first failing run was over (the fault's start + the timeout + 0.1 s).
+    late = [p for p in lb_during if p.scheduled >= run.fault_start + timeout + 0.1]
+    rows["  of those sent after fault start + timeout + 0.1 s"] = (
+        f"{sum(p.latency > LBHEARTBEAT_TARGET for p in late)}/{len(late)}"
     )
     fault_seconds = run.fault_end - run.fault_start
     served = sum(1 for p in heartbeats if run.fault_start <= p.done < run.fault_end)
