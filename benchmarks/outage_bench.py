@@ -52,10 +52,10 @@ Targets, ``MET`` or ``MISSED`` per tree: heartbeat p99 <= 1.2 x the timeout and 
 Two trees run one after the other in one run, each in a fresh gunicorn alone on the machine:
 "before", the ``dockerflow`` package of ``--before-ref`` (default ``5049c0f``, main before issue
 21) taken with ``git archive`` into a temporary directory, and "after", the tree the script runs
-from (or ``--after-tree``). Each tree is the working directory of its gunicorn and the first entry
-of its ``PYTHONPATH``, ahead of the venv's editable install; each worker writes which
-``dockerflow`` it imported, and the table says it. Both use this venv's interpreter and
-libraries. About 2.5 minutes.
+from (or ``--after-tree``, or ``--after-ref``'s package taken the same way). Each tree is the
+working directory of its gunicorn and the first entry of its ``PYTHONPATH``, ahead of the venv's
+editable install; each worker writes which ``dockerflow`` it imported, and the table says it.
+Both use this venv's interpreter and libraries. About 2 minutes.
 
 This module is also the app gunicorn serves (``outage_bench:create_app()``).
 """
@@ -670,6 +670,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--after-tree", type=Path, default=REPO, help="the tree with the fix (default: this one)"
     )
     parser.add_argument(
+        "--after-ref",
+        help="a git ref to take the tree with the fix from instead (as --before-ref is taken)",
+    )
+    parser.add_argument(
         "--before-ref", default=DEFAULT_BEFORE_REF, help="git ref of the tree without the fix"
     )
     parser.add_argument(
@@ -700,6 +704,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.settings = dict(setting.partition("=")[::2] for setting in args.setting)
     if any(not name.startswith("DOCKERFLOW_") for name in args.settings):
         parser.error("--setting takes DOCKERFLOW_NAME=VALUE")
+    if args.after_ref is not None and args.after_tree != REPO:
+        parser.error("--after-tree and --after-ref are exclusive")
     args.after_tree = args.after_tree.resolve()
     if not (args.after_tree / "dockerflow" / "__init__.py").is_file():
         parser.error(f"--after-tree {args.after_tree} has no dockerflow package")
@@ -717,14 +723,24 @@ async def main_async(args: argparse.Namespace) -> None:
     started = time.monotonic()
     load = os.popen("uptime").read().strip()
     floor = await client_floor()
-    with tempfile.TemporaryDirectory(prefix="outage-bench-before-tree-") as tmp:
-        before_tree = Path(tmp)
-        runs = [
-            TreeRun(
-                "before", before_tree, f"{args.before_ref}: {archive(args.before_ref, before_tree)}"
-            ),
-            TreeRun("after", args.after_tree, f"{args.after_tree}: {describe(args.after_tree)}"),
-        ]
+    with (
+        tempfile.TemporaryDirectory(prefix="outage-bench-before-tree-") as before_tmp,
+        tempfile.TemporaryDirectory(prefix="outage-bench-after-tree-") as after_tmp,
+    ):
+        before_tree = Path(before_tmp)
+        before = TreeRun(
+            "before", before_tree, f"{args.before_ref}: {archive(args.before_ref, before_tree)}"
+        )
+        if args.after_ref is None:
+            after = TreeRun(
+                "after", args.after_tree, f"{args.after_tree}: {describe(args.after_tree)}"
+            )
+        else:
+            after_tree = Path(after_tmp)
+            after = TreeRun(
+                "after", after_tree, f"{args.after_ref}: {archive(args.after_ref, after_tree)}"
+            )
+        runs = [before, after]
         for run in runs:
             print(f"running {run.label}: {run.description}", file=sys.stderr, flush=True)
             await run_tree(run, args, upstream)
