@@ -15,7 +15,10 @@ import os
 bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
 
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-# Threads per worker: a heartbeat waiting on a slow check does not hold up other requests.
+# Threads per worker: other requests are served beside a heartbeat waiting on a slow check, as
+# long as threads are left over: heartbeats/s x the seconds each may wait must stay below
+# workers x threads, and clients that never finish a request hold threads too (a proxy in front
+# reads requests whole). See "Threads: the arithmetic" in docs/deployment.rst.
 worker_class = "gthread"
 threads = int(os.environ.get("GUNICORN_THREADS", "4"))
 

@@ -15,6 +15,7 @@ from flask import Flask
 
 from dockerflow.checks import Error
 from dockerflow.flask import Dockerflow
+from dockerflow.flask._query import MAX_ECHOED_NAME_CHARS, MAX_ECHOED_NAMES
 
 
 @pytest.fixture
@@ -70,6 +71,52 @@ def test_the_ignored_names_logged_are_bounded(app: Flask, caplog: pytest.LogCapt
         names = ",".join(f"gone{i}" for i in range(start, start + 50))
         assert checks_of(app, f"exclude=down,{names}")[0] == 200
     assert sum("?exclude= names" in r.getMessage() for r in caplog.records) == 100
+
+
+#: Query strings as a WSGI server hands them on (PEP 3333: the raw bytes, latin-1 decoded):
+#: gunicorn and uWSGI pass a raw byte that is not UTF-8 through.
+NOT_UTF8_QUERIES = {
+    "check_ff": ("check=\xff", 6, "ff"),
+    "exclude_after_a_name": ("exclude=up,\xfe", 11, "fe"),
+    "truncated_sequence": ("check=caf\xc3", 9, "c3"),
+    "another_parameter": ("check=up&cache_buster=\xff\xfe", 22, "ff"),
+}
+
+
+@pytest.mark.parametrize(("raw", "offset", "byte"), NOT_UTF8_QUERIES.values(), ids=NOT_UTF8_QUERIES)
+def test_a_query_string_that_is_not_utf8_is_a_json_400(
+    app: Flask, raw: str, offset: int, byte: str
+) -> None:
+    # Set in the environ as the server would: the test client would percent-encode a URL.
+    response = app.test_client().get("/__heartbeat__", environ_overrides={"QUERY_STRING": raw})
+    assert (response.status_code, response.mimetype) == (400, "application/json")
+    assert response.json == {
+        "error": f"the query string is not valid UTF-8 (byte 0x{byte} at offset {offset}): "
+        "percent-encode check names as UTF-8"
+    }
+
+
+def test_percent_encoded_utf8_names_still_work(app: Flask) -> None:
+    status, body = checks_of(app, "check=up,%E2%98%83")
+    assert (status, body) == (400, {"error": "unknown check: \u2603"})
+
+
+def test_unknown_names_are_echoed_within_a_bound(app: Flask) -> None:
+    names = [f"n{number:05d}" for number in range(10_000)]
+    status, body = checks_of(app, "check=" + ",".join(names))
+    shown = ", ".join(names[:MAX_ECHOED_NAMES])
+    assert (status, body) == (400, {"error": f"unknown check: {shown} and 9990 more"})
+    status, body = checks_of(app, "exclude=" + "x" * 100_000)
+    echoed = "x" * MAX_ECHOED_NAME_CHARS + "..."
+    assert (status, body) == (400, {"error": f"unknown check: {echoed}"})
+
+
+def test_the_cli_echoes_unknown_names_within_the_same_bound(app: Flask) -> None:
+    names = [f"n{number:02d}" for number in range(MAX_ECHOED_NAMES + 2)]
+    runner = app.test_cli_runner()
+    result = runner.invoke(args=["dockerflow", "heartbeat", "--check", ",".join(names)])
+    assert result.exit_code == 2
+    assert f"unknown check: {', '.join(names[:MAX_ECHOED_NAMES])} and 2 more" in result.output
 
 
 def test_repeated_parameters_are_merged(app: Flask) -> None:

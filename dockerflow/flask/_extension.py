@@ -51,6 +51,7 @@ from ._drain import Drain
 from ._health_json import ReportTimes, health_json_response, wants_health_json
 from ._live import LiveSettings
 from ._page import asset_response, history_body, icon_response, page_response, wants_html
+from ._query import BadQueryError, echo_names, read_selection
 from .signals import (
     heartbeat_checked,
     heartbeat_failed,
@@ -62,10 +63,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
 VersionCallback = Callable[[str], "dict[str, Any] | None"]
 
-#: Query parameter of ``/__heartbeat__`` naming checks to leave out, comma-separated.
-EXCLUDE_PARAM = "exclude"
-#: Query parameter of ``/__heartbeat__`` naming the only checks to run, comma-separated.
-ONLY_PARAM = "check"
 #: Unknown names in ``?exclude=`` logged once per process, at most (the rest are not logged).
 MAX_LOGGED_EXCLUDES = 100
 #: HTTP status of ``/__heartbeat__`` while the process drains.
@@ -587,8 +584,7 @@ class Dockerflow:
             if unknown:
                 # A typo in a probe's ?check= must not go unnoticed.
                 raise UnknownCheckError(
-                    f"{', '.join(sorted(unknown))} (the checks are: "
-                    f"{', '.join(sorted(known)) or 'none'})"
+                    f"{echo_names(unknown)} (the checks are: {', '.join(sorted(known)) or 'none'})"
                 )
             self._log_unknown_excludes(state, excluded - known)
             checks = [
@@ -636,7 +632,7 @@ class Dockerflow:
             self.logger.warning(
                 "?exclude= names %r, which is not a registered check: ignored (logged once "
                 "per process)",
-                name,
+                echo_names([name]),
             )
 
     def _warn_unknown_noncritical(self, state: _AppState, checks: Iterable[Check]) -> None:
@@ -733,15 +729,13 @@ class Dockerflow:
             return self._heartbeat_response(
                 app, state, self._drain_report(state), DRAINING_STATUS_CODE
             )
-        args = flask.request.args
-        # Repeated parameters are merged: ?check=a&check=b is ?check=a,b.
-        only = _split_names(args.getlist(ONLY_PARAM)) if ONLY_PARAM in args else None
-        if only == []:
-            return _json_response({"error": f"?{ONLY_PARAM}= names no check"}, 400)
         try:
+            selection = read_selection(flask.request)
             report = self._run(
-                app, state, _split_names(args.getlist(EXCLUDE_PARAM)), only, grace=True, group=group
+                app, state, selection.exclude, selection.only, grace=True, group=group
             )
+        except BadQueryError as exc:
+            return _json_response({"error": str(exc)}, 400)
         except UnknownGroupError:
             # The group's name is not echoed: the known ones are listed instead.
             known = sorted(_group_members(state, self._all_checks()))
@@ -1042,11 +1036,6 @@ def _group_members(state: _AppState, checks: Iterable[Check]) -> dict[str, set[s
         for group in check.groups:
             members.setdefault(group, set()).add(check.name)
     return members
-
-
-def _split_names(values: Iterable[str]) -> list[str]:
-    """Return the names in comma-separated ``values``, blanks dropped."""
-    return [name.strip() for value in values for name in value.split(",") if name.strip()]
 
 
 def _is_own_endpoint() -> bool:

@@ -490,6 +490,10 @@ REQUESTS: dict[str, tuple[bytes, Headers]] = {
     "lbheartbeat_then_percent_controls": (b"/__lbheartbeat__%0d%0a%1b[2J", ()),
     "heartbeat_hostile_check_names": (b"/__heartbeat__?check=" + b"%1b[2J%0d%0a%ff," * 50, ()),
     "heartbeat_hostile_exclude": (b"/__heartbeat__?exclude=" + b"%ff," * 1000, ()),
+    # Raw bytes that are not UTF-8 in a heartbeat's query: gunicorn 27 refuses such a request
+    # line itself (400); uWSGI and others pass them on, as the test client's environ does.
+    "heartbeat_raw_ff_check": (b"/__heartbeat__?check=\xff", ()),
+    "heartbeat_raw_bytes_exclude": (b"/__heartbeat__?exclude=a,\xfe\xff&check=\xc3", ()),
     "latin1_agent_and_language": (
         LBHEARTBEAT,
         [(b"User-Agent", b"caf\xe9 \xff\x80"), (b"Accept-Language", b"d\xe9, \xa0")],
