@@ -98,17 +98,28 @@ def test_a_query_string_that_is_not_utf8_is_a_json_400(
 
 def test_percent_encoded_utf8_names_still_work(app: Flask) -> None:
     status, body = checks_of(app, "check=up,%E2%98%83")
-    assert (status, body) == (400, {"error": "unknown check: \u2603"})
+    assert (status, body) == (400, {"error": f"unknown check: \u2603 {KNOWN}"})
 
 
 def test_unknown_names_are_echoed_within_a_bound(app: Flask) -> None:
     names = [f"n{number:05d}" for number in range(10_000)]
     status, body = checks_of(app, "check=" + ",".join(names))
     shown = ", ".join(names[:MAX_ECHOED_NAMES])
-    assert (status, body) == (400, {"error": f"unknown check: {shown} and 9990 more"})
-    status, body = checks_of(app, "exclude=" + "x" * 100_000)
+    assert (status, body) == (400, {"error": f"unknown check: {shown} and 9990 more {KNOWN}"})
+    status, body = checks_of(app, "check=" + "x" * 100_000)
     echoed = "x" * MAX_ECHOED_NAME_CHARS + "..."
-    assert (status, body) == (400, {"error": f"unknown check: {echoed}"})
+    assert (status, body) == (400, {"error": f"unknown check: {echoed} {KNOWN}"})
+
+
+def test_an_unknown_exclude_is_logged_within_the_same_bound(
+    app: Flask, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("WARNING", logger="dockerflow.flask")
+    status, _ = checks_of(app, "exclude=" + "x" * 100_000)
+    assert status == 200
+    echoed = "x" * MAX_ECHOED_NAME_CHARS + "..."
+    (line,) = [r.getMessage() for r in caplog.records if "?exclude=" in r.getMessage()]
+    assert repr(echoed) in line and len(line) < 200
 
 
 def test_the_cli_echoes_unknown_names_within_the_same_bound(app: Flask) -> None:

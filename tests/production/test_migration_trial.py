@@ -141,6 +141,9 @@ def scratch_database() -> Iterator[str]:
         admin.close()
 
 
+# Builds a wheel, keeps a venv per Python (made at the first run), migrates and starts gunicorn:
+# well past the suite's 60 s on a loaded machine the first time.
+@pytest.mark.timeout(300)
 def test_the_service_runs_from_the_wheel(trial_python: Path, tmp_path: Path) -> None:
     app_dir = tmp_path / "app"
     shutil.copytree(
