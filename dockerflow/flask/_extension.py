@@ -35,6 +35,7 @@ from ..engine import (
     callable_name,
 )
 from ..health import ERROR, ERROR_DRAINING, CheckMessage
+from ..health_json import MEDIA_TYPE as HEALTH_JSON
 from ..health_json import health_json
 from ..integrations import follow_timeout
 from ..logging import request_id_context, sanitize_request_id
@@ -44,7 +45,7 @@ from ._cli import CliExtension, dockerflow_cli
 from ._config import SUMMARY_DEBUG, Settings, load_settings
 from ._drain import SigtermDrain
 from ._drain import install as install_sigterm_drain
-from ._health_json import ReportTimes, health_json_response, wants_health_json
+from ._health_json import ReportTimes, health_json_response, wants_media_type
 from ._live import LiveSettings, RequestSettings
 from ._records import call_site, log_record
 from ._request_ids import RequestIds
@@ -650,6 +651,9 @@ class Dockerflow:
         self.metrics.observe(report, stuck)
 
     def _send(self, signal: Any, sender: Flask, **kwargs: Any) -> None:
+        # Nobody listens, the usual case: nothing to send (blinker keeps no other state).
+        if not signal.receivers:
+            return
         # Each receiver called on its own: one that raises is logged, the others still run
         # and the heartbeat's response stays what the checks made it.
         for receiver in list(signal.receivers_for(sender)):
@@ -716,7 +720,8 @@ class Dockerflow:
     ) -> flask.Response:
         details = state.live.get("details")
         show = details == "always" or (details == "debug" and app.debug)
-        if wants_health_json(flask.request.accept_mimetypes):
+        accept = flask.request._get_current_object().environ.get("HTTP_ACCEPT")  # type: ignore[attr-defined]
+        if wants_media_type(accept, HEALTH_JSON):
             response = health_json_response(self._body(state, report, True, show), status)
         else:
             response = _json_response(self._body(state, report, False, show), status)
