@@ -24,11 +24,11 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Set
 from contextvars import ContextVar
 from itertools import islice
 from types import TracebackType
-from typing import TYPE_CHECKING, ClassVar, Literal, TextIO
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TextIO
 
 from ._logjson import (
     MAX_DEPTH,
@@ -101,6 +101,93 @@ _RECORD_ATTRIBUTES = frozenset(_STANDARD_ORDER) | {
 }
 
 
+class _AttributeNames(set[str]):
+    """A set of record attribute names that knows whether it holds every standard attribute.
+
+    The formatter asks that of :attr:`JsonLogFormatter.EXCLUDED_LOGRECORD_ATTRS` for every
+    record with extras, while users may change the set at any time: the answer is worked out
+    again on each change, instead of on each record.
+    """
+
+    #: Whether every attribute LogRecord.__init__ sets is in the set.
+    covers_standard: bool
+
+    def __init__(self, names: Iterable[str] = ()) -> None:
+        super().__init__(names)
+        self._changed()
+
+    def _changed(self) -> None:
+        self.covers_standard = self.issuperset(_STANDARD_ORDER)
+
+    def add(self, name: str) -> None:
+        super().add(name)
+        self._changed()
+
+    def discard(self, name: object) -> None:
+        super().discard(name)
+        self._changed()
+
+    def remove(self, name: str) -> None:
+        super().remove(name)
+        self._changed()
+
+    def pop(self) -> str:
+        name = super().pop()
+        self._changed()
+        return name
+
+    def clear(self) -> None:
+        super().clear()
+        self._changed()
+
+    def update(self, *others: Iterable[str]) -> None:
+        super().update(*others)
+        self._changed()
+
+    def difference_update(self, *others: Iterable[Any]) -> None:
+        super().difference_update(*others)
+        self._changed()
+
+    def intersection_update(self, *others: Iterable[Any]) -> None:
+        super().intersection_update(*others)
+        self._changed()
+
+    def symmetric_difference_update(self, other: Iterable[str]) -> None:
+        super().symmetric_difference_update(other)
+        self._changed()
+
+    def __ior__(self, other: Set[str]) -> _AttributeNames:  # type: ignore[override,misc]
+        super().__ior__(other)
+        self._changed()
+        return self
+
+    def __iand__(self, other: Set[object]) -> _AttributeNames:
+        super().__iand__(other)
+        self._changed()
+        return self
+
+    def __isub__(self, other: Set[object]) -> _AttributeNames:
+        super().__isub__(other)
+        self._changed()
+        return self
+
+    def __ixor__(self, other: Set[str]) -> _AttributeNames:  # type: ignore[override,misc]
+        super().__ixor__(other)
+        self._changed()
+        return self
+
+
+def _covers_standard(excluded: set[str]) -> bool:
+    """Return whether ``excluded`` holds every attribute LogRecord.__init__ sets.
+
+    Asked per record: the default set keeps the answer; a set a user put in its place is
+    looked through.
+    """
+    if type(excluded) is _AttributeNames:
+        return excluded.covers_standard
+    return excluded.issuperset(_STANDARD_ORDER)
+
+
 class JsonLogFormatter(logging.Formatter):
     """Format log records as one-line JSON in the mozlog envelope.
 
@@ -131,7 +218,7 @@ class JsonLogFormatter(logging.Formatter):
     #: in python-dockerflow: ``JsonLogFormatter.EXCLUDED_LOGRECORD_ATTRS.add("secret")`` keeps
     #: an attribute out of every formatter's output from the next record on, including
     #: formatters already created.
-    EXCLUDED_LOGRECORD_ATTRS: ClassVar[set[str]] = set(_RECORD_ATTRIBUTES)
+    EXCLUDED_LOGRECORD_ATTRS: ClassVar[set[str]] = _AttributeNames(_RECORD_ATTRIBUTES)
 
     def __init__(
         self,
@@ -199,7 +286,10 @@ class JsonLogFormatter(logging.Formatter):
             # The usual record, on a path where each step saved shows in the cost. Anything
             # unusual raises on the way (a message that is not a str, a value the encoder
             # refuses, an unhashable name) and the record is done again carefully.
-            message = record.getMessage()
+            message = record.msg
+            # getMessage() of a plain record without arguments returns its str msg as is.
+            if record.args or type(message) is not str or type(record) is not logging.LogRecord:
+                message = record.getMessage()
             keep_message = message and not (message[0] == "{" and message[-1] == "}")
             # Read per record: users add to (or take from) this set at any time.
             excluded = self.EXCLUDED_LOGRECORD_ATTRS
@@ -212,7 +302,12 @@ class JsonLogFormatter(logging.Formatter):
                     return self._format_carefully(record, logger_name)
             else:
                 # What _extras() does, inline.
-                fields = dict(islice(attrs.items(), _skip_count(excluded), None))
+                # _covers_standard(), inline.
+                if type(excluded) is _AttributeNames:
+                    covers = excluded.covers_standard
+                else:
+                    covers = excluded.issuperset(_STANDARD_ORDER)
+                fields = dict(islice(attrs.items(), _STANDARD_COUNT if covers else 0, None))
                 if not excluded.isdisjoint(fields):
                     fields = {key: value for key, value in attrs.items() if key not in excluded}
                 if keep_message:
@@ -292,7 +387,8 @@ class JsonLogFormatter(logging.Formatter):
         ``__init__``, so that a standard one came later), every attribute is looked at.
         """
         excluded = self.EXCLUDED_LOGRECORD_ATTRS
-        extras = dict(islice(attrs.items(), _skip_count(excluded), None))
+        skip = _STANDARD_COUNT if _covers_standard(excluded) else 0
+        extras = dict(islice(attrs.items(), skip, None))
         if excluded.isdisjoint(extras):
             return extras
         return {key: value for key, value in attrs.items() if key not in excluded}
@@ -343,16 +439,6 @@ class JsonLogFormatter(logging.Formatter):
 
 MozlogFormatter = JsonLogFormatter
 """The same class as :class:`JsonLogFormatter`, by its other python-dockerflow name."""
-
-
-def _skip_count(excluded: set[str] | frozenset[str]) -> int:
-    """Return how many leading attributes of a record cannot be extras.
-
-    LogRecord.__init__ sets the standard attributes first: when all of them are excluded,
-    they need no look. A set narrowed to keep one (``process``, say) gets every attribute
-    looked at.
-    """
-    return _STANDARD_COUNT if excluded.issuperset(_STANDARD_ORDER) else 0
 
 
 def _safe_str(value: object) -> str:
@@ -436,6 +522,8 @@ def sanitize_request_id(value: str | bytes | None, max_length: int = 128) -> str
     """
     if max_length < 1:
         raise ValueError(f"max_length must be at least 1, not {max_length}")
+    if type(value) is str:  # a header value from the WSGI environ: the usual case
+        return value if len(value) <= max_length and _REQUEST_ID.fullmatch(value) else None
     if isinstance(value, (bytes, bytearray)):
         try:
             value = bytes(value).decode("ascii")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import os
@@ -40,6 +39,7 @@ from ..engine import (
     callable_name,
 )
 from ..health import ERROR, ERROR_DRAINING, CheckMessage
+from ..health_json import MEDIA_TYPE as HEALTH_JSON
 from ..health_json import health_json
 from ..integrations import UnboundMigrationsCheck, follow_timeout
 from ..logging import request_id_context, sanitize_request_id
@@ -48,10 +48,12 @@ from ..version import get_version
 from ._cli import CliExtension, dockerflow_cli
 from ._config import SUMMARY_DEBUG, Settings, load_settings
 from ._drain import Drain
-from ._health_json import ReportTimes, health_json_response, wants_health_json
-from ._live import LiveSettings
+from ._health_json import ReportTimes, health_json_response, wants_media_type
+from ._live import LiveSettings, RequestSettings
 from ._page import asset_response, history_body, icon_response, page_response, wants_html
 from ._query import BadQueryError, echo_names, read_selection
+from ._records import call_site, log_record
+from ._request_ids import RequestIds
 from .signals import (
     heartbeat_checked,
     heartbeat_failed,
@@ -173,6 +175,7 @@ class Dockerflow:
         self._bridge = LoopThread()
         self._apps: weakref.WeakKeyDictionary[Flask, _AppState] = weakref.WeakKeyDictionary()
         self._version_callback: VersionCallback = get_version
+        self._request_ids = RequestIds()
         self._blueprint = self._make_blueprint()
         # Draining: on SIGTERM or start_draining(), for every app of the extension.
         self._drain = Drain()
@@ -676,6 +679,9 @@ class Dockerflow:
         self.metrics.observe(report, stuck, group=group)
 
     def _send(self, signal: Any, sender: Flask, **kwargs: Any) -> None:
+        # Nobody listens, the usual case: nothing to send (blinker keeps no other state).
+        if not signal.receivers:
+            return
         # Each receiver called on its own: one that raises is logged, the others still run
         # and the heartbeat's response stays what the checks made it.
         for receiver in list(signal.receivers_for(sender)):
@@ -752,10 +758,16 @@ class Dockerflow:
         self, app: Flask, state: _AppState, report: Report, status: int, group: str | None = None
     ) -> flask.Response:
         show = self._details_shown(app, state)
-        accept = flask.request.accept_mimetypes
-        if show and state.live.get("heartbeat_page") and wants_html(accept):
+        accept = flask.request._get_current_object().environ.get("HTTP_ACCEPT")  # type: ignore[attr-defined]
+        if (
+            show
+            and accept
+            and "html" in accept.lower()  # the usual */* and JSON never parse the header
+            and state.live.get("heartbeat_page")
+            and wants_html(flask.request.accept_mimetypes)
+        ):
             response = self._page(app, state, report, status)
-        elif wants_health_json(accept):
+        elif wants_media_type(accept, HEALTH_JSON):
             response = health_json_response(self._body(state, report, True, show, group), status)
         else:
             response = _json_response(self._body(state, report, False, show), status)
@@ -874,51 +886,55 @@ class Dockerflow:
     # and finds the app's state once, in _before_request, for the rest of the request.
 
     def _before_request(self, state: _AppState) -> None:
-        g = flask.g._get_current_object()
-        environ = flask.request.environ
-        rid = sanitize_request_id(environ.get(state.live.request_id_environ_key()))
+        values = flask.g._get_current_object().__dict__
+        settings = state.live.for_request()
+        environ = flask.request._get_current_object().environ  # type: ignore[attr-defined]
+        rid = environ.get(settings.request_id_environ_key)
+        if rid is not None:
+            rid = sanitize_request_id(rid)
         if rid is None:
-            rid = _new_request_id()
-        g._dockerflow_rid_token = request_id_context.set(rid)
-        g._request_id = rid
-        if "request_id" not in g.__dict__:
-            g.request_id = rid
+            rid = self._request_ids.new()
+        values["_dockerflow_rid_token"] = request_id_context.set(rid)
+        values["_request_id"] = rid
+        if "request_id" not in values:
+            values["request_id"] = rid
         # python-dockerflow's wall-clock start, kept for code that reads it; "t" is measured
         # on the monotonic clock, and left out if g._start_timestamp was removed.
-        g._start_timestamp = time.time()
-        g._dockerflow = (time.monotonic_ns(), state)
+        values["_start_timestamp"] = time.time()
+        values["_dockerflow"] = (time.monotonic_ns(), state, settings)
 
     def _after_request(self, state: _AppState, response: flask.Response) -> flask.Response:
-        g = flask.g._get_current_object()
-        rid = g.__dict__.get("_request_id") or request_id_context.get()
-        if "_dockerflow" not in g.__dict__ or rid is None:
+        values = flask.g._get_current_object().__dict__
+        rid = values.get("_request_id") or request_id_context.get()
+        started = values.get("_dockerflow")
+        if started is None or rid is None:
             # Our before_request hook did not run: a hook placed ahead of it answered, or the
             # response was made without dispatching (app.process_response). Still give the
             # request an id and its summary line, without a duration.
+            settings = state.live.for_request()
             rid = rid or sanitize_request_id(
-                flask.request.environ.get(state.live.request_id_environ_key())
+                flask.request.environ.get(settings.request_id_environ_key)
             )
-            rid = rid or _new_request_id()
-            g._dockerflow_rid_token = request_id_context.set(rid)
-            g._request_id = rid
-            if "request_id" not in g.__dict__:
-                g.request_id = rid
-        response.headers[state.live.get("request_id_header")] = rid
+            rid = rid or self._request_ids.new()
+            values["_dockerflow_rid_token"] = request_id_context.set(rid)
+            values["_request_id"] = rid
+            if "request_id" not in values:
+                values["request_id"] = rid
+        else:
+            settings = started[2]
+        response.headers[settings.request_id_header] = rid
         level = logging.INFO
-        if response.status_code < 400:
+        code = response.status_code
+        if code < 400:
             # Probes that pass may be quieter; an error status (a failing heartbeat) is not.
-            mode = state.live.get("summary_log_dockerflow_endpoints")
+            mode = settings.summary_log_dockerflow_endpoints
             if mode is not True and _is_own_endpoint():
                 level = logging.DEBUG if mode == SUMMARY_DEBUG else 0
-        if (
-            level
-            and self.summary_logger.isEnabledFor(level)
-            and "_dockerflow_failed" not in g.__dict__
-        ):
+        if level and self.summary_logger.isEnabledFor(level) and "_dockerflow_failed" not in values:
             extra = self.summary_extra()
-            extra["code"] = response.status_code
-            _log_fast(self.summary_logger, level, "", extra)
-        _forget_request_id(g)
+            extra["code"] = code
+            log_record(self.summary_logger, level, "", extra, _SUMMARY_SITE)
+        _forget_request_id(values)
         return response
 
     def _got_request_exception(self, sender: Flask, exception: BaseException, **_: Any) -> None:
@@ -942,10 +958,13 @@ class Dockerflow:
         """
         request = flask.request._get_current_object()  # type: ignore[attr-defined]
         environ = request.environ
-        g = flask.g._get_current_object()
-        started, state = g.__dict__.get("_dockerflow") or (None, None)
-        if state is None:
-            state = self._state()
+        values = flask.g._get_current_object().__dict__
+        entry: tuple[int, _AppState, RequestSettings] | None = values.get("_dockerflow")
+        if entry is None:
+            started = None
+            settings = self._state().live.for_request()
+        else:
+            started, _, settings = entry
         user_id = self.user_id()
         out: dict[str, Any] = {
             "errno": 0,
@@ -957,9 +976,9 @@ class Dockerflow:
             "uid": "" if user_id is None else user_id,
             "rid": request_id_context.get(),
         }
-        if started is not None and "_start_timestamp" in g.__dict__:
+        if started is not None and "_start_timestamp" in values:
             out["t"] = (time.monotonic_ns() - started) // 1_000_000
-        if state.live.get("summary_log_querystring"):
+        if settings.summary_log_querystring:
             out["querystring"] = request.query_string.decode("utf-8", "backslashreplace")
         return out
 
@@ -990,18 +1009,6 @@ class Dockerflow:
         return user_id
 
 
-def _log_fast(logger: logging.Logger, level: int, msg: str, extra: dict[str, Any]) -> None:
-    """Log like ``logger.log(level, msg, extra=extra)``, without looking up the caller's frame.
-
-    The record's ``pathname``, ``lineno`` and ``funcName`` stay empty; the mozlog formatter
-    does not show them. Filters, handlers and ``logger.disabled`` apply as usual.
-    """
-    if not isinstance(logger, logging.Logger):  # e.g. a LoggerAdapter set by a subclass
-        logger.log(level, msg, extra=extra)
-        return
-    logger.handle(logger.makeRecord(logger.name, level, "", 0, msg, (), None, None, extra))
-
-
 def _has_flask_login() -> bool:
     # Code written for python-dockerflow turns user ids off by setting
     # dockerflow.flask.app.has_flask_login = False; that module imports this one, so it is
@@ -1009,23 +1016,17 @@ def _has_flask_login() -> bool:
     return bool(getattr(sys.modules.get(f"{__package__}.app"), "has_flask_login", True))
 
 
-def _forget_request_id(g: Any) -> None:
+def _forget_request_id(values: dict[str, Any]) -> None:
     # Worker threads serve many requests: do not leave this request's id behind for log lines
     # written between requests. (With PROPAGATE_EXCEPTIONS, a failed request skips the
-    # after_request hooks; the next request's id then replaces it.)
-    token = g.__dict__.pop("_dockerflow_rid_token", None)
+    # after_request hooks; the next request's id then replaces it.) ``values`` is g's __dict__.
+    token = values.pop("_dockerflow_rid_token", None)
     if token is not None:
-        with contextlib.suppress(ValueError):  # set in another context (an async view's)
+        # try/except rather than contextlib.suppress: this runs on every request.
+        try:  # noqa: SIM105
             request_id_context.reset(token)
-
-
-def _new_request_id() -> str:
-    """Return a random (version 4) UUID string; a quicker ``str(uuid.uuid4())``."""
-    raw = bytearray(os.urandom(16))
-    raw[6] = (raw[6] & 0x0F) | 0x40
-    raw[8] = (raw[8] & 0x3F) | 0x80
-    h = raw.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+        except ValueError:  # set in another context (an async view's)
+            pass
 
 
 def _group_members(state: _AppState, checks: Iterable[Check]) -> dict[str, set[str]]:
@@ -1049,6 +1050,10 @@ def _json_response(body: Any, status: int) -> flask.Response:
     response.headers["Cache-Control"] = "no-store"
     return response
 
+
+#: Where the request.summary record is written: python-dockerflow's records name the line of
+#: its hook that logs them, and so do ours.
+_SUMMARY_SITE = call_site(Dockerflow._after_request, log_record.__name__)
 
 if TYPE_CHECKING:
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import flask
 from werkzeug.datastructures import MIMEAccept
+from werkzeug.http import parse_accept_header
 
 from ..engine import Report, after_fork_in_child
 from ..health_json import MEDIA_TYPE
@@ -20,21 +21,26 @@ from ..health_json import MEDIA_TYPE
 MAX_REMEMBERED = 128
 
 
-def wants_health_json(accept: MIMEAccept) -> bool:
-    """Return whether the client asks for ``application/health+json`` rather than the default.
+def wants_media_type(accept: str | None, media_type: str) -> bool:
+    """Return whether a client asks for ``media_type`` rather than the default JSON body.
 
     Only a client that names the media type, with a quality above 0, and prefers it to
     ``application/json`` gets it: no ``Accept``, ``*/*``, ``application/*``,
-    ``application/json`` or a tie between the two keep the Dockerflow body.
+    ``application/json`` or a tie between the two keep the default. The header is parsed only
+    when it names the media type: ``*/*``, what most probes send, costs nothing.
 
-    :param accept: the request's parsed ``Accept`` header (``request.accept_mimetypes``).
-    :returns: whether to answer with ``application/health+json``.
+    :param accept: the request's raw ``Accept`` header, ``None`` when it has none.
+    :param media_type: a media type in lower case, such as ``application/health+json``.
+    :returns: whether to answer with ``media_type``.
     """
+    if not accept or accept == "*/*" or media_type not in accept.lower():
+        return False
+    parsed = parse_accept_header(accept, MIMEAccept)
     named = any(
-        value.split(";", 1)[0].strip().lower() == MEDIA_TYPE and q > 0 for value, q in accept
+        value.split(";", 1)[0].strip().lower() == media_type and q > 0 for value, q in parsed
     )
     # quality() takes the most specific matching range, so "health+json;q=0.5, */*" is 0.5.
-    return named and accept.quality(MEDIA_TYPE) > accept.quality("application/json")
+    return named and parsed.quality(media_type) > parsed.quality("application/json")
 
 
 class ReportTimes:

@@ -13,6 +13,7 @@ import copy
 import logging
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from ._config import SETTINGS, Setting, Settings, _is_empty
@@ -36,6 +37,20 @@ _IMMUTABLE = (str, bytes, int, float, bool, type(None), tuple, frozenset)
 logger = logging.getLogger("dockerflow.flask")
 
 
+@dataclass(frozen=True)
+class RequestSettings:
+    """The settings the request hooks read, parsed: one object per distinct set of values."""
+
+    #: DOCKERFLOW_REQUEST_ID_HEADER_NAME.
+    request_id_header: str
+    #: Its WSGI environ key, e.g. ``HTTP_X_REQUEST_ID``.
+    request_id_environ_key: str
+    #: DOCKERFLOW_SUMMARY_LOG_QUERYSTRING.
+    summary_log_querystring: bool
+    #: DOCKERFLOW_SUMMARY_LOG_DOCKERFLOW_ENDPOINTS: True, False or "debug".
+    summary_log_dockerflow_endpoints: bool | str
+
+
 class LiveSettings:
     """The current value of each setting in :data:`LIVE_KEYS`, for one application.
 
@@ -52,6 +67,8 @@ class LiveSettings:
             for attr, s in self._settings.items()
         }
         self._environ_keys: dict[str, str] = {}
+        # The raw values the request settings were last made from, then those settings.
+        self._request: tuple[object, object, object, RequestSettings] | None = None
 
     def get(self, attr: str) -> Any:
         """Return the current parsed value of the setting with attribute name ``attr``.
@@ -87,6 +104,40 @@ class LiveSettings:
             )
         self._last[attr] = (_snapshot(raw), value)
         return value
+
+    def for_request(self) -> RequestSettings:
+        """Return the settings the request hooks read, as they are in the config now.
+
+        Three dict reads per request: while the config holds the very values seen last, the
+        settings made from them are returned; otherwise each is read with :meth:`get`, which
+        parses a value only when it differs from the last one.
+
+        :returns: the parsed settings.
+        """
+        config = self._config
+        header = config.get("DOCKERFLOW_REQUEST_ID_HEADER_NAME", _MISSING)
+        querystring = config.get("DOCKERFLOW_SUMMARY_LOG_QUERYSTRING", _MISSING)
+        endpoints = config.get("DOCKERFLOW_SUMMARY_LOG_DOCKERFLOW_ENDPOINTS", _MISSING)
+        # One tuple, replaced whole: a thread never sees new values with old settings.
+        last = self._request
+        if (
+            last is not None
+            and header is last[0]
+            and querystring is last[1]
+            and endpoints is last[2]
+        ):
+            return last[3]
+        settings = RequestSettings(
+            self.get("request_id_header"),
+            self.request_id_environ_key(),
+            self.get("summary_log_querystring"),
+            self.get("summary_log_dockerflow_endpoints"),
+        )
+        raw = (header, querystring, endpoints)
+        # A value changed in place (a mutable one) would look the same: never remembered.
+        if all(isinstance(value, _IMMUTABLE) or value is _MISSING for value in raw):
+            self._request = (*raw, settings)
+        return settings
 
     def request_id_environ_key(self) -> str:
         """Return the WSGI environ key of the request id header, e.g. ``HTTP_X_REQUEST_ID``."""
