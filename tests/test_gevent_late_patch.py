@@ -3,9 +3,10 @@
 gevent's gunicorn worker patches the standard library after the fork, when ``--preload`` has
 made the app, its engine and its checks in the arbiter, and the engine's at-fork resets ran in
 the child before the patch. Greenlets then use what was made before the patch: the sync checks'
-worker pool, the loop thread of async checks and the database check's watchdog must still serve
-greenlets that use them together, never blocking the process. In a fresh interpreter: the patch
-cannot be undone. ``tests/production/test_gevent_gunicorn.py`` does the same under gunicorn.
+worker pool, the loop thread of async checks, background refresh and the database check's
+watchdog must still serve greenlets that use them together, never blocking the process. In a
+fresh interpreter: the patch cannot be undone. ``tests/production/test_gevent_gunicorn.py``
+does the same under gunicorn.
 """
 
 from __future__ import annotations
@@ -29,11 +30,15 @@ _SCRIPT = textwrap.dedent(
     # dump the stacks and exit instead.
     faulthandler.dump_traceback_later(20, exit=True)
 
-    from dockerflow.engine import LoopThread
+    from dockerflow.engine import Check, Engine, LoopThread
     from dockerflow.engine._workers import WorkerPool
     from dockerflow.integrations._support import Watchdog
 
     made_before = (LoopThread(), WorkerPool(), Watchdog())
+    # Background refresh: each check's first heartbeat starts its task on the engine's loop
+    # (the same one: under gevent, asyncio allows one running loop per OS thread).
+    engine = Engine(timeout=1.0, bridge=made_before[0])
+    refreshed = [Check(name, lambda: [], interval=60.0) for name in "ab"]
     from gevent import monkey
 
     monkey.patch_all()
@@ -55,12 +60,14 @@ _SCRIPT = textwrap.dedent(
         watchdog.call_after(0.01, lambda: fired.append(i))
 
     greenlets = [gevent.spawn(use, i) for i in range(4)]
+    greenlets += [gevent.spawn(engine.run_sync, [refreshed[i % 2]]) for i in range(4)]
     gevent.joinall(greenlets, timeout=10)
     deadline = time.monotonic() + 10
     while len(fired) < 4 and time.monotonic() < deadline:
         gevent.sleep(0.01)
     errors = [repr(g.exception) for g in greenlets if g.exception is not None]
-    print(json.dumps([sorted(ran), sorted(answers), sorted(fired), errors]))
+    statuses = [g.value.status for g in greenlets[4:] if g.value is not None]
+    print(json.dumps([sorted(ran), sorted(answers), sorted(fired), errors, statuses]))
     bridge.stop()
     """
 )
@@ -76,4 +83,4 @@ def test_engine_threads_made_before_gevent_patches_serve_greenlets_together() ->
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout) == [[0, 1, 2, 3]] * 3 + [[]], result.stderr
+    assert json.loads(result.stdout) == [[0, 1, 2, 3]] * 3 + [[], ["ok"] * 4], result.stderr
