@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures
+import contextlib
 import contextvars
 import logging
 import threading
@@ -47,8 +48,13 @@ class LoopThread:
 
     def __init__(self, backend: str = "asyncio") -> None:
         self.backend = backend
+        # Held for a few statements that never wait: it may be a real lock in a gevent worker
+        # (made before gevent's patch, as with --preload), where a greenlet waiting on it would
+        # block the whole process. Callers wait for a start in progress on ``_starting``.
         self._lock = threading.Lock()
         self._running: _Running | None = None
+        #: The start in progress, made by the caller that starts the loop.
+        self._starting: concurrent.futures.Future[_Running] | None = None
         after_fork_in_child(self, LoopThread._forget)
 
     @property
@@ -67,9 +73,27 @@ class LoopThread:
         if running is not None:
             return running
         with self._lock:
-            if self._running is None:
-                self._running = self._start()
-            return self._running
+            running, starting = self._running, self._starting
+            starter = running is None and starting is None
+            if starter:
+                # Made now, from the threading of this moment (gevent's, once patched).
+                starting = self._starting = concurrent.futures.Future()
+        if running is not None:
+            return running
+        assert starting is not None
+        if not starter:
+            return starting.result()
+        try:
+            running = self._start()
+        except BaseException as exc:
+            with self._lock:
+                self._starting = None
+            starting.set_exception(exc)
+            raise
+        with self._lock:
+            self._running, self._starting = running, None
+        starting.set_result(running)
+        return running
 
     def call(
         self, func: Callable[..., Awaitable[T]], *args: Any, timeout: float | None = None
@@ -125,6 +149,13 @@ class LoopThread:
         """
         with self._lock:
             running, self._running = self._running, None
+            starting = self._starting
+        if running is None and starting is not None:
+            # A start in progress: wait for it (bounded), then stop what it started.
+            with contextlib.suppress(Exception):
+                starting.result(timeout)
+            with self._lock:
+                running, self._running = self._running, None
         if running is None:
             return
         atexit.unregister(self._stop_at_exit)
@@ -183,6 +214,7 @@ class LoopThread:
         if self._running is not None:
             atexit.unregister(self._stop_at_exit)
         self._running = None
+        self._starting = None
 
 
 def call_soon(

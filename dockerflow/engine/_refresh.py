@@ -92,19 +92,23 @@ class Refresher:
             with self._lock:
                 if host is not None:
                     self._forget_closed()
-                if where not in self._tasks:
-                    self._tasks.add(where)
-                    try:
-                        if host is None:
-                            self.bridge.submit(self._refresh, where, self._generation)
-                        else:
-                            generation = self._generation
-                            host.spawn(lambda: self._refresh(where, generation))
-                    except RuntimeError:
-                        # No loop (it could not start, or it is shutting down): heartbeats run
-                        # the check themselves meanwhile, and the next one tries again.
+                claimed = where not in self._tasks
+                self._tasks.add(where)
+            if claimed:
+                # Outside the lock: submit may start the loop thread, which waits under gevent,
+                # where this lock may be a real one (made at the fork, before gevent's patch).
+                try:
+                    if host is None:
+                        self.bridge.submit(self._refresh, where, self._generation)
+                    else:
+                        generation = self._generation
+                        host.spawn(lambda: self._refresh(where, generation))
+                except RuntimeError:
+                    # No loop (it could not start, or it is shutting down): heartbeats run
+                    # the check themselves meanwhile, and the next one tries again.
+                    with self._lock:
                         self._tasks.discard(where)
-                        return None
+                    return None
         return self._latest.get(where)
 
     def _forget_closed(self) -> None:

@@ -15,11 +15,19 @@ class WorkerPool:
 
     Daemon threads, because a sync check stuck forever must not keep the process from exiting.
     Idle threads exit after a while, so a burst does not leave threads behind.
+
+    Under gevent the threads are greenlets, as the application's own requests are: the queue is
+    made on first use, from the :mod:`queue` and :mod:`threading` of that moment. gevent's
+    gunicorn worker patches the standard library after the fork, after the application (and
+    this pool, or its at-fork reset) was made with ``--preload``: a greenlet waiting on a queue
+    made before the patch blocks the whole process.
     """
 
     def __init__(self, name: str = "dockerflow-worker") -> None:
         self._name = name
-        self._queue: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Callable[[], None]] | None = None
+        # Held for a few statements that never wait: it may be a real lock in a gevent worker
+        # (made before the patch), where a greenlet waiting on it would block the process.
         self._lock = threading.Lock()
         self._idle = 0
         self._threads = 0
@@ -31,27 +39,39 @@ class WorkerPool:
             start new thread``); ``func`` is then not run, and the pool is as it was.
         """
         with self._lock:
-            if self._idle > 0:
-                self._idle -= 1
-            else:
-                thread = threading.Thread(target=self._work, name=self._name, daemon=True)
-                thread.start()
+            if self._queue is None:
+                self._queue = queue.SimpleQueue()
+            work = self._queue
+            new_thread = self._idle == 0
+            if new_thread:
                 self._threads += 1
-        self._queue.put(func)
+            else:
+                self._idle -= 1
+        if new_thread:
+            # Started outside the lock: under gevent, start() waits for the new greenlet.
+            try:
+                threading.Thread(
+                    target=self._work, args=(work,), name=self._name, daemon=True
+                ).start()
+            except BaseException:
+                with self._lock:
+                    self._threads -= 1
+                raise
+        work.put(func)
 
     @property
     def size(self) -> int:
         """Number of live worker threads."""
         return self._threads
 
-    def _work(self) -> None:
+    def _work(self, work: queue.SimpleQueue[Callable[[], None]]) -> None:
         while True:
             try:
-                func = self._queue.get(timeout=_IDLE_EXIT)
+                func = work.get(timeout=_IDLE_EXIT)
             except queue.Empty:
                 with self._lock:
                     # Leave only if no submit counted on this thread being idle meanwhile.
-                    if self._idle > 0 and self._queue.empty():
+                    if self._idle > 0 and work.empty():
                         self._idle -= 1
                         self._threads -= 1
                         return

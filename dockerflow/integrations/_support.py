@@ -311,7 +311,12 @@ class Watchdog:
         after_fork_in_child(self, Watchdog._reset)
 
     def _reset(self) -> None:
-        self._condition = threading.Condition()
+        # Held for a few statements that never wait: made here, at the fork, it is a real lock
+        # even in a gevent worker, which patches the standard library after the fork.
+        self._lock = threading.Lock()
+        # Made on first use in the process, from the threading of that moment: a real one,
+        # waited on by a greenlet, would block the whole gevent worker.
+        self._condition: threading.Condition | None = None
         # (deadline, number): the entry of a number no longer in _armed was cancelled.
         self._heap: list[tuple[float, int]] = []
         self._armed: dict[int, Callable[[], object]] = {}
@@ -323,36 +328,43 @@ class Watchdog:
 
         :returns: a number to give :meth:`cancel`.
         """
-        with self._condition:
+        with self._lock:
+            if self._condition is None:
+                self._condition = threading.Condition()
+            condition = self._condition
+        with condition:
             number = next(self._numbers)
             self._armed[number] = func
             heapq.heappush(self._heap, (time.monotonic() + seconds, number))
             if self._thread is None:
                 self._thread = threading.Thread(
-                    target=self._run, name="dockerflow-watchdog", daemon=True
+                    target=self._run, args=(condition,), name="dockerflow-watchdog", daemon=True
                 )
                 self._thread.start()
             elif self._heap[0][1] == number:
-                self._condition.notify()  # earlier than what the thread waits for
+                condition.notify()  # earlier than what the thread waits for
         return number
 
     def cancel(self, number: int) -> None:
         """Do not call the function armed as ``number`` (if it has not been called yet)."""
-        with self._condition:
+        condition = self._condition
+        if condition is None:
+            return  # nothing was armed in this process
+        with condition:
             if self._armed.pop(number, None) is None:
                 return  # fired already, cancelled already, or never armed
             if len(self._heap) > 2 * len(self._armed) + self._SLACK:
                 self._heap = [entry for entry in self._heap if entry[1] in self._armed]
                 heapq.heapify(self._heap)
 
-    def _run(self) -> None:
+    def _run(self, condition: threading.Condition) -> None:
         while True:
-            with self._condition:
+            with condition:
                 while True:
                     while self._heap and self._heap[0][1] not in self._armed:
                         heapq.heappop(self._heap)
                     if not self._heap:
-                        self._condition.wait()
+                        condition.wait()
                         continue
                     when, number = self._heap[0]
                     now = time.monotonic()
@@ -360,7 +372,7 @@ class Watchdog:
                         heapq.heappop(self._heap)
                         func = self._armed.pop(number)
                         break
-                    self._condition.wait(when - now)
+                    condition.wait(when - now)
             try:
                 func()
             except Exception:

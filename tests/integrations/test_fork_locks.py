@@ -99,10 +99,14 @@ def test_locks_held_by_a_parent_thread_at_fork_are_free_in_the_child(
         assert messages_of(db()) == [] and messages_of(cache()) == []
         locks = {
             "CheckEngine._lock": lambda: check_engine._lock,
-            "Watchdog._condition": lambda: check_engine.watchdog._condition,
+            "Watchdog._lock": lambda: check_engine.watchdog._lock,
             "RedisCheck._lock": lambda: cache._lock,
         }
-        release_them = _hold([get_lock() for get_lock in locks.values()])
+        # The watchdog's condition too, made by the parent's first deadline: the child makes
+        # its own on first use.
+        condition = check_engine.watchdog._condition
+        assert condition is not None
+        release_them = _hold([*(get_lock() for get_lock in locks.values()), condition])
         try:
             pid = _fork()
             if pid == 0:  # the child: report through the exit code only, never return

@@ -11,9 +11,9 @@ own, then the arbiter's): the second must change nothing.
 Without ``--preload`` the workers load the app themselves, so ``init_app`` chains to their
 handler; with it, the app is built in the arbiter before the workers' handlers exist, and the
 ``post_worker_init`` hook of ``apps/drain_gunicorn_conf.py`` makes SIGTERM drain
-(``DRAIN_TEST_HOOK=1``); gevent then patches in the config file, before the app is imported
-(the probes guide says why). The test sends SIGTERM once every worker has written ``WORKER_READY``
-from that hook: a worker still loading the app when SIGTERM comes stops at once, drain or not.
+(``DRAIN_TEST_HOOK=1``). Nothing patches gevent early: its worker patches after the fork, the
+app already built. The test sends SIGTERM once every worker has written ``WORKER_READY`` from
+that hook: a worker still loading the app when SIGTERM comes stops at once, drain or not.
 
 The arbiter and group cases of one configuration run at the same time, each with its own
 server. ``DRAIN_TEST_MATRIX=diagonal`` (set by ``make test-pythons`` and
@@ -123,7 +123,6 @@ def drain_once(directory: Path, worker: str, preload: bool, group: bool) -> Outc
         {
             "DOCKERFLOW_DRAIN_SECONDS": str(DRAIN),
             "DRAIN_TEST_HOOK": "1" if preload else "0",
-            "DRAIN_TEST_GEVENT_PATCH": "1" if preload and worker == "gevent" else "0",
         },
         new_session=True,
     )

@@ -4,21 +4,12 @@ Each worker writes ``WORKER_READY`` on stderr once it has loaded the app and set
 so that the test sends SIGTERM only when every worker can drain (a worker still loading the app
 when SIGTERM comes stops at once). With ``DRAIN_TEST_HOOK=1`` the hook also makes SIGTERM drain,
 as a service served with ``--preload`` must (see the probes guide, "Draining on shutdown"): the
-app is then built in the arbiter, before the worker installs its SIGTERM handler. With
-``DRAIN_TEST_GEVENT_PATCH=1`` gevent patches the standard library when this file is read.
+app is then built in the arbiter, before the worker installs its SIGTERM handler.
 """
 
 from __future__ import annotations
 
 import os
-
-if os.environ.get("DRAIN_TEST_GEVENT_PATCH") == "1":
-    # gevent with --preload: patched before the app and its libraries are imported in the
-    # arbiter, as gevent asks (the worker's own patch_all comes after they are loaded).
-    from gevent import monkey
-
-    monkey.patch_all()
-
 import sys
 from typing import Any
 
