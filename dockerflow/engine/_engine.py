@@ -364,7 +364,8 @@ class Engine:
         check = plan.check
         if plan.run is not None:
             raw = self._observe(check, plan.run, plan.overdue, started, plan.stuck)
-            key: Hashable | None = run_key(plan.run, time.monotonic())
+            # The key matters to damping only (most checks are not damped).
+            key: Hashable | None = run_key(plan.run, time.monotonic()) if check.damped else None
         else:
             assert plan.result is not None
             raw, key = plan.result, plan.key
