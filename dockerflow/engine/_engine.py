@@ -413,6 +413,7 @@ class Engine:
 
     def reset(self) -> None:
         """Forget cached reports, background results and damping streaks."""
+        self._check_sets.clear()
         self.cache.clear()
         self.refresher.reset()
         self.damper.clear()
