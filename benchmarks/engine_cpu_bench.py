@@ -6,15 +6,21 @@ heartbeat. CPU time is steadier than wall time on a shared machine, but a loaded
 inflates it (cache misses, migrations): compare figures of one run, not across runs. Run:
 
     .venv/bin/python benchmarks/engine_cpu_bench.py [--rounds 5] [--heartbeats 2000]
+
+With ``--profile CASE`` (``F``, ``H`` or ``G``) it prints instead the top entries of a cProfile
+of that case, every thread's calls merged (the request thread, the workers, the loop thread).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import logging
+import pstats
 import resource
 import statistics
+import threading
 import time
 from collections.abc import Callable
 
@@ -66,12 +72,51 @@ def measure(engine: Engine, checks: list[Check], heartbeats: int) -> tuple[float
     return cpu / heartbeats * 1e6, switches / heartbeats
 
 
+def profile(case: str, heartbeats: int, top: int) -> None:
+    """Print the top entries (by own time) of a cProfile of ``case``, over every thread."""
+    profilers: list[cProfile.Profile] = []
+
+    def start_profiler(*_: object) -> None:
+        # Installed in each new thread; the first event there swaps in a profiler of its own.
+        profiler = cProfile.Profile()
+        profilers.append(profiler)
+        profiler.enable()
+
+    threading.setprofile(start_profiler)
+    engine = Engine()
+    checks = next(checks for name, checks in cases().items() if name.startswith(case))
+    try:
+        for _ in range(50):
+            engine.run_sync(checks)
+        main_profiler = cProfile.Profile()
+        profilers.append(main_profiler)
+        for profiler in profilers:
+            profiler.clear() if profiler is not main_profiler else None
+        main_profiler.enable()
+        for _ in range(heartbeats):
+            engine.run_sync(checks)
+        main_profiler.disable()
+    finally:
+        threading.setprofile(None)  # type: ignore[arg-type]
+        engine.close()
+    stats = pstats.Stats(profilers[0])
+    for profiler in profilers[1:]:
+        stats.add(profiler)
+    print(f"cProfile of {case} over {heartbeats} heartbeats, all threads, by own time:")
+    stats.sort_stats("tottime").print_stats(top)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--heartbeats", type=int, default=2000)
+    parser.add_argument("--profile", choices=["F", "H", "G"], help="profile one case instead")
+    parser.add_argument("--top", type=int, default=25, help="entries of the profile shown")
     args = parser.parse_args()
     logging.getLogger("dockerflow").addHandler(logging.NullHandler())
+    if args.profile:
+        profile(args.profile, args.heartbeats, args.top)
+        return
     engine = Engine()
     by_case = cases()
     cpu: dict[str, list[float]] = {name: [] for name in by_case}

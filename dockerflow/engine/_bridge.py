@@ -140,6 +140,13 @@ class LoopThread:
             call_soon, running.token, running.task_group.start_soon, _logged, func, *args
         )
 
+    def call_soon(self, func: Callable[..., object], *args: Any) -> None:
+        """Call ``func(*args)`` on the loop's thread soon (a plain callback, not a task),
+        without waiting for the loop; callable from any thread, like :meth:`submit`.
+        ``func`` runs in an empty context and must not raise."""
+        running = self._get()
+        contextvars.Context().run(call_soon, running.token, func, *args)
+
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the loop, cancelling what still runs on it, and wait for its thread to end.
 

@@ -22,8 +22,43 @@ from ._exceptions import ConfigurationError
 from ._refresh import Refresher
 from ._report import CheckResult, Report, aggregate
 from ._results import log_results, not_started, run_key, run_result, timed_out
-from ._runs import Host, Run
+from ._runs import Host, Run, Waiter
 from ._scheduler import BATCH_WAIT, ContextFactory, Scheduler
+
+#: Most check sets an engine keeps worked out (see :class:`_CheckSet`); past it, it starts again.
+MAX_CHECK_SETS = 64
+
+
+@dataclass(frozen=True)
+class _CheckSet:
+    """What an engine works out once per set of checks, not per heartbeat: each check's
+    timeout and restart delay, which checks are non-critical. Made again when the engine's
+    settings change (``settings``)."""
+
+    settings: tuple[float, float | None, frozenset[str]]
+    #: Each distinct check, in order, with its timeout.
+    timeouts: tuple[tuple[Check, float], ...]
+    #: (check, timeout, restart delay) of the checks without a background refresh.
+    started: tuple[tuple[Check, float, float], ...]
+    noncritical: frozenset[str]
+    any_async: bool
+
+    @classmethod
+    def of(cls, engine: Engine, checks: tuple[Check, ...]) -> _CheckSet:
+        """Work out ``checks`` for ``engine``."""
+        unique = _once(checks)
+        timeouts = tuple((check, engine._timeout_of(check)) for check in unique)
+        return cls(
+            settings=engine._settings(),
+            timeouts=timeouts,
+            started=tuple(
+                (check, timeout, engine._restart_of(check, timeout))
+                for check, timeout in timeouts
+                if check.interval is None
+            ),
+            noncritical=engine.noncritical.union(c.name for c in unique if not c.critical),
+            any_async=any(check.is_async for check in unique),
+        )
 
 
 @dataclass
@@ -116,6 +151,7 @@ class Engine:
         self.scheduler = Scheduler(self.bridge, context, self._failed)
         self.damper = Damper(fail_level)
         self.refresher = Refresher(self.bridge, self._start_refresh, self._settle_refresh)
+        self._check_sets: dict[tuple[Check, ...], _CheckSet] = {}
 
     @property
     def cache_ttl(self) -> float:
@@ -142,23 +178,24 @@ class Engine:
         report = self.cache.get(key)
         if report is None:
             started = time.monotonic()
-            host = self.scheduler.bridge_host
+            known = self._check_set(key)
             batch: list[Run] = []
             async_batch: list[Run] = []
-            plans = [self._plan(check, started, host, batch, async_batch) for check in _once(key)]
+            plans = self._plan_all(known, started, self.scheduler.bridge_host, batch, async_batch)
+            # One waiter for all the heartbeat's runs: woken once, when the last ends.
+            waiter = Waiter()
+            waiter.join([plan.run for plan in plans if plan.run is not None])
             if async_batch:
                 # One hand-off to the loop thread for all of them, first: they run meanwhile.
                 self.scheduler.start_async_batch(async_batch)
             if batch:
                 queue = self.scheduler.start_batch(batch)
                 if queue:
-                    # The batch's thread runs them in order: once the last is done, all are.
-                    batch[-1].wait(time.monotonic() + BATCH_WAIT)
+                    # A slow check delays the others of the batch by BATCH_WAIT at most.
+                    waiter.wait(time.monotonic() + BATCH_WAIT)
                     self.scheduler.spread(queue)
-            for plan in plans:
-                if plan.run is not None:
-                    plan.run.wait(plan.run.deadline)
-            report = self._report(plans, started)
+            waiter.wait_all()
+            report = self._report(plans, started, known.noncritical)
             self.cache.put(key, report)
         return report
 
@@ -187,13 +224,13 @@ class Engine:
         :returns: the report.
         """
         started = time.monotonic()
-        unique = _once(checks)
-        host = await self.scheduler.host_here() if any(c.is_async for c in unique) else None
-        plans = [self._plan(check, started, host) for check in unique]
+        known = self._check_set(tuple(checks))
+        host = await self.scheduler.host_here() if known.any_async else None
+        plans = self._plan_all(known, started, host)
         for plan in plans:
             if plan.run is not None:
                 await plan.run.wait_async(plan.run.deadline)
-        return self._report(plans, started)
+        return self._report(plans, started, known.noncritical)
 
     # -- one heartbeat: run -> damp (keyed by the run) -> aggregate; the cache is the callers' -
 
@@ -202,6 +239,41 @@ class Engine:
 
     def _restart_of(self, check: Check, timeout: float) -> float:
         return restart_delay(check, timeout, self.restart_after)
+
+    def _check_set(self, checks: tuple[Check, ...]) -> _CheckSet:
+        """Return what is worked out once per set of checks (and engine settings)."""
+        known = self._check_sets.get(checks)
+        if known is None or known.settings != self._settings():
+            if len(self._check_sets) >= MAX_CHECK_SETS:
+                self._check_sets.clear()  # many selections: start again rather than grow
+            known = self._check_sets[checks] = _CheckSet.of(self, checks)
+        return known
+
+    def _settings(self) -> tuple[float, float | None, frozenset[str]]:
+        # What a check set's timeouts, restart delays and non-critical names depend on.
+        return (self.timeout, self.restart_after, self.noncritical)
+
+    def _plan_all(
+        self,
+        known: _CheckSet,
+        started: float,
+        host: Host | None,
+        batch: list[Run] | None = None,
+        async_batch: list[Run] | None = None,
+    ) -> list[_Plan]:
+        """:meth:`_plan` for each check of ``known``, the checks without a background refresh
+        started together (:meth:`~._scheduler.Scheduler.start_many`)."""
+        started_runs = iter(
+            self.scheduler.start_many(known.started, host, batch, async_batch=async_batch)
+        )
+        plans = []
+        for check, timeout in known.timeouts:
+            if check.interval is not None:
+                plans.append(self._plan(check, started, host, batch, async_batch))
+            else:
+                run, stuck = next(started_runs)
+                plans.append(self._plan_of(check, timeout, started, run, stuck))
+        return plans
 
     def _plan(
         self,
@@ -237,6 +309,13 @@ class Engine:
         run, stuck = self.scheduler.start(
             check, timeout, restart, host, batch, async_batch=async_batch
         )
+        return self._plan_of(check, timeout, started, run, stuck)
+
+    def _plan_of(
+        self, check: Check, timeout: float, started: float, run: Run | None, stuck: list[Run]
+    ) -> _Plan:
+        """The plan of a heartbeat that asked at ``started`` for ``check``, to which the
+        scheduler gave ``run`` (or ``None``: ``stuck`` runs kept a new one from starting)."""
         if run is None:
             result, key = self._refused(check, stuck)
             return _Plan(check, timeout, result=result, key=key)
@@ -285,7 +364,8 @@ class Engine:
         check = plan.check
         if plan.run is not None:
             raw = self._observe(check, plan.run, plan.overdue, started, plan.stuck)
-            key: Hashable | None = run_key(plan.run, time.monotonic())
+            # The key matters to damping only (most checks are not damped).
+            key: Hashable | None = run_key(plan.run, time.monotonic()) if check.damped else None
         else:
             assert plan.result is not None
             raw, key = plan.result, plan.key
@@ -294,10 +374,9 @@ class Engine:
             raw = dataclasses.replace(raw, name=check.name)
         return raw if key is None else self.damper.apply(check, raw, key)
 
-    def _report(self, plans: list[_Plan], started: float) -> Report:
+    def _report(self, plans: list[_Plan], started: float, noncritical: frozenset[str]) -> Report:
         results = [self._settle(plan, started) for plan in plans]
         log_results(results)
-        noncritical = self.noncritical.union(p.check.name for p in plans if not p.check.critical)
         return aggregate(results, self.silenced_ids, noncritical)
 
     # -- background refresh, on the bridge loop ------------------------------------------------
@@ -334,6 +413,7 @@ class Engine:
 
     def reset(self) -> None:
         """Forget cached reports, background results and damping streaks."""
+        self._check_sets.clear()
         self.cache.clear()
         self.refresher.reset()
         self.damper.clear()

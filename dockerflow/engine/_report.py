@@ -151,6 +151,12 @@ def aggregate(
     """
     details: dict[str, CheckDetail] = {}
     for result in results:
+        if not result.messages and not result.data:
+            # The common case, a check that passed with nothing to say: built directly.
+            details[result.name] = CheckDetail(
+                0, {}, result.duration, result.name not in noncritical, 0
+            )
+            continue
         kept = [m for m in result.messages if m.id not in silenced_ids]
         raw = max((m.level for m in kept), default=0)
         messages = {message_key(result.name, i, m): m.msg for i, m in enumerate(kept)}

@@ -159,6 +159,9 @@ def log_results(results: Iterable[CheckResult]) -> None:
     The record of a check that raised carries the masked exception as the ``error`` and
     ``traceback`` extra fields (shown in ``Fields`` by the mozlog formatter).
     """
+    results = [result for result in results if result.messages]
+    if not results:
+        return  # the common case: every check passed with nothing to say
     # Looked up on each call, not kept from import time: code that reloads or reconfigures
     # logging (python-dockerflow's tests do) must still receive these records.
     messages_logger = logging.getLogger(MESSAGES_LOGGER)

@@ -9,6 +9,7 @@ A run leaves the registry when it ends, or when the event loop it runs on is fou
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -56,6 +57,7 @@ class Run:
 
     __slots__ = (
         "_event",
+        "_joined",
         "_waiters",
         "abandoned",
         "blocked_for",
@@ -84,7 +86,11 @@ class Run:
         self.started = time.monotonic()
         self.finished = 0.0
         self.ended = False
-        self._event = threading.Event()
+        # Made by the first thread that waits for this run alone (most runs are waited for by
+        # a heartbeat's one :class:`Waiter`, and need none); under RUNS.lock.
+        self._event: threading.Event | None = None
+        # The waiters of sync heartbeats counting on this run; under RUNS.lock.
+        self._joined: list[Waiter] | None = None
         # Callbacks of async waiters, each removed again by its waiter: a waiter's loop must not
         # be kept alive by a run that outlives it.
         self._waiters: list[Callable[[], object]] = []
@@ -125,8 +131,17 @@ class Run:
 
     def wait(self, deadline: float) -> None:
         """Block the calling thread until the run has ended or ``deadline`` has passed."""
-        if not self.ended:
-            self._event.wait(max(0.0, deadline - time.monotonic()))
+        if self.ended:
+            return
+        event = self._event
+        if event is None:
+            with RUNS.lock:
+                if self.ended:
+                    return
+                if self._event is None:
+                    self._event = threading.Event()
+                event = self._event
+        event.wait(max(0.0, deadline - time.monotonic()))
 
     async def wait_async(self, deadline: float) -> None:
         """Wait until the run has ended or ``deadline`` has passed, holding no thread."""
@@ -147,6 +162,87 @@ class Run:
                 await ended.wait()
         finally:
             RUNS.remove_waiter(self, wake)
+
+
+class Waiter:
+    """One sync heartbeat waiting for all its runs at once: woken once, when the last of them
+    ends, rather than once per run; and at each unfinished run's own deadline, when that run
+    stops counting (the heartbeat answers without it).
+
+    Used by one thread, once.
+    """
+
+    __slots__ = ("_gate", "_runs", "pending")
+
+    def __init__(self) -> None:
+        # Held until the last run counted ends: a bare lock is the cheapest one-shot signal.
+        self._gate = threading.Lock()
+        self._gate.acquire()
+        self._runs: list[Run] = []
+        #: Runs counted that have not ended; under RUNS.lock.
+        self.pending = 0
+
+    def join(self, runs: list[Run]) -> None:
+        """Count the runs of ``runs`` that are in progress and before their deadline."""
+        now = time.monotonic()
+        with RUNS.lock:
+            for run in runs:
+                if run.ended or run.deadline <= now or (run._joined and self in run._joined):
+                    continue
+                if run._joined is None:
+                    run._joined = []
+                run._joined.append(self)
+                self._runs.append(run)
+                self.pending += 1
+
+    def wait(self, deadline: float) -> bool:
+        """Block until every run counted has ended or ``deadline`` has passed.
+
+        :returns: whether every run counted has ended.
+        """
+        if self.pending == 0:
+            return True
+        if self._gate.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            self._gate.release()  # open for good: a later wait returns at once
+            return True
+        return self.pending == 0
+
+    def wait_all(self) -> None:
+        """Block until each run counted has ended or reached its own deadline, whichever is
+        first; a run past its deadline stops counting then."""
+        while self.pending:
+            now = time.monotonic()
+            first = math.inf
+            overdue: list[Run] = []
+            for run in self._runs:
+                if not run.ended:
+                    if run.deadline <= now:
+                        overdue.append(run)
+                    elif run.deadline < first:
+                        first = run.deadline
+            if overdue:
+                self._leave(overdue)
+            if first == math.inf or self.wait(first):
+                break
+        if self.pending:
+            self._leave(self._runs)
+
+    def _leave(self, runs: list[Run]) -> None:
+        with RUNS.lock:
+            for run in runs:
+                joined = run._joined
+                if not run.ended and joined is not None and self in joined:
+                    joined.remove(self)
+                    self.pending -= 1
+            self._runs = [run for run in self._runs if run not in runs]
+
+    def _one_ended(self) -> bool:
+        # Under RUNS.lock: whether this was the last run counted.
+        self.pending -= 1
+        return self.pending == 0
+
+    def _wake(self) -> None:
+        self._gate.release()
 
 
 class RunRegistry:
@@ -215,7 +311,13 @@ class RunRegistry:
             out = update() if update is not None else None
             run.ended = True
             waiters, run._waiters = run._waiters, []
-        run._event.set()
+            joined, run._joined = run._joined, None
+            woken = [w for w in joined if w._one_ended()] if joined else ()
+            event = run._event
+        if event is not None:
+            event.set()
+        for waiter in woken:
+            waiter._wake()
         for wake in waiters:
             wake()
         return out

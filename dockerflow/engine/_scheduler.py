@@ -1,11 +1,17 @@
 """The one scheduler: every run of every check starts here, whoever asks for it.
 
-Sync checks run in daemon worker threads; async checks run as tasks of a task group the scheduler
-owns on an event loop (the engine's loop thread for sync callers, a host on the caller's own loop
-for async callers), never in a caller's task group: a caller that leaves at its deadline, or is
-cancelled, leaves the run going. An async run ends when it finishes, at its own timeout (it is
-cancelled) or when its loop shuts down; a sync run ends only when its function returns, which
-may be never (a socket with no timeout whose peer went silent).
+Sync checks run in daemon worker threads; async checks run as tasks the scheduler owns on an
+event loop (the engine's loop thread for sync callers, a host on the caller's own loop for async
+callers), never in a caller's task group: a caller that leaves at its deadline, or is cancelled,
+leaves the run going. An async run ends when it finishes, at its own timeout (it is cancelled)
+or when its loop shuts down; a sync run ends only when its function returns, which may be never
+(a socket with no timeout whose peer went silent).
+
+A heartbeat's checks cost little each: they are started under one hold of the registry's lock
+(:meth:`Scheduler.start_many`), its sync runs are handed to one thread
+(:meth:`Scheduler.start_batch`), its async runs to the loop thread in one hand-off, as plain
+tasks under one timer for all their timeouts (:class:`_TimedBatch`, on asyncio from Python
+3.11), and the heartbeat waits for all of them with one :class:`~._runs.Waiter`.
 
 Each run executes in a fresh context of its own: a new :mod:`contextvars` context and whatever the
 engine's ``context`` factory returns (the Flask layer passes ``app.app_context``), entered where
@@ -30,9 +36,10 @@ import contextlib
 import contextvars
 import logging
 import math
+import sys
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Coroutine, Generator, MutableMapping
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, MutableMapping
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -70,6 +77,13 @@ SLOW_FAILURE = 0.5
 #: served in place of a new run.
 RETRY_TIMEOUTS = 10
 MIN_RETRY_SECONDS = 30.0
+#: What :meth:`Scheduler._decide` decided about one check (see there).
+_Decision = tuple["Run | None", "list[Run]", "Run | None", "Run | None", "Run | None", bool]
+#: No stuck runs (shared: never changed).
+_NONE: list[Run] = []
+#: Whether asyncio tasks count their cancellations (Python 3.11 on): the timeout of a sync
+#: caller's async run is then a plain loop timer, not an anyio cancel scope.
+NATIVE_TIMEOUTS = sys.version_info >= (3, 11)
 #: Key of a check's runs in one scheduler: (id of its function, timeout, host of an async run).
 RunKey = tuple[int, float, "Host | None"]
 
@@ -119,6 +133,9 @@ class Scheduler:
         self._hosts: weakref.WeakKeyDictionary[object, _LoopHost] = weakref.WeakKeyDictionary()
         self._trio_hosts: dict[object, _LoopHost] = {}
         self._pool = WorkerPool()
+        # The batches of sync callers' async runs on the loop thread (asyncio) with runs in
+        # progress: they hold the runs' tasks (the loop holds tasks weakly). That thread only.
+        self._batches: set[_TimedBatch] = set()
 
     # -- starting runs --------------------------------------------------------------------------
 
@@ -155,20 +172,57 @@ class Scheduler:
             not start one; and the stuck runs that kept a new run from starting (empty if none
             was refused).
         """
-        where = host if check.is_async else None
-        key: RunKey = (id(check.func), timeout, where)
+        ((run, stuck),) = self.start_many(
+            ((check, timeout, restart_after),),
+            host,
+            batch,
+            background=background,
+            async_batch=async_batch,
+        )
+        return run, stuck
+
+    def start_many(
+        self,
+        wanted: Iterable[tuple[Check, float, float]],
+        host: Host | None,
+        batch: list[Run] | None = None,
+        *,
+        background: bool = False,
+        async_batch: list[Run] | None = None,
+    ) -> list[tuple[Run | None, list[Run]]]:
+        """:meth:`start` for each ``(check, timeout, restart_after)`` of ``wanted``, deciding
+        under one hold of the registry's lock: what a heartbeat's many checks cost once.
+
+        :returns: per check of ``wanted``, in order, what :meth:`start` returns.
+        """
         now = time.monotonic()
         with RUNS.lock:
-            if not background:
-                self._asked[key] = now
-            failing = self._failing.get(key)
-            if (
-                failing is not None
-                and failing.ended
-                and now - failing.finished > retry_window(timeout)
-            ):
-                failing = None  # too old to speak for the check now
-                del self._failing[key]
+            decided = [
+                self._decide(check, timeout, restart_after, host, now, background)
+                for check, timeout, restart_after in wanted
+            ]
+        return [self._act(d, now, batch, async_batch, background) for d in decided]
+
+    def _decide(
+        self,
+        check: Check,
+        timeout: float,
+        restart_after: float,
+        host: Host | None,
+        now: float,
+        background: bool,
+    ) -> _Decision:
+        # Under RUNS.lock: (run to answer with, stuck runs refusing a new one, the new run,
+        # the run it starts beside, the run answered with while failing slowly, log refusal).
+        where = host if check.is_async else None
+        key: RunKey = (id(check.func), timeout, where)
+        if not background:
+            self._asked[key] = now
+        failing = self._failing.get(key)
+        if failing is not None and failing.ended and now - failing.finished > retry_window(timeout):
+            failing = None  # too old to speak for the check now
+            del self._failing[key]
+        if self._recovered:
             recovered = self._recovered.pop(key, None)
             if (
                 recovered is not None
@@ -176,50 +230,60 @@ class Scheduler:
                 and now - recovered.finished <= timeout
                 and failing is None
             ):
-                return recovered, []
-            current = RUNS.newest(check, timeout, where, self)
-            if current is not None and now - current.started < restart_after:
-                if failing is not None and not background and failing is not current:
-                    return failing, []
-                return current, []
-            stuck = RUNS.stuck_of(check, now)
-            if len(stuck) >= MAX_STUCK_RUNS:
-                log = id(check.func) not in self._refusal_logged
-                self._refusal_logged.add(id(check.func))
-                refused: tuple[Run | None, list[Run]] = (current, stuck)
-            else:
-                log = False
-                refused = (None, [])
-                self._refusal_logged.discard(id(check.func))
-                run = Run(check, timeout, where, self)
-                RUNS.add(run)
-                if current is not None and not background:
-                    # Known to be failing by timeout: answered at once from the stuck run
-                    # while the new one tries again.
-                    self._failing[key] = current
-                    failing = current
-        if refused[1]:
+                return (recovered, _NONE, None, None, None, False)
+        current = RUNS.newest(check, timeout, where, self)
+        if current is not None and now - current.started < restart_after:
+            if failing is not None and not background and failing is not current:
+                return (failing, _NONE, None, None, None, False)
+            return (current, _NONE, None, None, None, False)
+        stuck = RUNS.stuck_of(check, now)
+        if len(stuck) >= MAX_STUCK_RUNS:
+            log = id(check.func) not in self._refusal_logged
+            self._refusal_logged.add(id(check.func))
+            return (current, stuck, None, None, None, log)
+        if self._refusal_logged:
+            self._refusal_logged.discard(id(check.func))
+        run = Run(check, timeout, where, self)
+        RUNS.add(run)
+        if current is not None and not background:
+            # Known to be failing by timeout: answered at once from the stuck run while the
+            # new one tries again.
+            self._failing[key] = current
+            failing = current
+        return (None, _NONE, run, current, failing, False)
+
+    def _act(
+        self,
+        decision: _Decision,
+        now: float,
+        batch: list[Run] | None,
+        async_batch: list[Run] | None,
+        background: bool,
+    ) -> tuple[Run | None, list[Run]]:
+        # Outside the lock: log, and start (or collect) the new run that was decided on.
+        answer, stuck, run, current, failing, log = decision
+        if run is None:
             if log:
                 logger.warning(
                     "Dockerflow check %r is not started again: %d runs of it are stuck in this "
                     "process (the oldest for %.1fs, timeout %gs); it starts again when one of "
                     "them returns",
-                    check.name,
-                    len(refused[1]),
-                    now - refused[1][0].started,
-                    refused[1][0].timeout,
+                    stuck[0].check.name,
+                    len(stuck),
+                    now - stuck[0].started,
+                    stuck[0].timeout,
                 )
-            return refused
+            return answer, stuck if stuck else []
         if current is not None:
             logger.warning(
                 "Dockerflow check %r has been running for %.1fs; starting it again beside "
                 "the stuck run",
-                check.name,
+                run.check.name,
                 now - current.started,
             )
-        if batch is not None and where is None and failing is None:
+        if batch is not None and run.host is None and failing is None:
             batch.append(run)
-        elif async_batch is not None and where is self.bridge_host and failing is None:
+        elif async_batch is not None and run.host is self.bridge_host and failing is None:
             async_batch.append(run)
         else:
             self._launch(run)
@@ -248,15 +312,27 @@ class Scheduler:
 
     def start_async_batch(self, runs: list[Run]) -> None:
         """Start the async runs collected with ``start(async_batch=...)`` on the loop thread
-        with one hand-off, as tasks of one task group of their own there (not the caller's)."""
-        if len(runs) == 1:
-            self._launch(runs[0])
-            return
+        with one hand-off, as tasks of their own there (not the caller's)."""
         try:
-            self.bridge.submit(self._run_together, runs)
+            if NATIVE_TIMEOUTS and self.bridge.backend == "asyncio":
+                self.bridge.call_soon(self._spawn_all, runs)
+            else:
+                self.bridge.submit(self._run_together, runs)
         except BaseException as exc:
             for run in runs:  # no loop to run on: that is each check's error
                 self._not_started(run, exc)
+
+    def _spawn_all(self, runs: list[Run]) -> None:
+        # On the loop thread (asyncio), in an empty context that each task copies: plain tasks,
+        # the cheapest there are, under one timer for all their timeouts.
+        loop = asyncio.get_running_loop()
+        batch = _TimedBatch(loop, self._batches)
+        for run in runs:
+            try:
+                batch.add(run, loop.create_task(self._execute_native(run, batch)))
+            except BaseException as exc:
+                self._not_started(run, exc)
+        batch.arm()
 
     async def _run_together(self, runs: list[Run]) -> None:
         async with anyio.create_task_group() as group:
@@ -393,10 +469,7 @@ class Scheduler:
             run.timed_out = s.cancel_called
         except anyio.get_cancelled_exc_class() as exc:
             if _cancelled_from_outside():
-                # The host is cancelled: the loop shuts down under the run.
-                run.abandoned = True
-                run.finished = time.monotonic()
-                RUNS.end(run)
+                self._abandon(run)
                 raise
             # A cancellation the check raised itself (a driver's, say) is its own failure.
             run.timed_out = s.cancel_called
@@ -406,6 +479,45 @@ class Scheduler:
             run.error = exc
         if not run.ended:
             self._finish(run)
+
+    async def _execute_native(self, run: Run, batch: _TimedBatch) -> None:
+        """:meth:`_execute_async` for a plain asyncio task on Python 3.11 and later: the run's
+        timeout is kept by its batch's one loop timer, which cancels the task, not by an anyio
+        cancel scope (the scope's bookkeeping was ~15 µs a run, most of the cost of a trivial
+        async check). The timer cancels once, as :func:`asyncio.timeout` does: an anyio shield
+        inside the check does not hold it back, and a check that swallows it is not cancelled
+        again (the heartbeat answers at the deadline all the same; the run counts as stuck).
+        Raises only the loop's own cancellation (it is shutting down)."""
+        task = asyncio.current_task()
+        assert task is not None
+        try:
+            if self._context is None:
+                run.value = await _Stepped(run.check.func(), self, run)
+            else:
+                with self._context():
+                    run.value = await _Stepped(run.check.func(), self, run)
+        except asyncio.CancelledError as exc:
+            # Cancellations counted on the task beyond the timer's own: the loop's shutdown.
+            if _cancellations(task) > run.timed_out:
+                batch.done(run)
+                self._abandon(run)
+                raise
+            if run.timed_out:
+                _uncancel(task)  # the timer's: consumed here
+            else:
+                # A cancellation the check raised itself (a driver's, say) is its own failure.
+                run.error = exc
+        except BaseException as exc:
+            run.error = exc
+        batch.done(run)
+        if not run.ended:
+            self._finish(run)
+
+    def _abandon(self, run: Run) -> None:
+        # The host is cancelled: the loop shuts down under the run.
+        run.abandoned = True
+        run.finished = time.monotonic()
+        RUNS.end(run)
 
     def _finish(self, run: Run) -> None:
         """End ``run``, update its check's slow-failure state, and retry it in the background
@@ -583,6 +695,71 @@ class _Stepped:
                 raise
             except BaseException as exc:  # cancellation and the like go on to the check
                 thrown = exc
+
+
+if sys.version_info >= (3, 11):
+
+    def _cancellations(task: asyncio.Task[None]) -> int:
+        return task.cancelling()
+
+    def _uncancel(task: asyncio.Task[None]) -> None:
+        task.uncancel()
+
+else:  # pragma: no cover - not called there (NATIVE_TIMEOUTS is false)
+
+    def _cancellations(task: asyncio.Task[None]) -> int:
+        raise NotImplementedError
+
+    def _uncancel(task: asyncio.Task[None]) -> None:
+        raise NotImplementedError
+
+
+class _TimedBatch:
+    """Async runs started together on one asyncio loop, with one timer for all their timeouts:
+    at the earliest timeout of a run not ended, it cancels the task of each run past its
+    timeout, and is set again for the next. Holds the runs' tasks until they end. Used on that
+    loop's thread only."""
+
+    __slots__ = ("_loop", "_owner", "_pending", "_tasks", "_timer")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, owner: set[_TimedBatch]) -> None:
+        self._loop = loop
+        self._owner = owner
+        self._tasks: dict[Run, asyncio.Task[None]] = {}
+        self._pending = 0
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, run: Run, task: asyncio.Task[None]) -> None:
+        """Hold ``task``, which executes ``run``, until it ends."""
+        self._tasks[run] = task
+        self._pending += 1
+
+    def arm(self) -> None:
+        """Set the timer for the earliest timeout of a run not ended or cancelled yet."""
+        first = math.inf
+        for run in self._tasks:
+            if not run.ended and not run.timed_out and run.started + run.timeout < first:
+                first = run.started + run.timeout
+        if first < math.inf:
+            self._owner.add(self)
+            self._timer = self._loop.call_later(first - time.monotonic(), self._expire)
+
+    def done(self, run: Run) -> None:
+        """``run``'s task is ending: let it go, and the timer once no run is left."""
+        self._tasks.pop(run, None)
+        self._pending -= 1
+        if self._pending == 0:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._owner.discard(self)
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for run, task in self._tasks.items():
+            if not run.timed_out and not run.ended and run.started + run.timeout <= now:
+                run.timed_out = True
+                task.cancel()
+        self.arm()
 
 
 def _cancelled_from_outside() -> bool:
