@@ -4,7 +4,9 @@ While a check fails slowly (a run overran its timeout, or failed after half of i
 answer at once with its latest outcome while one run retries in the background, started again as
 soon as the previous try ends, without waiting for a probe; the first try that passes is reported
 by the next heartbeat. A check stuck on a dead connection is started again after 3 x its timeout
-by default, and recovers with its dependency.
+by default, and recovers with its dependency. A heartbeat that joins a run in progress answers
+at once with the check's latest result while it is recent (stale-while-revalidate): only the
+heartbeat that started the first failing run of an outage waits for it.
 
 A dependency here is an event the check waits on for a bounded time (its own "socket timeout"),
 or for ever (no timeout of its own); nothing races a sleep: the tests wait on events and poll
@@ -25,6 +27,7 @@ import pytest
 from dockerflow import health
 from dockerflow.checks import Error
 from dockerflow.engine import Check, Engine, Report
+from dockerflow.engine._scheduler import MAX_LATEST
 
 E011 = health.ERROR_CHECK_TIMEOUT
 DOWN = "test.E001"
@@ -450,3 +453,11 @@ def test_a_served_result_counts_once_for_flap_damping(engine: Engine) -> None:
         starter.join(PATIENCE)
     held = started[0].results["db"].messages[health.INFO_FAILURE_DAMPED]
     assert held.startswith("Failing for 2 run(s)")
+
+
+def test_the_latest_runs_of_check_functions_made_per_call_are_let_go(engine: Engine) -> None:
+    """A check function made per call (``run_checks`` with a lambda) leaves its latest run
+    behind; past ``MAX_LATEST`` of them, those too old to be served are let go."""
+    for _ in range(MAX_LATEST + 50):
+        engine.run_sync([Check("made_per_call", lambda: None, timeout=0.01)])
+    assert len(engine.scheduler._latest) <= MAX_LATEST
