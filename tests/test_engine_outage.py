@@ -4,7 +4,9 @@ While a check fails slowly (a run overran its timeout, or failed after half of i
 answer at once with its latest outcome while one run retries in the background, started again as
 soon as the previous try ends, without waiting for a probe; the first try that passes is reported
 by the next heartbeat. A check stuck on a dead connection is started again after 3 x its timeout
-by default, and recovers with its dependency.
+by default, and recovers with its dependency. A heartbeat that joins a run in progress answers
+at once with the check's latest result while it is recent (stale-while-revalidate): only the
+heartbeat that started the first failing run of an outage waits for it.
 
 A dependency here is an event the check waits on for a bounded time (its own "socket timeout"),
 or for ever (no timeout of its own); nothing races a sleep: the tests wait on events and poll
@@ -25,6 +27,7 @@ import pytest
 from dockerflow import health
 from dockerflow.checks import Error
 from dockerflow.engine import Check, Engine, Report
+from dockerflow.engine._scheduler import MAX_LATEST
 
 E011 = health.ERROR_CHECK_TIMEOUT
 DOWN = "test.E001"
@@ -223,3 +226,238 @@ def test_damping_still_reports_a_check_failing_slowly(engine: Engine) -> None:
         time.sleep(0.01)
     dependency.up.set()
     assert recovery(engine, check) < TIMEOUT + 1.0
+
+
+# -- heartbeats joining a run in progress: stale-while-revalidate -------------------------------
+
+#: A timeout nothing waits for when the test goes as it should (every gate is opened first).
+LONG = 10.0
+
+
+class Gated:
+    """A check whose first run passes at once and whose later runs tell the test they began
+    (``entered``), then wait for ``release`` and fail: a dependency that just went down."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def check(self) -> list[Any]:
+        self.calls += 1
+        if self.calls == 1:
+            return []
+        self.entered.set()
+        self.release.wait(PATIENCE)
+        return [Error(f"down (run {self.calls})", id=DOWN)]
+
+    async def check_async(self) -> list[Any]:
+        self.calls += 1
+        if self.calls == 1:
+            return []
+        self.entered.set()
+        while not self.release.is_set():
+            await asyncio.sleep(0.005)
+        return [Error(f"down (run {self.calls})", id=DOWN)]
+
+
+def in_thread(engine: Engine, check: Check) -> tuple[threading.Thread, list[Report]]:
+    """Run a heartbeat in a thread of its own; its report lands in the list."""
+    out: list[Report] = []
+    thread = threading.Thread(target=lambda: out.append(engine.run_sync([check])))
+    thread.start()
+    return thread, out
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_joiners_answer_at_once_with_the_latest_result_while_the_starter_waits(
+    engine: Engine, kind: str
+) -> None:
+    gated = Gated()
+    check = Check("db", gated.check if kind == "sync" else gated.check_async, timeout=LONG)
+    before = engine.run_sync([check])
+    assert before.status == "ok"
+
+    starter, started = in_thread(engine, check)
+    try:
+        assert gated.entered.wait(PATIENCE)
+        for _ in range(5):
+            # Joiners: answered with the run before, while the starter still waits for its own.
+            assert engine.run_sync([check]).results["db"] == before.results["db"]
+        assert starter.is_alive()
+        assert gated.calls == 2  # nobody started another run
+    finally:
+        gated.release.set()
+        starter.join(PATIENCE)
+    # The starter reports the run it started.
+    assert started[0].results["db"].messages == {DOWN: "down (run 2)"}
+
+
+def test_an_async_callers_joiners_answer_at_once_while_the_starter_waits(engine: Engine) -> None:
+    gated = Gated()
+    check = Check("db", gated.check_async, timeout=LONG)
+
+    async def heartbeats() -> tuple[Report, list[Report], Report]:
+        before = await engine.run([check])
+        starter = asyncio.create_task(engine.run([check]))
+        while not gated.entered.is_set():
+            await asyncio.sleep(0.005)
+        joiners = [await engine.run([check]) for _ in range(5)]
+        assert not starter.done()
+        gated.release.set()
+        return before, joiners, await starter
+
+    before, joiners, started = asyncio.run(heartbeats())
+    assert before.status == "ok"
+    assert all(r.results["db"] == before.results["db"] for r in joiners)
+    assert ids(started, "db") == [DOWN]
+    assert gated.calls == 2
+
+
+def test_a_joiner_whose_latest_result_is_older_than_the_timeout_waits(engine: Engine) -> None:
+    """The latest result is served only if its run started within the check's timeout."""
+    timeout = 0.5
+    calls: list[int] = []
+    entered = threading.Event()
+
+    def check_func() -> list[Any]:
+        calls.append(1)
+        if len(calls) == 1:
+            return []
+        entered.set()
+        # A slow failure within the timeout (the dependency's own bound): the joiner waits
+        # for it; if the machine is so loaded that the joiner asks only once it has ended, it
+        # is answered with this failure at once (failing slowly). Never with the ok before.
+        time.sleep(0.8 * timeout)
+        return [Error("down", id=DOWN)]
+
+    check = Check("db", check_func, timeout=timeout)
+    before = engine.run_sync([check])
+    assert before.status == "ok"
+    # Let the clock pass the window (no thread is raced: nothing runs meanwhile).
+    time.sleep(timeout + 0.05)
+    starter, started = in_thread(engine, check)
+    try:
+        assert entered.wait(PATIENCE)
+        joiner = engine.run_sync([check])
+    finally:
+        starter.join(PATIENCE)
+    assert ids(joiner, "db") == [DOWN]
+    assert joiner.results["db"] == started[0].results["db"]  # the run it joined
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_the_first_failing_runs_deadline_still_bounds_detection(engine: Engine, kind: str) -> None:
+    """Joiners are served the ok from before only until the run they join is past its
+    deadline; from then on every heartbeat reports the failure (``E011``)."""
+    timeout = 0.5
+    calls: list[int] = []
+    entered = threading.Event()
+    forever = threading.Event()
+
+    def hangs() -> None:
+        calls.append(1)
+        if len(calls) > 1:
+            entered.set()
+            forever.wait()
+
+    async def hangs_async() -> None:
+        calls.append(1)
+        if len(calls) > 1:
+            entered.set()
+            await asyncio.sleep(PATIENCE)  # cancelled at the timeout
+
+    check = Check("db", hangs if kind == "sync" else hangs_async, timeout=timeout)
+    try:
+        before = engine.run_sync([check])
+        assert before.status == "ok"
+        starter, started = in_thread(engine, check)
+        assert entered.wait(PATIENCE)
+        seen: list[tuple[float, Report]] = []
+        while starter.is_alive():
+            seen.append((time.monotonic(), engine.run_sync([check])))
+            time.sleep(0.01)
+        starter.join(PATIENCE)
+        starter_answered = time.monotonic()
+        after = [engine.run_sync([check]) for _ in range(5)]
+        assert ids(started[0], "db") == [E011]  # at the first failing run's deadline
+        for asked, report in seen:
+            if report.status == "ok":
+                assert report.results["db"] == before.results["db"]
+                assert asked < starter_answered
+            else:
+                assert ids(report, "db") == [E011]
+        assert all(ids(report, "db") == [E011] for report in after)
+    finally:
+        forever.set()
+
+
+def test_no_ok_is_served_from_a_run_that_overran_its_timeout(engine: Engine) -> None:
+    """A run that passes after its timeout is ``E011``; the ok from before it is not served
+    in its place either, while the retry after it is in progress."""
+    timeout = 0.3
+    calls: list[int] = []
+    late = threading.Event()
+    retrying = threading.Event()
+    recovered = threading.Event()
+
+    def check_func() -> None:
+        calls.append(1)
+        if len(calls) == 2:
+            late.wait(PATIENCE)  # passes, after its timeout
+        elif len(calls) > 2:
+            retrying.set()
+            recovered.wait(PATIENCE)
+
+    check = Check("db", check_func, timeout=timeout, restart_after=60)
+    try:
+        assert engine.run_sync([check]).status == "ok"
+        assert ids(engine.run_sync([check]), "db") == [E011]  # waited for the second run
+        late.set()
+        assert retrying.wait(PATIENCE)  # the late run ended; its retry is in progress
+        for _ in range(5):
+            report = engine.run_sync([check])
+            assert ids(report, "db") == [E011]
+            assert "it took" in report.results["db"].messages[E011]
+    finally:
+        late.set()
+        recovered.set()
+    assert recovery(engine, check) < PATIENCE
+
+
+def test_a_served_result_counts_once_for_flap_damping(engine: Engine) -> None:
+    calls: list[int] = []
+    entered = threading.Event()
+    release = threading.Event()
+
+    def check_func() -> list[Any]:
+        calls.append(1)
+        if len(calls) > 1:
+            entered.set()
+            release.wait(PATIENCE)
+        return [Error(f"down (run {len(calls)})", id=DOWN)]  # a fast failure, the first time
+
+    check = Check("db", check_func, timeout=LONG, failure_threshold=3)
+    first = engine.run_sync([check])
+    held = first.results["db"].messages[health.INFO_FAILURE_DAMPED]
+    assert held.startswith("Failing for 1 run(s)")
+    starter, started = in_thread(engine, check)
+    try:
+        assert entered.wait(PATIENCE)
+        for _ in range(5):
+            joiner = engine.run_sync([check]).results["db"].messages
+            assert joiner[health.INFO_FAILURE_DAMPED].startswith("Failing for 1 run(s)")
+            assert "down (run 1)" in joiner[health.INFO_FAILURE_DAMPED]
+    finally:
+        release.set()
+        starter.join(PATIENCE)
+    held = started[0].results["db"].messages[health.INFO_FAILURE_DAMPED]
+    assert held.startswith("Failing for 2 run(s)")
+
+
+def test_the_latest_runs_of_check_functions_made_per_call_are_let_go(engine: Engine) -> None:
+    """A check function made per call (``run_checks`` with a lambda) leaves its latest run
+    behind; past ``MAX_LATEST`` of them, those too old to be served are let go."""
+    for _ in range(MAX_LATEST + 50):
+        engine.run_sync([Check("made_per_call", lambda: None, timeout=0.01)])
+    assert len(engine.scheduler._latest) <= MAX_LATEST

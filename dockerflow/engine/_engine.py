@@ -86,7 +86,9 @@ class Engine:
     Async checks run on an event loop (the engine's :class:`LoopThread` for sync callers, the
     caller's own loop for async callers); sync checks run in daemon worker threads. Each run of a
     check executes in a fresh context, entered through ``context`` (the Flask layer passes
-    ``app.app_context``). Heartbeats asking for a check whose run is in progress share that run.
+    ``app.app_context``). Heartbeats asking for a check whose run is in progress share that run;
+    one that did not start it answers at once with the check's latest result instead, if that
+    result's run started within the timeout and the run shared is within its deadline.
     Every heartbeat sharing a run answers by that run's start plus its timeout (plus
     :data:`~._runs.CANCEL_WAIT` for an async check), whatever the checks do; a run not finished by
     then, or finished later, is reported as timed out (``E011``) to everyone who sees it. A run

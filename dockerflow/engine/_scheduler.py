@@ -26,6 +26,14 @@ least half of it), heartbeats do not wait for it: they are answered at once with
 outcome, while one run tries again in the background, started again as soon as the previous try
 ends for as long as heartbeats ask for the check. The first try that passes, or fails fast, ends
 it: the next heartbeat runs the check and waits for it as usual.
+
+A heartbeat that joins a run started by someone else does not wait for it either while the
+check has a recent result (stale-while-revalidate): it is answered at once with the check's
+latest run, if that run ended within its timeout and started at most the check's timeout before
+the heartbeat asked, and the run joined is not past its deadline. So a served result is never
+older than that of a run the heartbeat could have shared, and a heartbeat after the joined run's
+deadline reports that run (its failure is seen at its deadline, as before). The heartbeat that
+starts a run, and joiners with no recent result, wait for it.
 """
 
 from __future__ import annotations
@@ -84,6 +92,9 @@ _NONE: list[Run] = []
 #: Whether asyncio tasks count their cancellations (Python 3.11 on): the timeout of a sync
 #: caller's async run is then a plain loop timer, not an anyio cancel scope.
 NATIVE_TIMEOUTS = sys.version_info >= (3, 11)
+#: Checks whose latest run one scheduler keeps (see :meth:`Scheduler._served_instead`) before it
+#: lets go of the runs too old to be served.
+MAX_LATEST = 256
 #: Key of a check's runs in one scheduler: (id of its function, timeout, host of an async run).
 RunKey = tuple[int, float, "Host | None"]
 
@@ -124,6 +135,9 @@ class Scheduler:
         # heartbeat to report rather than run the check once more.
         self._recovered: dict[RunKey, Run] = {}
         self._asked: dict[RunKey, float] = {}
+        # The latest run of each check that ended, if it ended within its timeout: what a
+        # heartbeat joining a newer run is answered with (see _served_instead).
+        self._latest: dict[RunKey, Run] = {}
         # Functions whose refusal was logged, until a run of theirs starts again.
         self._refusal_logged: set[int] = set()
         # The async run executing a step on each host's loop right now (at most one per loop).
@@ -235,7 +249,8 @@ class Scheduler:
         if current is not None and now - current.started < restart_after:
             if failing is not None and not background and failing is not current:
                 return (failing, _NONE, None, None, None, False)
-            return (current, _NONE, None, None, None, False)
+            served = None if background else self._served_instead(key, current, now)
+            return (served if served is not None else current, _NONE, None, None, None, False)
         stuck = RUNS.stuck_of(check, now)
         if len(stuck) >= MAX_STUCK_RUNS:
             log = id(check.func) not in self._refusal_logged
@@ -290,6 +305,21 @@ class Scheduler:
         if failing is not None and not background:
             return failing, []
         return run, []
+
+    def _served_instead(self, key: RunKey, current: Run, now: float) -> Run | None:
+        """Return the run a heartbeat joining ``current`` at ``now`` is answered with at once,
+        or ``None`` if it waits for ``current``. Called with ``RUNS.lock`` held.
+
+        Stale-while-revalidate: the check's latest run (one that ended within its timeout, see
+        :meth:`_keep_latest`), if it started no more than the timeout before ``now``, the age
+        of a run the heartbeat could have shared; and only while ``current`` is within its
+        deadline: past it, heartbeats report ``current`` itself, so that its failure is seen
+        at its deadline.
+        """
+        latest = self._latest.get(key)
+        if latest is None or now >= current.deadline or now - latest.started > current.timeout:
+            return None
+        return latest
 
     def start_batch(self, runs: list[Run]) -> BatchQueue:
         """Start the sync runs collected with ``start(batch=...)`` in one worker thread, one
@@ -407,7 +437,7 @@ class Scheduler:
                 if host.closed:
                     hosts.pop(native, None)
         with RUNS.lock:
-            for table in (self._asked, self._failing, self._recovered):
+            for table in (self._asked, self._failing, self._recovered, self._latest):
                 for key in [k for k in table if k[2] is not None and k[2].closed]:
                     del table[key]
 
@@ -531,6 +561,7 @@ class Scheduler:
         def update() -> Run | None:
             # Under RUNS.lock, before anyone waiting for the run is woken: the heartbeats
             # woken by it find the check's state as the run left it.
+            self._keep_latest(key, run)
             failing = self._failing.get(key)
             if not slow:
                 # A pass, or a fast failure (refused connection): heartbeats wait for runs again.
@@ -556,6 +587,23 @@ class Scheduler:
         retry = RUNS.end(run, update)
         if retry is not None:
             self._launch(retry)
+
+    def _keep_latest(self, key: RunKey, run: Run) -> None:
+        """Make ``run``, which ended, its check's latest run, unless a newer one ended before
+        it. A run that overran its timeout is never served, nor an older one in its place.
+        Called with ``RUNS.lock`` held."""
+        kept = self._latest.get(key)
+        if kept is not None and kept.started > run.started:
+            return
+        if run.timed_out or run.finished - run.started > run.timeout:
+            self._latest.pop(key, None)
+            return
+        if kept is None and len(self._latest) >= MAX_LATEST:
+            # Those too old to be served; a check function made per call leaves one each.
+            self._latest = {
+                k: r for k, r in self._latest.items() if run.finished - r.started <= r.timeout
+            }
+        self._latest[key] = run
 
     def _step_started(self, run: Run) -> None:
         # Called on the run's loop thread only: one step runs at a time per loop.

@@ -53,6 +53,10 @@ class Beat:
     error: BaseException | None = None
 
     @property
+    def answered(self) -> float:
+        return self.started + self.elapsed
+
+    @property
     def green(self) -> bool:
         return self.status == 200 and self.body["checks"] == dict.fromkeys(DOWN_IDS, "ok")
 
@@ -222,7 +226,10 @@ def test_checks_go_red_and_recover_when_dependencies_restart(
     # Every check red with its own ID, within a few heartbeats; then staying red, and exactly
     # so (no timeout, no crash), for a few more heartbeats, while both servers are down.
     red = heartbeats.wait_for("red heartbeat", lambda beats: any(b.red for b in beats), down, 5)
-    first_red = next(beat.started for beat in red if beat.red)
+    # Ordered by answers: a heartbeat joining a run in progress answers at once with the
+    # check's latest result, so one asked while the first red heartbeat waited for its runs
+    # may still be green; every heartbeat asked after a red (green) answer is red (green).
+    first_red = min(beat.answered for beat in red if beat.red)
     outage = heartbeats.wait_for(
         "3 more heartbeats during the outage", lambda beats: len(beats) >= 3, first_red, 5
     )
@@ -250,5 +257,5 @@ def test_checks_go_red_and_recover_when_dependencies_restart(
         for name, detail in beat.body["details"].items():
             assert set(detail["messages"]) <= expected[name], beat
     # Recovered for good: no heartbeat after the first green one fails again.
-    first_green = next(beat.started for beat in recovered if beat.green)
+    first_green = min(beat.answered for beat in recovered if beat.green)
     assert all(beat.green for beat in beats if beat.started >= first_green)
