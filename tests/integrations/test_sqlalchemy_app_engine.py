@@ -16,6 +16,7 @@ level); nothing it does may show in the application's own connections:
 from __future__ import annotations
 
 import contextlib
+import secrets
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -261,9 +262,15 @@ def test_static_pool_a_check_timeout_leaves_the_apps_connection_and_database(
     func = made(database_check(app, timeout=0.3))
     check = Check("db", func, timeout=0.3)
     go_on = threading.Event()
+    waiting = threading.Event()
+
+    def wait_for_the_test() -> bool:
+        waiting.set()
+        return go_on.wait(30)
+
     connection = app.connect()
     raw: Any = connection.connection.dbapi_connection
-    raw.create_function("wait_for_the_test", 0, lambda: go_on.wait(30))
+    raw.create_function("wait_for_the_test", 0, wait_for_the_test)
     connection.exec_driver_sql("INSERT INTO app_rows VALUES ('made by the app')")
     # Committed first: on a StaticPool the check goes through the application's own engine, as
     # python-dockerflow's does, and its connection's return to the pool rolls back an open
@@ -274,6 +281,7 @@ def test_static_pool_a_check_timeout_leaves_the_apps_connection_and_database(
     )
     query.start()
     try:
+        assert waiting.wait(10)  # the app's query holds the one connection
         report = engine.run_sync([check])
         assert report.checks == {"db": "error"}  # timed out behind the app's query
     finally:
@@ -364,19 +372,31 @@ def test_shared_creator_connection_survives_a_check_timeout(
     check = Check("db", func, timeout=0.5)
     beats(engine, check, times=1)
     outcome: list[Any] = []
+    # The app's query waits on an advisory lock this test holds until the heartbeat has
+    # answered: it outlasts the check's timeout however slow the machine is.
+    key = secrets.randbits(62)
+    holder = made(
+        sqlalchemy.create_engine(url_with(postgres_url, drivername="postgresql+psycopg2"))
+    )
 
     def slow_query() -> None:
         try:
             with app.connect() as connection:
-                # Five times the check's timeout: the heartbeat ends well before the query.
-                outcome.append(connection.exec_driver_sql("SELECT pg_sleep(2.5), 1").all())
+                outcome.append(
+                    connection.exec_driver_sql(
+                        f"SELECT pg_advisory_xact_lock_shared({key}), 1"
+                    ).all()
+                )
         except Exception as exc:  # the test reports it below
             outcome.append(exc)
 
-    query = threading.Thread(target=slow_query)
-    query.start()
-    wait_until(lambda: running_query(postgres_url, name, "pg_sleep") or bool(outcome))
-    report = engine.run_sync([check])
+    with holder.connect() as lock:
+        lock.exec_driver_sql(f"SELECT pg_advisory_lock({key})")
+        query = threading.Thread(target=slow_query)
+        query.start()
+        wait_until(lambda: running_query(postgres_url, name, "pg_advisory") or bool(outcome))
+        report = engine.run_sync([check])
+        lock.exec_driver_sql(f"SELECT pg_advisory_unlock({key})")
     query.join(10)
     assert report.checks == {"db": "error"}  # timed out behind the app's query
     assert outcome == [[("", 1)]]
