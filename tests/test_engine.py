@@ -881,7 +881,9 @@ def test_run_sync_works_in_a_forked_child(engine: Engine, release: threading.Eve
             release.wait(10)
 
     where_check = Check("where", where)
-    stuck_check = Check("stuck", stuck_in_parent, timeout=0.05)
+    # In the child the check returns at once, in a thread started in a fresh process: its
+    # timeout leaves a loaded machine room for that (the parent waits it out once).
+    stuck_check = Check("stuck", stuck_in_parent, timeout=1.0)
     report = engine.run_sync([where_check, stuck_check])
     assert report.checks == {"where": "ok", "stuck": "error"}
     parent_thread = engine.bridge.thread
