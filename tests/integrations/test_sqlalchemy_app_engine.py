@@ -31,6 +31,7 @@ from dockerflow.integrations.sqlalchemy import CheckEngine
 
 from .helpers import (
     ALEMBIC_APP,
+    ANSWER,
     count_backends,
     messages_of,
     running_query,
@@ -129,7 +130,7 @@ def test_the_apps_pool_listeners_do_not_see_the_checks_connections(
         connection.execute(sqlalchemy.text("SELECT 1"))
     before = dict(counted)
     func = made(database_check(app))
-    beats(engine, Check("db", func), times=5)
+    beats(engine, Check("db", func, timeout=ANSWER), times=5)
     assert counted == before
 
 
@@ -153,7 +154,7 @@ def test_the_apps_connect_listeners_set_up_the_checks_connections(
     with app.connect() as connection:
         assert connection.exec_driver_sql("SHOW search_path").scalar().startswith("dockerflow")
     func = made(database_check(app))
-    beats(engine, Check("db", func))
+    beats(engine, Check("db", func, timeout=ANSWER))
     with check_connection(func) as connection:
         path = connection.exec_driver_sql("SHOW search_path").scalar()
     assert path == "dockerflow_elsewhere, public"
@@ -182,7 +183,7 @@ def test_the_checks_connections_keep_the_apps_isolation_level(
         )
     )
     func = made(database_check(app))
-    beats(engine, Check("db", func))
+    beats(engine, Check("db", func, timeout=ANSWER))
     with check_connection(func) as connection:
         raw: Any = connection.connection.dbapi_connection
         if expected is None:
@@ -216,7 +217,7 @@ def test_static_pool_the_apps_connection_and_database_survive_heartbeats(
     # python-dockerflow's does, and its connection's return to the pool rolls back an open
     # transaction on the one shared connection (python-dockerflow's check does the same).
     connection.commit()
-    beats(engine, Check("db", func))
+    beats(engine, Check("db", func, timeout=ANSWER))
     engine.bridge.call(release, func)
     connection.close()
     with app.connect() as connection:
@@ -237,7 +238,7 @@ def test_static_pool_the_migrations_check_reads_the_apps_database_and_leaves_it(
         command.upgrade(config, "head")
     check_engine = CheckEngine(app)
     checks = [
-        Check("db", made(database_check(check_engine))),
+        Check("db", made(database_check(check_engine)), timeout=ANSWER),
         Check(
             "migrations", made(migrations_check(script_location=ALEMBIC_APP, engine=check_engine))
         ),
@@ -342,7 +343,7 @@ def test_shared_creator_connection_survives_heartbeats_and_release(
     connection = app.connect()
     connection.exec_driver_sql("CREATE TEMPORARY TABLE app_rows (name TEXT)")
     connection.exec_driver_sql("INSERT INTO app_rows VALUES ('made by the app')")  # not committed
-    beats(engine, Check("db", func))
+    beats(engine, Check("db", func, timeout=ANSWER))
     assert connection.exec_driver_sql("SHOW statement_timeout").scalar() == "0"  # the app's own
     engine.bridge.call(release, func)
     connection.commit()
@@ -350,7 +351,7 @@ def test_shared_creator_connection_survives_heartbeats_and_release(
     connection.close()
     assert shared.closed == 0
     assert count_backends(postgres_url, name) == 1
-    beats(engine, Check("db", func))
+    beats(engine, Check("db", func, timeout=ANSWER))
     # Idle between the app's transactions, the shared connection is left idle.
     from psycopg2.extensions import TRANSACTION_STATUS_IDLE
 
@@ -424,7 +425,7 @@ def test_a_creator_of_new_connections_gives_the_check_one_of_its_own(
         )
     )
     func = made(database_check(app))
-    beats(engine, Check("db", func), times=5)
+    beats(engine, Check("db", func, timeout=ANSWER), times=5)
     assert count_backends(postgres_url, name) == 1  # the check's own, kept; the app has none
 
 
@@ -437,12 +438,12 @@ def test_the_apps_do_connect_hooks_added_later_apply_to_the_checks_connections(
     name = unique_name("later-hook")
     app = made(sqlalchemy.create_engine(url_with(postgres_url, drivername="postgresql+psycopg2")))
     func = made(database_check(app))
-    beats(engine, Check("db", func), times=1)
+    beats(engine, Check("db", func, timeout=ANSWER), times=1)
     engine.bridge.call(release, func)  # the check's next connect is a new one
 
     @sqlalchemy.event.listens_for(app, "do_connect")
     def name_it(dialect: Any, record: Any, cargs: Any, cparams: dict[str, Any]) -> None:
         cparams["application_name"] = name
 
-    beats(engine, Check("db", func), times=1)
+    beats(engine, Check("db", func, timeout=ANSWER), times=1)
     assert count_backends(postgres_url, name) == 1
