@@ -78,7 +78,13 @@ def test_first_background_run_is_bounded_by_the_timeout(engine: Engine) -> None:
 
 def test_background_refresh_restarts_after_the_loop_stops(engine: Engine) -> None:
     calls: list[int] = []
-    check = Check("counted", lambda: calls.append(1), interval=0.05)
+
+    # On the loop: once the loop is stopped nothing runs (a sync run in a worker thread when the
+    # loop stopped would still finish afterwards).
+    async def counted() -> None:
+        calls.append(1)
+
+    check = Check("counted", counted, interval=0.05)
     engine.run_sync([check])
     engine.close()
     stopped_at = len(calls)
