@@ -70,14 +70,17 @@ def test_an_async_check_that_blocks_the_loop_cannot_hold_up_heartbeats(
         for thread in threads:
             thread.join(10)
         assert len(timings) == 3
-        assert max(timings) <= 0.75, timings
+        # At the 0.5 s timeout, with room for a loaded machine: waiting for the loop takes 3 s.
+        assert max(timings) <= 2.0, timings
         # The innocent check could not run either; its message says why.
         messages = [body["details"]["innocent"]["messages"][E011] for body in bodies]
         assert any("blocked by check 'blocking_http_client'" in m for m in messages), messages
         # Logged while the loop is still blocked (the check may never give it back).
+        # Only this check's warning while it blocks: on a loaded machine the one logged when it
+        # stops blocking (3 s), or a late one of an earlier test's engine, may be there too.
         warnings = [r.getMessage() for r in caplog.records if r.name == "dockerflow.engine"]
-        assert [w for w in warnings if "'blocking_http_client' is blocking the event loop" in w]
-        assert len(warnings) == 1, warnings  # once per run, not once per heartbeat
+        blocking = [w for w in warnings if "'blocking_http_client' is blocking the event loop" in w]
+        assert len(blocking) == 1, warnings  # once per run, not once per heartbeat
 
 
 def test_a_check_stuck_forever_is_started_again_and_the_heartbeat_recovers(
@@ -86,7 +89,7 @@ def test_a_check_stuck_forever_is_started_again_and_the_heartbeat_recovers(
     flask_app, ext = app
     calls: list[float] = []
 
-    @ext.check(timeout=0.2, restart_after=1.0)
+    @ext.check(timeout=0.2, restart_after=1.5)
     def half_open_socket() -> None:
         calls.append(time.monotonic())
         if len(calls) == 1:
@@ -96,16 +99,19 @@ def test_a_check_stuck_forever_is_started_again_and_the_heartbeat_recovers(
     started = time.monotonic()
     first = web.get("/__heartbeat__")
     assert first.status_code == 500
+    # The run started a moment after the heartbeat (later on a loaded machine): once it has
+    # been going for longer than its timeout, the next heartbeat finds it stuck.
+    time.sleep(max(0.0, calls[0] + 0.2 - time.monotonic()))
     second = web.get("/__heartbeat__")
     message = second.json["details"]["half_open_socket"]["messages"][E011]
     assert "still running from an earlier heartbeat, stuck for" in message
-    while time.monotonic() - started < 5:
+    while time.monotonic() - started < 10:
         response = web.get("/__heartbeat__")
         if response.status_code == 200:
             break
         time.sleep(0.05)
     assert response.status_code == 200
-    assert time.monotonic() - started <= 2.0
+    assert time.monotonic() - started <= 1.5 + 2.5  # soon after its restart delay
     assert len(calls) == 2
 
 
@@ -153,7 +159,9 @@ def test_masking_a_megabyte_is_linear_and_quick() -> None:
     }
     for what, text in texts.items():
         best = min(_timed(mask_secrets, text) for _ in range(5))
-        assert best < 0.05, (what, best)
+        # Linear: a few milliseconds (benchmarks/ has the figures); a quadratic pattern on a
+        # megabyte takes minutes. The bound leaves room for a loaded machine.
+        assert best < 0.5, (what, best)
     assert "hunter2" not in mask_secrets(texts["log-like text"])
 
 

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import anyio
 import pytest
+from test_engine import threads_inside
 
 from dockerflow import health
 from dockerflow.checks import Error
@@ -72,30 +73,38 @@ def test_async_check_that_blocks_the_loop_is_reported_as_timed_out(engine: Engin
 def test_stop_does_not_wait_for_a_blocked_loop() -> None:
     bridge = LoopThread()
     release = threading.Event()
+    blocking = threading.Event()
 
     async def block() -> None:
+        blocking.set()
         release.wait(10)
 
     bridge.submit(block)
-    time.sleep(0.1)
-    started = time.perf_counter()
-    bridge.stop(timeout=0.3)
-    assert time.perf_counter() - started < 1.0
-    release.set()
+    try:
+        assert blocking.wait(10)
+        started = time.perf_counter()
+        bridge.stop(timeout=0.3)
+        # Not the 10 s of the blocked loop; room for a loaded machine.
+        assert time.perf_counter() - started < 0.3 + 2.0
+    finally:
+        release.set()
 
 
 def test_interpreter_exit_is_not_held_by_a_blocked_loop() -> None:
     code = textwrap.dedent(
         """
-        import time
+        import threading, time
         from dockerflow.engine import LoopThread
 
+        blocking = threading.Event()
+
         async def block():
+            blocking.set()
             time.sleep(60)
 
         bridge = LoopThread()
         bridge.submit(block)
-        time.sleep(0.1)
+        assert blocking.wait(10)
         """
     )
     started = time.perf_counter()
@@ -137,7 +146,10 @@ def test_damping_counts_a_shared_run_once(engine: Engine) -> None:
     threads = [threading.Thread(target=heartbeat, args=(other,)) for other in others]
     for thread in threads:
         thread.start()
-    time.sleep(0.2)
+    # The run fails once all three heartbeats wait on it, however late their threads start.
+    deadline = time.monotonic() + 5
+    while threads_inside(Engine.run_sync.__code__) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
     release.set()
     for thread in threads:
         thread.join()

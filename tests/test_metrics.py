@@ -68,9 +68,16 @@ def app(tmp_path: Path) -> Flask:
 
 
 def make_dockerflow(
-    app: Flask, registry: CollectorRegistry, release: threading.Event, **config: Any
+    app: Flask,
+    registry: CollectorRegistry,
+    release: threading.Event,
+    entered: threading.Event | None = None,
+    **config: Any,
 ) -> Dockerflow:
-    """An extension with an ok, a failing, a warning and a hanging (sync) check."""
+    """An extension with an ok, a failing, a warning and a hanging (sync) check.
+
+    The hanging check sets ``entered`` (when given) as it starts, then blocks until ``release``.
+    """
     app.config.update(config)
     dockerflow = Dockerflow(metrics=HeartbeatMetrics(registry))
 
@@ -88,6 +95,8 @@ def make_dockerflow(
 
     @dockerflow.check(timeout=TIMEOUT)
     def hangs() -> list[Any]:
+        if entered is not None:
+            entered.set()
         release.wait(30)
         return []
 
@@ -155,12 +164,16 @@ def test_a_level_change_is_written_at_once(app: Flask, registry: CollectorRegist
 def test_a_stuck_sync_check_holds_one_thread_until_it_returns(
     app: Flask, registry: CollectorRegistry, release: threading.Event
 ) -> None:
-    make_dockerflow(app, registry, release)
+    entered = threading.Event()
+    make_dockerflow(app, registry, release, entered)
     client = app.test_client()
     # The first heartbeat gives up on the run at its timeout, measured from the heartbeat's
-    # start; the run itself started a moment later, so it may not count as stuck yet.
+    # start; the run itself started a moment later, so it may not count as stuck yet. Once
+    # the check has been running for longer than its timeout, it does, however late its
+    # thread started on a loaded machine.
     client.get("/__heartbeat__")
-    time.sleep(0.01)
+    assert entered.wait(5)
+    time.sleep(TIMEOUT)
     # Reported as still running on the next heartbeat: one thread held, another timeout.
     client.get("/__heartbeat__")
     samples = scrape(registry)

@@ -26,6 +26,9 @@ Checks:
     has run.
 ``event_loop_lag``
     An ``async def`` check: how late a short sleep wakes up on the checks' event loop.
+    Non-critical: a busy process (a loaded host, a fresh ``flask dockerflow heartbeat`` still
+    importing its checks' drivers) makes it late or time out, which is a warning, not a reason
+    to take the service out of rotation.
 ``slow_dependency``
     A blocking check that sleeps ``$DEMO_SLOW_CHECK_SECONDS`` (default 0.2) under a timeout of
     1 s. Start the demo with ``DEMO_SLOW_CHECK_SECONDS=2`` to see it reported as timed out
@@ -191,7 +194,7 @@ def create_app() -> Flask:
             groups=[READY],
         )
 
-    @dockerflow.check(timeout=0.5, groups=[READY])
+    @dockerflow.check(timeout=0.5, critical=False, groups=[READY])
     async def event_loop_lag() -> list[CheckMessage]:
         """Warn when the checks' event loop wakes up late: something blocks it."""
         started = time.perf_counter()

@@ -23,7 +23,7 @@ from dockerflow.engine import Check, Engine
 from dockerflow.integrations import builtin_checks
 from dockerflow.integrations.alembic import check_migrations_applied, migrations_check
 
-from .helpers import ALEMBIC_APP, SECRET, SLACK, BlackHole, only_message, timed, url_with
+from .helpers import ALEMBIC_APP, ANSWER, SECRET, SLACK, BlackHole, only_message, timed, url_with
 
 pytestmark = pytest.mark.postgres
 
@@ -85,7 +85,7 @@ def dispose(engine: Engine, func: Any) -> None:
 
 def run(engine: Engine, func: Any) -> tuple[str, str] | None:
     """Run the migrations check once; return its one message, or None when it is ok."""
-    report = engine.run_sync([Check("migrations", func)])
+    report = engine.run_sync([Check("migrations", func, timeout=ANSWER)])
     if report.checks == {"migrations": "ok"}:
         return None
     return only_message(report, "migrations")
@@ -264,7 +264,9 @@ def test_flask_sqlalchemy_checks_need_an_application_context(engine: Engine, dat
     """db.engine is per application: a check run outside of any app context cannot find it."""
     _, _, migrate = flask_app(database)
     func = migrations_check(migrate=migrate)  # the scripts are read without a context
-    msg_id, text = only_message(engine.run_sync([Check("migrations", func)]), "migrations")
+    msg_id, text = only_message(
+        engine.run_sync([Check("migrations", func, timeout=ANSWER)]), "migrations"
+    )
     assert msg_id == health.ERROR_CHECK_EXCEPTION
     assert "Working outside of application context" in text
 
@@ -276,7 +278,7 @@ def test_flask_migrate_version_table_from_migrate_kwargs(engine: Engine, databas
         with app.app_context():
             assert check_migrations_applied(migrate) == []
         func = migrations_check(migrate=migrate)
-        check = Check("migrations", in_app_context(app, func))
+        check = Check("migrations", in_app_context(app, func), timeout=ANSWER)
         assert engine.run_sync([check]).status == "ok"
         func.args[1].dispose()
     finally:

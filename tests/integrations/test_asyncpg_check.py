@@ -20,6 +20,7 @@ from dockerflow.integrations import AsyncpgCheck
 from dockerflow.integrations.asyncpg import _is_connection_error
 
 from .helpers import (
+    ANSWER,
     SECRET,
     SLACK,
     BlackHole,
@@ -55,7 +56,7 @@ def test_healthy(
     engine: Engine, make_check: Callable[..., AsyncpgCheck], postgres_url: str
 ) -> None:
     check = make_check(asyncpg_dsn(postgres_url))
-    assert engine.run_sync([Check("pg", check)]).checks == {"pg": "ok"}
+    assert engine.run_sync([Check("pg", check, timeout=ANSWER)]).checks == {"pg": "ok"}
 
 
 def test_refused(
@@ -127,7 +128,7 @@ def test_wrong_role_or_database_never_shows_the_password(
     dsn = asyncpg_dsn(url_with(postgres_url, password=SECRET, **part))
     check = make_check(dsn)
     assert SECRET not in repr(check)
-    report = engine.run_sync([Check("pg", check)])
+    report = engine.run_sync([Check("pg", check, timeout=ANSWER)])
     msg_id, text = only_message(report, "pg")
     assert msg_id == health.ERROR_CANNOT_CONNECT_DATABASE
     assert expected in text
@@ -139,7 +140,7 @@ def test_bad_dsn_is_a_misconfiguration(
     engine: Engine, make_check: Callable[..., AsyncpgCheck], postgres_url: str
 ) -> None:
     check = make_check(asyncpg_dsn(postgres_url) + f"?sslmode=bogus&password={SECRET}")
-    report = engine.run_sync([Check("pg", check)])
+    report = engine.run_sync([Check("pg", check, timeout=ANSWER)])
     msg_id, text = only_message(report, "pg")
     assert msg_id == health.ERROR_MISCONFIGURED_DATABASE
     assert "sslmode" in text
@@ -153,7 +154,7 @@ def test_server_side_error_is_a_database_error(
     check = make_check(
         asyncpg_dsn(postgres_url), server_settings={"default_transaction_isolation": "bogus"}
     )
-    msg_id, text = only_message(engine.run_sync([Check("pg", check)]), "pg")
+    msg_id, text = only_message(engine.run_sync([Check("pg", check, timeout=ANSWER)]), "pg")
     assert msg_id == health.ERROR_DB_API_EXCEPTION
     assert "default_transaction_isolation" in text
 
@@ -182,11 +183,11 @@ def test_one_pool_reused_across_heartbeats(
     name = unique_name()
     check = make_check(asyncpg_dsn(postgres_url), server_settings={"application_name": name})
     for _ in range(100):
-        assert engine.run_sync([Check("pg", check)]).checks == {"pg": "ok"}
+        assert engine.run_sync([Check("pg", check, timeout=ANSWER)]).checks == {"pg": "ok"}
     pool = engine.bridge.call(check.get_pool)
     assert count_backends(postgres_url, name) == 1
     for _ in range(10):
-        engine.run_sync([Check("pg", check)])
+        engine.run_sync([Check("pg", check, timeout=ANSWER)])
     assert engine.bridge.call(check.get_pool) is pool
 
 
@@ -223,7 +224,7 @@ def test_retries_a_connection_dropped_behind_its_back(
     """The server hangs up while the loop is busy, so asyncpg has not noticed by the query."""
     name = unique_name()
     check = make_check(asyncpg_dsn(postgres_url), server_settings={"application_name": name})
-    assert engine.run_sync([Check("pg", check)]).checks == {"pg": "ok"}
+    assert engine.run_sync([Check("pg", check, timeout=ANSWER)]).checks == {"pg": "ok"}
     pool = engine.bridge.call(check.get_pool)
 
     async def terminate_then_check() -> Any:
@@ -259,14 +260,14 @@ def test_forked_child_opens_its_own_pool(
 ) -> None:
     name = unique_name()
     check = make_check(asyncpg_dsn(postgres_url), server_settings={"application_name": name})
-    assert engine.run_sync([Check("pg", check)]).checks == {"pg": "ok"}
+    assert engine.run_sync([Check("pg", check, timeout=ANSWER)]).checks == {"pg": "ok"}
     parent_pool = engine.bridge.call(check.get_pool)
 
     pid = os.fork()
     if pid == 0:  # the child: report through the exit code only, never return into pytest
         code = 1
         try:
-            ok = engine.run_sync([Check("pg", check)]).checks == {"pg": "ok"}
+            ok = engine.run_sync([Check("pg", check, timeout=ANSWER)]).checks == {"pg": "ok"}
             own_pool = engine.bridge.call(check.get_pool) is not parent_pool
             code = 0 if ok and own_pool else 2
         finally:
@@ -274,7 +275,7 @@ def test_forked_child_opens_its_own_pool(
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     # The parent's pool and connection were not touched by the child.
-    assert engine.run_sync([Check("pg", check)]).checks == {"pg": "ok"}
+    assert engine.run_sync([Check("pg", check, timeout=ANSWER)]).checks == {"pg": "ok"}
     assert engine.bridge.call(check.get_pool) is parent_pool
 
 
@@ -282,10 +283,10 @@ def test_given_pool_is_used_and_left_open(engine: Engine, postgres_url: str) -> 
     pool = engine.bridge.call(_create_pool, asyncpg_dsn(postgres_url))
     try:
         check = AsyncpgCheck(pool=pool)
-        assert engine.run_sync([Check("pg", check)]).checks == {"pg": "ok"}
+        assert engine.run_sync([Check("pg", check, timeout=ANSWER)]).checks == {"pg": "ok"}
         engine.bridge.call(check.close)
         assert not pool._closed
-        assert engine.run_sync([Check("pg", check)]).checks == {"pg": "ok"}
+        assert engine.run_sync([Check("pg", check, timeout=ANSWER)]).checks == {"pg": "ok"}
     finally:
         engine.bridge.call(pool.close)
 

@@ -14,11 +14,11 @@ from dockerflow.engine import Check, Engine
 from dockerflow.integrations import database_check, redis_check, release
 from dockerflow.integrations.sqlalchemy import check_database_connected
 
-from .helpers import url_with
+from .helpers import ANSWER, url_with
 
 
 def values(engine: Engine, func: Any) -> dict[str, Any]:
-    detail = engine.run_sync([Check("c", func)]).results["c"]
+    detail = engine.run_sync([Check("c", func, timeout=ANSWER)]).results["c"]
     assert detail.level == 0, detail.messages
     return {name: item.as_dict() for name, item in detail.data.items()}
 

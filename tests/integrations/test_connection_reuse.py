@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from dockerflow.engine import Check, Engine
 from dockerflow.integrations import AsyncpgCheck, builtin_checks, release
 
-from .helpers import asyncpg_dsn, count_backends, unique_name, url_with
+from .helpers import ANSWER, asyncpg_dsn, count_backends, unique_name, url_with
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
@@ -30,9 +30,9 @@ def test_hundred_heartbeats_reuse_their_connections(
     named = dict(builtin_checks(db=app_engine, redis=client))
     check_engine = named["check_database_connected"].args[0]
     checks = [
-        Check("asyncpg", asyncpg_check),
-        Check("db", named["check_database_connected"]),
-        Check("redis", named["check_redis_connected"]),
+        Check("asyncpg", asyncpg_check, timeout=ANSWER),
+        Check("db", named["check_database_connected"], timeout=ANSWER),
+        Check("redis", named["check_redis_connected"], timeout=ANSWER),
     ]
     admin = redis.Redis.from_url(redis_url)
     try:

@@ -23,6 +23,7 @@ from dockerflow.integrations.redis import (
 )
 
 from .helpers import (
+    ANSWER,
     SECRET,
     SLACK,
     BlackHole,
@@ -96,7 +97,7 @@ def port_url(port: int, password: str | None = None) -> str:
 def test_sync_healthy(engine: Engine, make_client: Callable[..., Any], redis_url: str) -> None:
     func = redis_check(make_client(redis_url))
     assert not inspect.iscoroutinefunction(func)
-    assert engine.run_sync([Check("redis", func)]).checks == {"redis": "ok"}
+    assert engine.run_sync([Check("redis", func, timeout=ANSWER)]).checks == {"redis": "ok"}
 
 
 def test_sync_refused(engine: Engine, make_client: Callable[..., Any], refused_port: int) -> None:
@@ -185,7 +186,7 @@ def test_sync_wrong_credentials_never_show_the_password(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     url = redis_url.replace("redis://", f"redis://nobody:{SECRET}@")
-    report = engine.run_sync([Check("redis", redis_check(make_client(url)))])
+    report = engine.run_sync([Check("redis", redis_check(make_client(url)), timeout=ANSWER)])
     msg_id, text = only_message(report, "redis")
     assert msg_id == health.ERROR_CANNOT_CONNECT_REDIS
     assert "invalid username-password pair" in text
@@ -198,7 +199,7 @@ def test_sync_other_redis_error(
 ) -> None:
     """A server that does not know PING (renamed away) answers with an error: E010."""
     server = private_redis("--rename-command", "PING", "")
-    report = engine.run_sync([Check("redis", redis_check(make_client(server.url)))])
+    report = engine.run_sync([Check("redis", redis_check(make_client(server.url)), timeout=ANSWER)])
     msg_id, text = only_message(report, "redis")
     assert msg_id == health.ERROR_REDIS_EXCEPTION
     assert "unknown command" in text
@@ -208,7 +209,7 @@ def test_sync_server_stops_and_comes_back(
     engine: Engine, make_client: Callable[..., Any], private_redis: Callable[..., PrivateRedis]
 ) -> None:
     server = private_redis()
-    check = Check("redis", redis_check(make_client(server.url, retry=NO_RETRY)))
+    check = Check("redis", redis_check(make_client(server.url, retry=NO_RETRY)), timeout=ANSWER)
     assert engine.run_sync([check]).checks == {"redis": "ok"}
     server.stop()
     assert only_message(engine.run_sync([check]), "redis")[0] == health.ERROR_CANNOT_CONNECT_REDIS
@@ -226,7 +227,7 @@ def test_falsy_ping_reply(engine: Engine, redis_url: str) -> None:
 
     client = Muted.from_url(redis_url)
     try:
-        report = engine.run_sync([Check("redis", redis_check(client))])
+        report = engine.run_sync([Check("redis", redis_check(client), timeout=ANSWER)])
     finally:
         client.close()
     assert only_message(report, "redis") == (health.ERROR_REDIS_PING_FAILED, "Redis ping failed")
@@ -239,12 +240,12 @@ def test_flask_redis_store(engine: Engine, redis_url: str) -> None:
     app.config["REDIS_URL"] = redis_url
     store = flask_redis.FlaskRedis()
     func = redis_check(store)  # before init_app: the client is looked up at each check
-    assert only_message(engine.run_sync([Check("redis", func)]), "redis")[0] == (
+    assert only_message(engine.run_sync([Check("redis", func, timeout=ANSWER)]), "redis")[0] == (
         health.ERROR_MISSING_REDIS_CLIENT
     )
     store.init_app(app)
     try:
-        assert engine.run_sync([Check("redis", func)]).checks == {"redis": "ok"}
+        assert engine.run_sync([Check("redis", func, timeout=ANSWER)]).checks == {"redis": "ok"}
         assert check_redis_connected(store) == []
     finally:
         store._redis_client.close()
@@ -271,7 +272,7 @@ def test_async_healthy(
 ) -> None:
     func = redis_check(make_async_client(redis_url))
     assert inspect.iscoroutinefunction(type(func).__call__)
-    assert engine.run_sync([Check("redis", func)]).checks == {"redis": "ok"}
+    assert engine.run_sync([Check("redis", func, timeout=ANSWER)]).checks == {"redis": "ok"}
 
 
 def test_async_refused(
@@ -314,7 +315,7 @@ def test_async_wrong_credentials_never_show_the_password(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     url = redis_url.replace("redis://", f"redis://nobody:{SECRET}@")
-    report = engine.run_sync([Check("redis", redis_check(make_async_client(url)))])
+    report = engine.run_sync([Check("redis", redis_check(make_async_client(url)), timeout=ANSWER)])
     msg_id, text = only_message(report, "redis")
     assert msg_id == health.ERROR_CANNOT_CONNECT_REDIS
     assert "invalid username-password pair" in text
@@ -328,7 +329,9 @@ def test_async_other_redis_error(
     private_redis: Callable[..., PrivateRedis],
 ) -> None:
     server = private_redis("--rename-command", "PING", "")
-    report = engine.run_sync([Check("redis", redis_check(make_async_client(server.url)))])
+    report = engine.run_sync(
+        [Check("redis", redis_check(make_async_client(server.url)), timeout=ANSWER)]
+    )
     assert only_message(report, "redis")[0] == health.ERROR_REDIS_EXCEPTION
 
 
@@ -340,7 +343,7 @@ def test_async_one_connection_across_heartbeats(
 ) -> None:
     name = unique_name()
     client = make_async_client(redis_url, client_name=name)
-    check = Check("redis", redis_check(client))
+    check = Check("redis", redis_check(client), timeout=ANSWER)
     pool = client.connection_pool
     for _ in range(100):
         assert engine.run_sync([check]).checks == {"redis": "ok"}
@@ -359,9 +362,9 @@ def test_async_function_with_a_flask_redis_style_wrapper(
     store = Store(make_async_client(redis_url))
     func = redis_check(store)
     assert inspect.iscoroutinefunction(type(func).__call__)
-    assert engine.run_sync([Check("redis", func)]).checks == {"redis": "ok"}
+    assert engine.run_sync([Check("redis", func, timeout=ANSWER)]).checks == {"redis": "ok"}
 
     async def direct() -> Any:
         return await check_redis_connected_async(store)
 
-    assert engine.run_sync([Check("redis", direct)]).checks == {"redis": "ok"}
+    assert engine.run_sync([Check("redis", direct, timeout=ANSWER)]).checks == {"redis": "ok"}

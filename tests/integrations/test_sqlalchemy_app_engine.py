@@ -16,6 +16,7 @@ level); nothing it does may show in the application's own connections:
 from __future__ import annotations
 
 import contextlib
+import secrets
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -30,6 +31,7 @@ from dockerflow.integrations.sqlalchemy import CheckEngine
 
 from .helpers import (
     ALEMBIC_APP,
+    ANSWER,
     count_backends,
     messages_of,
     running_query,
@@ -128,7 +130,7 @@ def test_the_apps_pool_listeners_do_not_see_the_checks_connections(
         connection.execute(sqlalchemy.text("SELECT 1"))
     before = dict(counted)
     func = made(database_check(app))
-    beats(engine, Check("db", func), times=5)
+    beats(engine, Check("db", func, timeout=ANSWER), times=5)
     assert counted == before
 
 
@@ -152,7 +154,7 @@ def test_the_apps_connect_listeners_set_up_the_checks_connections(
     with app.connect() as connection:
         assert connection.exec_driver_sql("SHOW search_path").scalar().startswith("dockerflow")
     func = made(database_check(app))
-    beats(engine, Check("db", func))
+    beats(engine, Check("db", func, timeout=ANSWER))
     with check_connection(func) as connection:
         path = connection.exec_driver_sql("SHOW search_path").scalar()
     assert path == "dockerflow_elsewhere, public"
@@ -181,7 +183,7 @@ def test_the_checks_connections_keep_the_apps_isolation_level(
         )
     )
     func = made(database_check(app))
-    beats(engine, Check("db", func))
+    beats(engine, Check("db", func, timeout=ANSWER))
     with check_connection(func) as connection:
         raw: Any = connection.connection.dbapi_connection
         if expected is None:
@@ -215,7 +217,7 @@ def test_static_pool_the_apps_connection_and_database_survive_heartbeats(
     # python-dockerflow's does, and its connection's return to the pool rolls back an open
     # transaction on the one shared connection (python-dockerflow's check does the same).
     connection.commit()
-    beats(engine, Check("db", func))
+    beats(engine, Check("db", func, timeout=ANSWER))
     engine.bridge.call(release, func)
     connection.close()
     with app.connect() as connection:
@@ -236,7 +238,7 @@ def test_static_pool_the_migrations_check_reads_the_apps_database_and_leaves_it(
         command.upgrade(config, "head")
     check_engine = CheckEngine(app)
     checks = [
-        Check("db", made(database_check(check_engine))),
+        Check("db", made(database_check(check_engine)), timeout=ANSWER),
         Check(
             "migrations", made(migrations_check(script_location=ALEMBIC_APP, engine=check_engine))
         ),
@@ -261,9 +263,15 @@ def test_static_pool_a_check_timeout_leaves_the_apps_connection_and_database(
     func = made(database_check(app, timeout=0.3))
     check = Check("db", func, timeout=0.3)
     go_on = threading.Event()
+    waiting = threading.Event()
+
+    def wait_for_the_test() -> bool:
+        waiting.set()
+        return go_on.wait(30)
+
     connection = app.connect()
     raw: Any = connection.connection.dbapi_connection
-    raw.create_function("wait_for_the_test", 0, lambda: go_on.wait(30))
+    raw.create_function("wait_for_the_test", 0, wait_for_the_test)
     connection.exec_driver_sql("INSERT INTO app_rows VALUES ('made by the app')")
     # Committed first: on a StaticPool the check goes through the application's own engine, as
     # python-dockerflow's does, and its connection's return to the pool rolls back an open
@@ -274,6 +282,7 @@ def test_static_pool_a_check_timeout_leaves_the_apps_connection_and_database(
     )
     query.start()
     try:
+        assert waiting.wait(10)  # the app's query holds the one connection
         report = engine.run_sync([check])
         assert report.checks == {"db": "error"}  # timed out behind the app's query
     finally:
@@ -334,7 +343,7 @@ def test_shared_creator_connection_survives_heartbeats_and_release(
     connection = app.connect()
     connection.exec_driver_sql("CREATE TEMPORARY TABLE app_rows (name TEXT)")
     connection.exec_driver_sql("INSERT INTO app_rows VALUES ('made by the app')")  # not committed
-    beats(engine, Check("db", func))
+    beats(engine, Check("db", func, timeout=ANSWER))
     assert connection.exec_driver_sql("SHOW statement_timeout").scalar() == "0"  # the app's own
     engine.bridge.call(release, func)
     connection.commit()
@@ -342,7 +351,7 @@ def test_shared_creator_connection_survives_heartbeats_and_release(
     connection.close()
     assert shared.closed == 0
     assert count_backends(postgres_url, name) == 1
-    beats(engine, Check("db", func))
+    beats(engine, Check("db", func, timeout=ANSWER))
     # Idle between the app's transactions, the shared connection is left idle.
     from psycopg2.extensions import TRANSACTION_STATUS_IDLE
 
@@ -364,19 +373,31 @@ def test_shared_creator_connection_survives_a_check_timeout(
     check = Check("db", func, timeout=0.5)
     beats(engine, check, times=1)
     outcome: list[Any] = []
+    # The app's query waits on an advisory lock this test holds until the heartbeat has
+    # answered: it outlasts the check's timeout however slow the machine is.
+    key = secrets.randbits(62)
+    holder = made(
+        sqlalchemy.create_engine(url_with(postgres_url, drivername="postgresql+psycopg2"))
+    )
 
     def slow_query() -> None:
         try:
             with app.connect() as connection:
-                # Five times the check's timeout: the heartbeat ends well before the query.
-                outcome.append(connection.exec_driver_sql("SELECT pg_sleep(2.5), 1").all())
+                outcome.append(
+                    connection.exec_driver_sql(
+                        f"SELECT pg_advisory_xact_lock_shared({key}), 1"
+                    ).all()
+                )
         except Exception as exc:  # the test reports it below
             outcome.append(exc)
 
-    query = threading.Thread(target=slow_query)
-    query.start()
-    wait_until(lambda: running_query(postgres_url, name, "pg_sleep") or bool(outcome))
-    report = engine.run_sync([check])
+    with holder.connect() as lock:
+        lock.exec_driver_sql(f"SELECT pg_advisory_lock({key})")
+        query = threading.Thread(target=slow_query)
+        query.start()
+        wait_until(lambda: running_query(postgres_url, name, "pg_advisory") or bool(outcome))
+        report = engine.run_sync([check])
+        lock.exec_driver_sql(f"SELECT pg_advisory_unlock({key})")
     query.join(10)
     assert report.checks == {"db": "error"}  # timed out behind the app's query
     assert outcome == [[("", 1)]]
@@ -404,7 +425,7 @@ def test_a_creator_of_new_connections_gives_the_check_one_of_its_own(
         )
     )
     func = made(database_check(app))
-    beats(engine, Check("db", func), times=5)
+    beats(engine, Check("db", func, timeout=ANSWER), times=5)
     assert count_backends(postgres_url, name) == 1  # the check's own, kept; the app has none
 
 
@@ -417,12 +438,12 @@ def test_the_apps_do_connect_hooks_added_later_apply_to_the_checks_connections(
     name = unique_name("later-hook")
     app = made(sqlalchemy.create_engine(url_with(postgres_url, drivername="postgresql+psycopg2")))
     func = made(database_check(app))
-    beats(engine, Check("db", func), times=1)
+    beats(engine, Check("db", func, timeout=ANSWER), times=1)
     engine.bridge.call(release, func)  # the check's next connect is a new one
 
     @sqlalchemy.event.listens_for(app, "do_connect")
     def name_it(dialect: Any, record: Any, cargs: Any, cparams: dict[str, Any]) -> None:
         cparams["application_name"] = name
 
-    beats(engine, Check("db", func), times=1)
+    beats(engine, Check("db", func, timeout=ANSWER), times=1)
     assert count_backends(postgres_url, name) == 1

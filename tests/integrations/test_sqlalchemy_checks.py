@@ -25,6 +25,7 @@ from dockerflow.integrations.sqlalchemy import (
 )
 
 from .helpers import (
+    ANSWER,
     SECRET,
     SLACK,
     BlackHole,
@@ -88,7 +89,7 @@ def dispose(engine: Engine, check: Any) -> None:
 def test_sync_healthy(engine: Engine, make_engine: Callable[..., Any], postgres_url: str) -> None:
     func = database_check(make_engine(postgres_url))
     assert isinstance(func.args[0], CheckEngine)
-    report, _ = timed(engine, Check("db", func))
+    report, _ = timed(engine, Check("db", func, timeout=ANSWER))
     assert report.checks == {"db": "ok"}
     dispose(engine, func)
 
@@ -98,7 +99,9 @@ def test_python_dockerflow_function_takes_an_engine(
 ) -> None:
     app_engine = make_engine(postgres_url)
     assert check_database_connected(app_engine) == []
-    report = engine.run_sync([Check("db", lambda: check_database_connected(app_engine))])
+    report = engine.run_sync(
+        [Check("db", lambda: check_database_connected(app_engine), timeout=ANSWER)]
+    )
     assert report.checks == {"db": "ok"}
 
 
@@ -161,7 +164,7 @@ def test_sync_wrong_role_or_database_never_shows_the_password(
     url = url_with(postgres_url, password=SECRET, **part)
     assert SECRET in url
     caplog.set_level(logging.DEBUG)
-    report = engine.run_sync([Check("db", database_check(make_engine(url)))])
+    report = engine.run_sync([Check("db", database_check(make_engine(url)), timeout=ANSWER)])
     msg_id, text = only_message(report, "db")
     assert msg_id == health.ERROR_CANNOT_CONNECT_DATABASE
     assert expected in text
@@ -207,7 +210,7 @@ def test_sync_check_uses_the_application_engines_connect_args(
     app_engine = make_engine(postgres_url, connect_args={"application_name": name})
     func = database_check(app_engine)
     for _ in range(20):
-        assert engine.run_sync([Check("db", func)]).checks == {"db": "ok"}
+        assert engine.run_sync([Check("db", func, timeout=ANSWER)]).checks == {"db": "ok"}
     assert count_backends(postgres_url, name) == 1
     assert func.args[0].engine is func.args[0].engine
     dispose(engine, func)
@@ -220,7 +223,7 @@ def test_sync_check_survives_a_dropped_connection(
     """After a server restart or failover, the stale pooled connection is retried once."""
     name = unique_name()
     func = database_check(make_engine(postgres_url, connect_args={"application_name": name}))
-    check = Check("db", func)
+    check = Check("db", func, timeout=ANSWER)
     assert engine.run_sync([check]).checks == {"db": "ok"}
     assert terminate_backends(postgres_url, name) == 1
     assert engine.run_sync([check]).checks == {"db": "ok"}
@@ -235,7 +238,7 @@ def test_async_healthy(
 ) -> None:
     func = database_check(make_async_engine(postgres_url))
     assert inspect.iscoroutinefunction(func)
-    report = engine.run_sync([Check("db", func)])
+    report = engine.run_sync([Check("db", func, timeout=ANSWER)])
     assert report.checks == {"db": "ok"}
     dispose(engine, func)
 
@@ -248,7 +251,7 @@ def test_async_python_dockerflow_style_function(
     async def check() -> Any:
         return await check_database_connected_async(app_engine)
 
-    assert engine.run_sync([Check("db", check)]).checks == {"db": "ok"}
+    assert engine.run_sync([Check("db", check, timeout=ANSWER)]).checks == {"db": "ok"}
 
 
 def test_async_refused(
@@ -302,7 +305,7 @@ def test_async_wrong_role_or_database_never_shows_the_password(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     func = database_check(make_async_engine(url_with(postgres_url, password=SECRET, **part)))
-    report = engine.run_sync([Check("db", func)])
+    report = engine.run_sync([Check("db", func, timeout=ANSWER)])
     msg_id, text = only_message(report, "db")
     assert msg_id == health.ERROR_CANNOT_CONNECT_DATABASE
     assert expected in text
@@ -337,7 +340,7 @@ def test_async_python_dockerflow_function_on_a_busy_pool(
 
     held = engine.bridge.call(app_engine.connect().start)
     try:
-        report = engine.run_sync([Check("db", check)])
+        report = engine.run_sync([Check("db", check, timeout=ANSWER)])
     finally:
         engine.bridge.call(held.close)
     msg_id, text = only_message(report, "db")
@@ -353,7 +356,7 @@ def test_async_check_survives_a_dropped_connection(
         postgres_url, connect_args={"server_settings": {"application_name": name}}
     )
     func = database_check(app_engine)
-    check = Check("db", func)
+    check = Check("db", func, timeout=ANSWER)
     assert engine.run_sync([check]).checks == {"db": "ok"}
     assert terminate_backends(postgres_url, name) == 1
     assert engine.run_sync([check]).checks == {"db": "ok"}
@@ -369,7 +372,7 @@ def test_async_check_retries_a_connection_dropped_behind_its_back(
         postgres_url, connect_args={"server_settings": {"application_name": name}}
     )
     func = database_check(app_engine)
-    assert engine.run_sync([Check("db", func)]).checks == {"db": "ok"}
+    assert engine.run_sync([Check("db", func, timeout=ANSWER)]).checks == {"db": "ok"}
 
     async def terminate_then_check() -> Any:
         # Blocking calls on purpose: the loop cannot read the server's goodbye until the check.
@@ -388,7 +391,7 @@ def test_async_check_engine_makes_one_copy_per_loop(
     first, second = Engine(timeout=2), Engine(timeout=2)
     try:
         check_engine = AsyncCheckEngine(make_async_engine(postgres_url))
-        check = Check("db", database_check(check_engine))
+        check = Check("db", database_check(check_engine), timeout=ANSWER)
         assert first.run_sync([check]).checks == {"db": "ok"}
         copy_on_first = first.bridge.call(_engine_of, check_engine)
         assert second.run_sync([check]).checks == {"db": "ok"}
@@ -425,14 +428,14 @@ def test_sync_forked_child_makes_its_own_copy(
     name = unique_name()
     func = database_check(make_engine(postgres_url, connect_args={"application_name": name}))
     check_engine = func.args[0]
-    assert engine.run_sync([Check("db", func)]).checks == {"db": "ok"}
+    assert engine.run_sync([Check("db", func, timeout=ANSWER)]).checks == {"db": "ok"}
     parent_copy = check_engine.engine
 
     pid = os.fork()
     if pid == 0:  # the child: report through the exit code only, never return into pytest
         code = 1
         try:
-            ok = engine.run_sync([Check("db", func)]).checks == {"db": "ok"}
+            ok = engine.run_sync([Check("db", func, timeout=ANSWER)]).checks == {"db": "ok"}
             code = 0 if ok and check_engine.engine is not parent_copy else 2
             gc.collect()  # the parent's copy, let go of, must not close the parent's connection
         finally:
