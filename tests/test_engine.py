@@ -54,21 +54,6 @@ E012 = health.ERROR_CHECK_EXCEPTION
 E013 = health.ERROR_CHECK_BAD_RESULT
 
 
-@pytest.fixture
-def engine() -> Iterator[Engine]:
-    engine = Engine()
-    yield engine
-    engine.close()
-
-
-@pytest.fixture
-def release() -> Iterator[threading.Event]:
-    """An event that stuck sync checks wait on; set at teardown so their threads end."""
-    event = threading.Event()
-    yield event
-    event.set()
-
-
 def message_ids(report: Report, name: str) -> list[str]:
     return list(report.results[name].messages)
 

@@ -14,7 +14,6 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -32,21 +31,6 @@ E016 = health.ERROR_CHECK_NOT_STARTED
 #: loaded machine takes to start three threads.
 BARRIER_WAIT = 4.0
 TIMEOUT = 8.0
-
-
-@pytest.fixture
-def engine() -> Iterator[Engine]:
-    engine = Engine()
-    yield engine
-    engine.close()
-
-
-@pytest.fixture
-def release() -> Iterator[threading.Event]:
-    """Set at teardown, so that checks stuck "for ever" end with the test."""
-    event = threading.Event()
-    yield event
-    event.set()
 
 
 def ids(report: Report, name: str) -> list[str]:

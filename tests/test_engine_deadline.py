@@ -26,14 +26,6 @@ E011 = health.ERROR_CHECK_TIMEOUT
 
 
 @pytest.fixture
-def release() -> Iterator[threading.Event]:
-    """Set at teardown, so that checks 'stuck forever' end with the test."""
-    event = threading.Event()
-    yield event
-    event.set()
-
-
-@pytest.fixture
 def app() -> Iterator[tuple[Flask, Dockerflow]]:
     app = Flask("deadline")
     ext = Dockerflow(app)

@@ -13,7 +13,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 
 import anyio
 import anyio.to_thread
@@ -28,21 +28,6 @@ from dockerflow.flask import Dockerflow
 
 E011 = health.ERROR_CHECK_TIMEOUT
 E012 = health.ERROR_CHECK_EXCEPTION
-
-
-@pytest.fixture
-def engine() -> Iterator[Engine]:
-    engine = Engine()
-    yield engine
-    engine.close()
-
-
-@pytest.fixture
-def release() -> Iterator[threading.Event]:
-    """Set at teardown, so that checks 'stuck forever' end with the test."""
-    event = threading.Event()
-    yield event
-    event.set()
 
 
 def ids(report: Report, name: str) -> list[str]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -20,21 +20,6 @@ E012 = health.ERROR_CHECK_EXCEPTION
 
 #: Bounds, generous for a loaded machine, far below the longest timeout of each test's checks.
 WAIT = 10.0
-
-
-@pytest.fixture
-def engine() -> Iterator[Engine]:
-    engine = Engine()
-    yield engine
-    engine.close()
-
-
-@pytest.fixture
-def release() -> Iterator[threading.Event]:
-    """What stuck sync checks wait on; set at teardown so that their threads end."""
-    event = threading.Event()
-    yield event
-    event.set()
 
 
 def hanging(release: threading.Event, is_async: bool) -> Callable[[], object]:

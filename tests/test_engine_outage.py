@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -36,13 +35,6 @@ TIMEOUT = 0.5
 AT_ONCE = TIMEOUT / 2
 #: Generous bound for what must happen "soon" on a loaded machine.
 PATIENCE = 15.0
-
-
-@pytest.fixture
-def engine() -> Iterator[Engine]:
-    engine = Engine()
-    yield engine
-    engine.close()
 
 
 class Dependency:
