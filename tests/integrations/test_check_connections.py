@@ -108,8 +108,8 @@ def test_postgres_checks_hold_connections_of_their_own_per_worker(
 ) -> None:
     """Counted in pg_stat_activity: the app's connection, then the checks' on top of it.
 
-    One connection per built-in database check of the app: the database check's, plus the
-    migrations check's when it shares the pool (both run at the same time in a heartbeat).
+    At most one connection per built-in database check of the app: the database check's, plus
+    the migrations check's when it shares the pool (when both run at the same time).
     """
     name = unique_name("conn-count")
     url = url_with(postgres_url, drivername="postgresql+psycopg2")
@@ -145,7 +145,13 @@ def test_postgres_checks_hold_connections_of_their_own_per_worker(
     assert set(statuses) == ({500} if with_migrate else {200})
     assert app_only == 1
     counts = (after_sequential - app_only, after_concurrent - app_only)
-    assert counts == (expected, expected), (app_only, after_sequential, after_concurrent)
+    # At most one connection per check, however many heartbeats; fewer when a heartbeat's quick
+    # checks ran one after the other in one thread (its batch) and shared the pool's connection.
+    assert all(1 <= count <= expected for count in counts), (
+        app_only,
+        after_sequential,
+        after_concurrent,
+    )
 
 
 def test_plain_engine_on_in_memory_sqlite_made_as_the_docs_say(
