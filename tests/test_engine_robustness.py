@@ -63,11 +63,20 @@ def test_a_failing_background_check_does_not_stop_the_loop(engine: Engine) -> No
 
 
 def test_async_check_that_blocks_the_loop_is_reported_as_timed_out(engine: Engine) -> None:
+    slept = threading.Event()
+
     async def blocks() -> None:
         time.sleep(0.4)  # never awaits: the timeout cannot fire while it runs
+        slept.set()
 
     report = engine.run_sync([Check("blocks", blocks, timeout=0.1)])
     assert list(report.details["blocks"]["messages"]) == [health.ERROR_CHECK_TIMEOUT]
+    # The step's end (and its "blocked the event loop" warning) belongs to this test.
+    assert slept.wait(10)
+    deadline = time.monotonic() + 10
+    while engine.stuck_runs() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not engine.stuck_runs()
 
 
 def test_stop_does_not_wait_for_a_blocked_loop() -> None:

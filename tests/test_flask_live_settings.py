@@ -51,7 +51,8 @@ def test_empty_value_set_after_start_up_means_not_set(
         value = live.get(setting.attr)
 
     assert value == _expected(setting, environ)
-    assert caplog.records == []
+    # The settings' own loggers only: a daemon thread of an earlier test may still log.
+    assert [r for r in caplog.records if r.name.startswith("dockerflow.flask")] == []
 
 
 @pytest.mark.parametrize("empty", EMPTY, ids=["empty", "blank", "none"])
