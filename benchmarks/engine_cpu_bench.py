@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import cProfile
 import logging
-import pstats
 import resource
 import statistics
-import threading
 import time
 from collections.abc import Callable
+
+from threads_profile import print_profile
 
 from dockerflow.engine import Check, Engine
 
@@ -74,36 +73,22 @@ def measure(engine: Engine, checks: list[Check], heartbeats: int) -> tuple[float
 
 def profile(case: str, heartbeats: int, top: int) -> None:
     """Print the top entries (by own time) of a cProfile of ``case``, over every thread."""
-    profilers: list[cProfile.Profile] = []
-
-    def start_profiler(*_: object) -> None:
-        # Installed in each new thread; the first event there swaps in a profiler of its own.
-        profiler = cProfile.Profile()
-        profilers.append(profiler)
-        profiler.enable()
-
-    threading.setprofile(start_profiler)
     engine = Engine()
     checks = next(checks for name, checks in cases().items() if name.startswith(case))
+
+    def run(count: int) -> None:
+        for _ in range(count):
+            engine.run_sync(checks)
+
     try:
-        for _ in range(50):
-            engine.run_sync(checks)
-        main_profiler = cProfile.Profile()
-        profilers.append(main_profiler)
-        for profiler in profilers:
-            profiler.clear() if profiler is not main_profiler else None
-        main_profiler.enable()
-        for _ in range(heartbeats):
-            engine.run_sync(checks)
-        main_profiler.disable()
+        print_profile(
+            f"cProfile of {case} over {heartbeats} heartbeats",
+            lambda: run(50),
+            lambda: run(heartbeats),
+            top,
+        )
     finally:
-        threading.setprofile(None)  # type: ignore[arg-type]
         engine.close()
-    stats = pstats.Stats(profilers[0])
-    for profiler in profilers[1:]:
-        stats.add(profiler)
-    print(f"cProfile of {case} over {heartbeats} heartbeats, all threads, by own time:")
-    stats.sort_stats("tottime").print_stats(top)
 
 
 def main() -> None:

@@ -11,6 +11,10 @@ process CPU time (every thread's) and voluntary context switches per request, me
 interleaved rounds. Run:
 
     .venv/bin/python benchmarks/heartbeat_view_bench.py [--rounds 5] [--requests 1000]
+
+With ``--profile CASE`` it prints instead the top entries of a cProfile of one case (``CASE`` is
+its short name: ``sync-sync`` for the sync view with 10 sync checks, ``sync-async``,
+``async-sync``, ``async-async``, ``bare-sync``, ``bare-async``), every thread's calls merged.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import time
 from collections.abc import Callable
 
 from flask import Flask, jsonify
+from threads_profile import print_profile
 from werkzeug.test import EnvironBuilder
 
 from dockerflow.flask import Dockerflow
@@ -63,31 +68,66 @@ def make_app(is_async: bool) -> tuple[Flask, Dockerflow]:
     return app, ext
 
 
-def measure(app: Flask, path: str, requests: int) -> tuple[float, float]:
-    """Return CPU µs and voluntary context switches per request of ``path``."""
+def requester(app: Flask, path: str) -> Callable[[int], None]:
+    """Return a function making that many requests of ``path`` through ``app``'s WSGI callable."""
     environ = EnvironBuilder(path=path).get_environ()
 
     def start_response(status: str, headers: object, exc_info: object = None) -> None:
         assert status.startswith("200"), (path, status)
 
-    for _ in range(50):
-        b"".join(app(dict(environ), start_response))
+    def make(count: int) -> None:
+        for _ in range(count):
+            b"".join(app(dict(environ), start_response))
+
+    return make
+
+
+def measure(app: Flask, path: str, requests: int) -> tuple[float, float]:
+    """Return CPU µs and voluntary context switches per request of ``path``."""
+    make = requester(app, path)
+    make(50)
     usage = resource.getrusage(resource.RUSAGE_SELF)
     cpu = time.process_time()
-    for _ in range(requests):
-        b"".join(app(dict(environ), start_response))
+    make(requests)
     cpu = time.process_time() - cpu
     switches = resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw - usage.ru_nvcsw
     return cpu / requests * 1e6, switches / requests
+
+
+#: ``--profile`` case -> (whether the app's checks are async, the path requested).
+PROFILED = {
+    "sync-sync": (False, "/__heartbeat__"),
+    "sync-async": (True, "/__heartbeat__"),
+    "async-sync": (False, "/async-heartbeat"),
+    "async-async": (True, "/async-heartbeat"),
+    "bare-sync": (False, "/bare-sync"),
+    "bare-async": (False, "/bare-async"),
+}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--profile", choices=sorted(PROFILED), help="profile one case instead")
+    parser.add_argument("--top", type=int, default=25, help="entries of the profile shown")
     args = parser.parse_args()
     logging.getLogger("dockerflow").addHandler(logging.NullHandler())
     logging.getLogger("request.summary").disabled = True  # one log line per request otherwise
+    if args.profile:
+        checks_async, path = PROFILED[args.profile]
+        app, ext = make_app(is_async=checks_async)
+        make = requester(app, path)
+        try:
+            print_profile(
+                f"cProfile of {args.profile} over {args.requests} requests",
+                lambda: make(50),
+                lambda: make(args.requests),
+                args.top,
+            )
+        finally:
+            ext.close()
+        return
     sync_app, sync_ext = make_app(is_async=False)
     async_app, async_ext = make_app(is_async=True)
     cases: dict[str, Callable[[], tuple[float, float]]] = {
