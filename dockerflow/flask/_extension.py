@@ -45,6 +45,7 @@ from ..integrations import UnboundMigrationsCheck, follow_timeout
 from ..logging import request_id_context, sanitize_request_id
 from ..metrics import HeartbeatMetrics
 from ..version import get_version
+from ._bodies import PassingBodies
 from ._cli import CliExtension, dockerflow_cli
 from ._config import SUMMARY_DEBUG, Settings, load_settings
 from ._drain import Drain
@@ -67,6 +68,10 @@ VersionCallback = Callable[[str], "dict[str, Any] | None"]
 
 #: Unknown names in ``?exclude=`` logged once per process, at most (the rest are not logged).
 MAX_LOGGED_EXCLUDES = 100
+#: Selections of checks (see Dockerflow._run) kept per app before they are worked out again.
+MAX_SELECTIONS = 64
+#: What a heartbeat selects: its group, ``?check=`` and ``?exclude=``.
+_SelectionKey = tuple["str | None", "tuple[str, ...] | None", "tuple[str, ...]"]
 #: HTTP status of ``/__heartbeat__`` while the process drains.
 DRAINING_STATUS_CODE = 503
 #: The last segment of ``/__heartbeat__/history``, the recent results (when no group has it).
@@ -101,6 +106,13 @@ class _AppState:
     history: History = field(default_factory=History)
     #: Unknown names of ?exclude= already logged in this process.
     ignored_excludes: set[str] = field(default_factory=set)
+    #: The encoded responses of passing reports (see dockerflow.flask._bodies).
+    passing_bodies: PassingBodies = field(default_factory=PassingBodies)
+    #: The checks registered when the selections were worked out, and (group, ?check=,
+    #: ?exclude=) -> the checks a heartbeat of that selection runs (see Dockerflow._run).
+    selections: tuple[tuple[Check, ...], dict[_SelectionKey, tuple[Check, ...]]] = field(
+        default_factory=lambda: ((), {})
+    )
 
     def __post_init__(self) -> None:
         # A thread of the parent may hold the lock at fork time: the child gets a new one.
@@ -570,40 +582,25 @@ class Dockerflow:
         group: str | None = None,
         record_metrics: bool = True,
     ) -> Report:
-        checks = every_check = self._all_checks()
+        every_check = tuple(self._all_checks())
         if not state.noncritical_checked:
             state.noncritical_checked = True
-            self._warn_unknown_noncritical(state, checks)
-        if group is not None:
-            members = _group_members(state, checks).get(group)
-            if members is None:
-                raise UnknownGroupError(group)
-            checks = [check for check in checks if check.name in members]
-        excluded = set(exclude)
-        if only is not None or excluded:
-            wanted = set(only) if only is not None else None
-            known = {check.name for check in every_check}
-            unknown = (wanted or set()) - known
-            if unknown:
-                # A typo in a probe's ?check= must not go unnoticed.
-                raise UnknownCheckError(
-                    f"{echo_names(unknown)} (the checks are: {', '.join(sorted(known)) or 'none'})"
-                )
-            self._log_unknown_excludes(state, excluded - known)
-            checks = [
-                check
-                for check in checks
-                if (wanted is None or check.name in wanted) and check.name not in excluded
-            ]
-            if not checks:
-                raise ValueError("the selection leaves no check to run")
-        for check in checks:
-            if check not in state.followed:
-                # Built-in checks bound their driver calls by the timeout they run under: the
-                # check's own, else DOCKERFLOW_CHECK_TIMEOUT (the smallest, for several apps).
-                # Once per check object and app: a check registered again is a new object.
-                follow_timeout(check.func, check.timeout or state.settings.check_timeout)
-                state.followed.add(check)
+            self._warn_unknown_noncritical(state, every_check)
+        excluded = tuple(exclude)
+        wanted = None if only is None else tuple(only)
+        registered, selections = state.selections
+        if registered != every_check:
+            # Checks were registered or removed: what was worked out for the old ones goes
+            # (and holds none of them). One tuple, replaced whole, for every thread.
+            selections = {}
+            state.selections = (every_check, selections)
+        key = (group, wanted, excluded)
+        checks = selections.get(key)
+        if checks is None:
+            checks = self._select(state, every_check, group, wanted, excluded)
+            if len(selections) >= MAX_SELECTIONS:
+                selections.clear()  # many distinct queries: start again rather than grow
+            selections[key] = checks
         silenced = frozenset((*self.silenced_checks, *state.live.get("silenced_checks")))
         if silenced != state.engine.silenced_ids:
             # IDs added to silenced_checks or DOCKERFLOW_SILENCED_CHECKS after init_app.
@@ -614,7 +611,7 @@ class Dockerflow:
             report = state.startup.apply(report, state.settings.fail_level, names)
         if self._page_on(app, state):
             state.history.record(report)
-        whole = only is None and not excluded and group is None
+        whole = wanted is None and not excluded and group is None
         self._send_signals(app, state, report, whole)
         if record_metrics and self.metrics is not None:
             try:
@@ -624,6 +621,55 @@ class Dockerflow:
                     "The heartbeat's metrics could not be recorded; the heartbeat is not affected"
                 )
         return report
+
+    def _select(
+        self,
+        state: _AppState,
+        every_check: tuple[Check, ...],
+        group: str | None,
+        only: tuple[str, ...] | None,
+        exclude: tuple[str, ...],
+    ) -> tuple[Check, ...]:
+        """Return the checks a heartbeat of ``group`` with ``?check=only&exclude=exclude``
+        runs, and tell each the timeout it runs under. Worked out once per registered checks
+        and query (see :meth:`_run`), not per heartbeat.
+
+        :raises UnknownGroupError: if ``group`` is no group of the app.
+        :raises UnknownCheckError: if ``only`` names a check that is not registered.
+        :raises ValueError: if ``only`` and ``exclude`` leave no check.
+        """
+        checks = every_check
+        if group is not None:
+            members = _group_members(state, every_check).get(group)
+            if members is None:
+                raise UnknownGroupError(group)
+            checks = tuple(check for check in checks if check.name in members)
+        if only is not None or exclude:
+            wanted = set(only) if only is not None else None
+            excluded = set(exclude)
+            known = {check.name for check in every_check}
+            unknown = (wanted or set()) - known
+            if unknown:
+                # A typo in a probe's ?check= must not go unnoticed.
+                raise UnknownCheckError(
+                    f"{echo_names(unknown)} (the checks are: {', '.join(sorted(known)) or 'none'})"
+                )
+            self._log_unknown_excludes(state, excluded - known)
+            checks = tuple(
+                check
+                for check in checks
+                if (wanted is None or check.name in wanted) and check.name not in excluded
+            )
+            if not checks:
+                raise ValueError("the selection leaves no check to run")
+        for check in checks:
+            if check not in state.followed:
+                # Built-in checks bound their driver calls by the timeout they run under: the
+                # check's own, else DOCKERFLOW_CHECK_TIMEOUT (the smallest, for several apps).
+                # Once per check object and app: a check registered again is a new object.
+                follow_timeout(check.func, check.timeout or state.settings.check_timeout)
+                state.followed.add(check)
+        return checks
 
     def _log_unknown_excludes(self, state: _AppState, unknown: set[str]) -> None:
         # A release may rename or drop a check that a probe leaves out: the probe goes on
@@ -767,11 +813,31 @@ class Dockerflow:
             and wants_html(flask.request.accept_mimetypes)
         ):
             response = self._page(app, state, report, status)
+            response.vary.add("Accept")
         elif wants_media_type(accept, HEALTH_JSON):
             response = health_json_response(self._body(state, report, True, show, group), status)
+            response.vary.add("Accept")
         else:
-            response = _json_response(self._body(state, report, False, show), status)
+            response = self._json_heartbeat(app, state, report, status, show)
+        return response
+
+    def _json_heartbeat(
+        self, app: Flask, state: _AppState, report: Report, status: int, show: bool
+    ) -> flask.Response:
+        """The Dockerflow JSON response of ``report``; that of a passing report is made from
+        the body and headers kept from the first one (see :mod:`._bodies`)."""
+        key = state.passing_bodies.key(app, report.level, tuple(report.results))
+        if key is not None:
+            response = state.passing_bodies.response(app, key, status)
+            if response is not None:
+                if state.engine.cache.enabled:
+                    # The report may be served again, as health+json too: remember its time.
+                    state.report_times.time_of(report, remember=True)
+                return response
+        response = _json_response(self._body(state, report, False, show), status)
         response.vary.add("Accept")
+        if key is not None:
+            state.passing_bodies.keep(key, response)
         return response
 
     def _details_shown(self, app: Flask, state: _AppState) -> bool:

@@ -31,9 +31,13 @@ class Selection:
     """The checks a heartbeat's query string asks for."""
 
     #: Names of checks to leave out.
-    exclude: list[str]
+    exclude: tuple[str, ...]
     #: Names of the only checks to run; ``None``: every check.
-    only: list[str] | None
+    only: tuple[str, ...] | None
+
+
+#: The selection of a heartbeat without a query string: every check.
+EVERY_CHECK = Selection((), None)
 
 
 def read_selection(request: flask.Request) -> Selection:
@@ -46,6 +50,8 @@ def read_selection(request: flask.Request) -> Selection:
     :raises BadQueryError: if the query string is not UTF-8, or ``?check=`` names no check.
     """
     raw = request.query_string
+    if not raw:
+        return EVERY_CHECK  # what probes send: nothing to parse
     try:
         # WSGI servers pass the query's raw bytes on; Werkzeug >= 2.3 raises on invalid UTF-8
         # when request.args is first read, older versions replace it: one 400 for every version.
@@ -56,10 +62,10 @@ def read_selection(request: flask.Request) -> Selection:
             f"{exc.start}): percent-encode check names as UTF-8"
         ) from None
     args = request.args
-    only = split_names(args.getlist(ONLY_PARAM)) if ONLY_PARAM in args else None
-    if only == []:
+    only = tuple(split_names(args.getlist(ONLY_PARAM))) if ONLY_PARAM in args else None
+    if only == ():
         raise BadQueryError(f"?{ONLY_PARAM}= names no check")
-    return Selection(split_names(args.getlist(EXCLUDE_PARAM)), only)
+    return Selection(tuple(split_names(args.getlist(EXCLUDE_PARAM))), only)
 
 
 def split_names(values: Iterable[str]) -> list[str]:

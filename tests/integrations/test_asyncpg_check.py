@@ -330,7 +330,11 @@ def test_many_loops_leave_no_pool_and_no_server_connection_behind(
 ) -> None:
     name = unique_name()
     check = Check(
-        "pg", AsyncpgCheck(asyncpg_dsn(postgres_url), server_settings={"application_name": name})
+        "pg",
+        AsyncpgCheck(asyncpg_dsn(postgres_url), server_settings={"application_name": name}),
+        # About the connections left behind, not the timeout: room for a loaded machine's
+        # connects (each new loop makes a new pool).
+        timeout=ANSWER,
     )
     with warnings.catch_warnings():
         # A loop closed with its connections open: Python warns of the transports when they

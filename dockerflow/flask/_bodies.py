@@ -1,0 +1,56 @@
+"""The heartbeat's JSON response when every check passed: encoded once, then reused.
+
+Most heartbeats pass, and the Dockerflow body of a passing report depends on nothing but its
+checks' names: every status is ``"ok"`` and there are no details to show or hide. The body and
+headers of the first such response of a selection of checks are kept, and later responses are
+made from them without encoding JSON or parsing headers again.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flask
+
+#: Passing bodies kept per app (one per selection of checks seen) before starting again.
+MAX_KEPT = 64
+
+_Key = tuple[tuple[str, ...], Any, bool]
+
+
+class PassingBodies:
+    """The encoded responses of passing reports, by check names and the app's JSON encoding.
+
+    The app's JSON provider object and ``app.debug`` (which indents Flask's JSON) are part of the
+    key: an app that replaces ``app.json`` gets bodies of the new provider. A setting changed on
+    the same provider object after the first heartbeat (``app.json.sort_keys``) is not seen.
+    """
+
+    def __init__(self) -> None:
+        self._kept: dict[_Key, tuple[bytes, list[tuple[str, str]]]] = {}
+
+    @staticmethod
+    def key(app: flask.Flask, report_level: int, names: tuple[str, ...]) -> _Key | None:
+        """Return the key of a report's body, or ``None`` when it is not passing (its body
+        depends on its messages then, and is made anew)."""
+        if report_level:
+            return None
+        return (names, app.json, app.debug)
+
+    def response(self, app: flask.Flask, key: _Key, status: int) -> flask.Response | None:
+        """Return a new response with the body and headers kept for ``key``, or ``None``."""
+        kept = self._kept.get(key)
+        if kept is None:
+            return None
+        body, headers = kept
+        response: flask.Response = app.response_class(body, status, headers)
+        return response
+
+    def keep(self, key: _Key, response: flask.Response) -> None:
+        """Keep the body and headers of ``response``, made the usual way, for ``key``."""
+        if len(self._kept) >= MAX_KEPT:
+            self._kept.clear()  # many selections: start again rather than grow
+        headers = [
+            (name, value) for name, value in response.headers.items() if name != "Content-Length"
+        ]
+        self._kept[key] = (response.get_data(), headers)

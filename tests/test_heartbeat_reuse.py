@@ -1,0 +1,189 @@
+"""What a heartbeat works out once and reuses: which checks a query selects, and the encoded
+body of a passing report. Reuse must never make the heartbeat lie: every change of the checks,
+their outcome, the query or the app's JSON encoding shows in the next heartbeat."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import flask
+import pytest
+from flask import Flask
+from flask.json.provider import DefaultJSONProvider
+
+from dockerflow.checks import Error, clear_checks, register
+from dockerflow.flask import Dockerflow
+from dockerflow.flask._bodies import MAX_KEPT
+from dockerflow.flask._extension import MAX_SELECTIONS
+from dockerflow.health_json import MEDIA_TYPE as HEALTH_JSON
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> Iterator[Flask]:
+    app = Flask("reuse", root_path=str(tmp_path / "app"))
+    yield app
+    ext = app.extensions.get("dockerflow")
+    if ext is not None:
+        ext.close()
+    clear_checks()
+
+
+def heartbeat(app: Flask, path: str = "/__heartbeat__", **headers: str) -> Any:
+    return app.test_client().get(path, headers=headers)
+
+
+def jsonify_bytes(app: Flask, body: dict[str, Any]) -> bytes:
+    """The body Flask's own jsonify makes of ``body`` in ``app``, as it is configured now."""
+    with app.app_context():
+        return flask.jsonify(body).get_data()
+
+
+def passing(*names: str) -> dict[str, Any]:
+    return {"status": "ok", "checks": dict.fromkeys(names, "ok"), "details": {}}
+
+
+def test_a_passing_body_served_again_is_the_one_jsonify_makes(app: Flask) -> None:
+    ext = Dockerflow(app)
+    ext.check(lambda: [], name="b")
+    ext.check(lambda: [], name="a")
+    expected = jsonify_bytes(app, passing("b", "a"))
+    for _ in range(3):  # the first made as usual, the others from what it kept
+        response = heartbeat(app)
+        assert response.status_code == 200
+        assert response.data == expected
+        assert response.headers["Content-Type"] == "application/json"
+        assert response.headers["Content-Length"] == str(len(expected))
+        assert response.headers["Cache-Control"] == "no-store"
+        assert response.headers["Vary"] == "Accept"
+
+
+def test_each_response_is_a_new_object_with_its_own_request_id(app: Flask) -> None:
+    ext = Dockerflow(app)
+    ext.check(lambda: [], name="up")
+    seen: list[int] = []
+
+    @app.after_request
+    def stamp(response: flask.Response) -> flask.Response:
+        # A hook that adds to the response: a response shared between requests would collect.
+        seen.append(id(response))
+        response.headers.add("X-Stamp", "1")
+        return response
+
+    responses = [heartbeat(app) for _ in range(3)]
+    assert [r.headers.getlist("X-Stamp") for r in responses] == [["1"]] * 3
+    assert len({r.headers["X-Request-ID"] for r in responses}) == 3
+
+
+def test_a_change_of_outcome_shows_in_the_next_heartbeat(app: Flask) -> None:
+    ext = Dockerflow(app)
+    failing = {"now": False}
+    ext.check(lambda: [Error("down", id="x.E1")] if failing["now"] else [], name="flaky")
+    assert heartbeat(app).json == passing("flaky")
+    failing["now"] = True
+    response = heartbeat(app)
+    assert response.status_code == 500
+    assert response.json["details"]["flaky"]["messages"] == {"x.E1": "down"}
+    failing["now"] = False
+    response = heartbeat(app)
+    assert (response.status_code, response.json) == (200, passing("flaky"))
+
+
+def test_checks_registered_or_removed_later_show_in_the_next_heartbeat(app: Flask) -> None:
+    ext = Dockerflow(app)
+    ext.check(lambda: [], name="first")
+    assert heartbeat(app).json == passing("first")
+    ext.check(lambda: [], name="second")
+    assert heartbeat(app).json == passing("first", "second")
+    ext.registry.remove("first")
+    assert heartbeat(app).json == passing("second")
+    # Module-level checks, as python-dockerflow registers them, and edits of get_checks().
+    register(lambda: [], name="module_level")
+    assert heartbeat(app).json == passing("second", "module_level")
+    clear_checks()
+    assert heartbeat(app).json == passing("second")
+
+
+def test_a_check_registered_again_under_its_name_is_the_one_run(app: Flask) -> None:
+    ext = Dockerflow(app)
+    ext.check(lambda: [], name="db")
+    assert heartbeat(app).status_code == 200
+    ext.check(lambda: [Error("replaced", id="x.E2")], name="db")
+    response = heartbeat(app)
+    assert (response.status_code, response.json["details"]["db"]["messages"]) == (
+        500,
+        {"x.E2": "replaced"},
+    )
+
+
+def test_each_query_gets_its_own_selection_and_body(app: Flask) -> None:
+    ext = Dockerflow(app)
+    for name in ("a", "b", "c"):
+        ext.check(lambda: [], name=name, groups=["front"] if name != "c" else [])
+    for _ in range(2):  # the second round from what the first worked out
+        assert heartbeat(app).json == passing("a", "b", "c")
+        assert heartbeat(app, "/__heartbeat__?exclude=b").json == passing("a", "c")
+        assert heartbeat(app, "/__heartbeat__?check=c").json == passing("c")
+        assert heartbeat(app, "/__heartbeat__/front").json == passing("a", "b")
+        assert heartbeat(app, "/__heartbeat__/front?exclude=a").json == passing("b")
+        # Errors are never kept: each such request is answered with its error.
+        assert heartbeat(app, "/__heartbeat__?check=nope").status_code == 400
+        assert heartbeat(app, "/__heartbeat__?check=a&exclude=a").status_code == 400
+        assert heartbeat(app, "/__heartbeat__/nope").status_code == 404
+
+
+def test_what_is_kept_is_bounded_whatever_the_queries(app: Flask) -> None:
+    ext = Dockerflow(app)
+    for i in range(3):
+        ext.check(lambda: [], name=f"c{i}")
+    client = app.test_client()
+    for i in range(3 * MAX_SELECTIONS):
+        # Every query distinct (an unknown name to leave out is ignored), two bodies in turn.
+        response = client.get(f"/__heartbeat__?exclude=c{i % 2},unknown{i}")
+        assert response.json == passing(*(f"c{j}" for j in range(3) if j != i % 2))
+    state = ext._state(app)
+    assert len(state.selections[1]) <= MAX_SELECTIONS
+    assert len(state.passing_bodies._kept) <= MAX_KEPT
+
+
+def test_the_apps_json_encoding_is_followed(app: Flask) -> None:
+    ext = Dockerflow(app)
+    ext.check(lambda: [], name="b")
+    ext.check(lambda: [], name="a")
+    assert heartbeat(app).data == jsonify_bytes(app, passing("b", "a"))
+    # Debug mode indents Flask's JSON.
+    app.debug = True
+    indented = heartbeat(app).data
+    assert indented == jsonify_bytes(app, passing("b", "a"))
+    assert b"\n" in indented
+    app.debug = False
+
+    class Unsorted(DefaultJSONProvider):
+        sort_keys = False
+
+    app.json = Unsorted(app)
+    body = heartbeat(app).data
+    assert body == jsonify_bytes(app, passing("b", "a"))
+    assert list(json.loads(body)["checks"]) == ["b", "a"]  # registration order, not sorted
+
+
+def test_a_body_served_again_keeps_its_reports_time_for_health_json(app: Flask) -> None:
+    """With the report cache on, a report first served as the Dockerflow JSON body made from
+    a kept body, then as health+json, keeps the time it was made at."""
+    app.config["DOCKERFLOW_HEARTBEAT_CACHE_TTL"] = 60
+    ext = Dockerflow(app)
+    ext.check(lambda: [], name="up")
+    assert heartbeat(app).status_code == 200  # the body is kept
+    ext._state(app).engine.cache.clear()  # the next heartbeat makes a new report
+    before = datetime.now(timezone.utc)
+    assert heartbeat(app).status_code == 200  # ... served from the kept body
+    after = datetime.now(timezone.utc)
+    time.sleep(0.05)
+    body = heartbeat(app, Accept=HEALTH_JSON).json
+    (entry,) = body["checks"]["up:responseTime"]
+    made = datetime.fromisoformat(entry["time"].replace("Z", "+00:00"))
+    assert before.replace(microsecond=before.microsecond // 1000 * 1000) <= made <= after
