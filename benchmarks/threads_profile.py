@@ -8,6 +8,7 @@ from __future__ import annotations
 import cProfile
 import pstats
 import threading
+import time
 from collections.abc import Callable
 
 
@@ -22,7 +23,7 @@ def print_profile(
 
     def start_profiler(*_: object) -> None:
         # Installed in each new thread; the first event there swaps in a profiler of its own.
-        profiler = cProfile.Profile()
+        profiler = cProfile.Profile(time.thread_time)
         profilers.append(profiler)
         profiler.enable()
 
@@ -31,7 +32,7 @@ def print_profile(
         warm_up()
         for profiler in profilers:
             profiler.clear()
-        main_profiler = cProfile.Profile()
+        main_profiler = cProfile.Profile(time.thread_time)
         profilers.append(main_profiler)
         main_profiler.enable()
         work()

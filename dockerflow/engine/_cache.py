@@ -45,6 +45,8 @@ class ReportCache:
 
     def put(self, key: Hashable, report: Report) -> None:
         """Keep ``report`` for ``key`` for the TTL its level calls for."""
+        if self.ttl <= 0 and self.failed_ttl <= 0:
+            return  # caching is off (the default): nothing to work out
         ttl = self.failed_ttl if self._failing(report) else self.ttl
         if ttl <= 0:
             return
