@@ -1,5 +1,8 @@
 """A cProfile over every thread of the process, for the benchmarks' ``--profile`` options.
 
+Each thread's profiler counts that thread's CPU time (``time.thread_time``): the wall time a
+thread spends waiting for the GIL or for a lock is not charged to the function it waits in.
+
 Not a benchmark: imported by ``engine_cpu_bench.py`` and ``heartbeat_view_bench.py``.
 """
 
