@@ -1,13 +1,23 @@
-"""Probe storm: heartbeats per second under gunicorn gthread and wrk, against the ceiling.
+"""Probe storm: heartbeats per second under gunicorn and wrk, against the ceiling (issue 24).
 
 Run with ``.venv/bin/python benchmarks/probe_storm_bench.py`` from the repository root (as root,
-or with wrk installed and PostgreSQL's ``initdb`` usable by the current user). ``--quick`` is a
-smoke run (1 round, 2 s); ``--help`` lists the sizes.
+or with wrk installed and PostgreSQL's ``initdb`` usable by the current user). The default run
+takes about 7.5 minutes on 2 cores; ``--quick`` is a smoke run (1 round, 2 s; about 1.5 minutes);
+``--help`` lists the sizes.
 
-What is measured: five Flask apps, each served by gunicorn ``-w 4 -k gthread --threads 8`` and
-hit on ``/__heartbeat__`` by ``wrk -t2 -c64 -d5s --latency``, once with keep-alive connections
-(wrk's default) and once with ``Connection: close`` (one connection per request, as kubelet's
-probes do). The apps are chosen by ``STORM_APP`` in :func:`create_app`:
+What is measured: Flask apps served by gunicorn and hit on ``/__heartbeat__`` by ``wrk -t2 -c64
+-d5s --latency``. Two worker classes (``--workers gthread,sync``, default both):
+
+* **gthread**, ``-w 4 -k gthread --threads 8``, measured once with keep-alive connections (wrk's
+  default) and once with ``Connection: close`` (one connection per request, as kubelet's probes
+  do);
+* **sync**, ``-w 4 -k sync`` (``--sync-workers``): one request at a time per worker; as many
+  workers as gthread's, twice the 2 cores, so that a core has a worker ready while another's
+  waits on its socket (A, F and H wait on nothing else; more would only queue on the cores).
+  gunicorn's sync worker closes every connection after its answer, so it is measured with
+  ``Connection: close`` only (keep-alive would measure the same thing again).
+
+The apps are chosen by ``STORM_APP`` in :func:`create_app`:
 
 * **A**, the ceiling of any Flask endpoint: a bare view returning a constant small JSON dict;
 * **B**, the ceiling of a heartbeat that touches the database: a bare view running ``SELECT 1``
@@ -15,25 +25,44 @@ probes do). The apps are chosen by ``STORM_APP`` in :func:`create_app`:
 * **C**, python-dockerflow 2026.3.4, ``Dockerflow(app, db=db)`` over an engine made the same way;
 * **D**, ours, ``Dockerflow(app, db=engine)`` over an engine made the same way, no cache;
 * **F**, ours, ``Dockerflow(app)`` with 10 trivial ``def`` checks returning ``[]``, no cache;
+* **H**, ours, ``Dockerflow(app)`` with 1 trivial ``def`` check returning ``[]``, no cache;
+* **G**, ours, ``Dockerflow(app)`` with 10 trivial ``async def`` checks (each ``await
+  asyncio.sleep(0)``, then returns ``[]``), no cache;
 * **E** (only with ``--apps``), D with ``DOCKERFLOW_HEARTBEAT_CACHE_TTL=1``.
 
-A and B import neither dockerflow: they run in our venv. C runs in the throwaway venv
-``/tmp/dfref-venv`` (made or completed here with the same gunicorn, psycopg2-binary, Flask and
-SQLAlchemy versions as ours), from a temporary working directory, so only python-dockerflow is
-importable there.
+gthread workers serve A, B, C, D, F, H and G (``--apps``); sync workers serve A, F and H, those
+their targets need (``--sync-apps``; with ``--apps``, those of them also in ``--apps``). A and B
+import neither dockerflow: they run in our venv. C runs in the throwaway venv ``/tmp/dfref-venv``
+(made or completed here with the same gunicorn, psycopg2-binary, Flask and SQLAlchemy versions
+as ours), from a temporary working directory, so only python-dockerflow is importable there.
 
-How: rounds (default 3) each run every app once, the app order rotated by one each round. Each
-app starts a fresh gunicorn in each round (no process carries memory, pools or threads from an
-earlier round), which serves both connection modes one after the other: per mode, one second of
-the same wrk load warms it up, then it is measured. In keep-alive mode a single heartbeat at low
-load is measured first: ``wrk -t1 -c1`` for 2 s, one request at a time on one kept-alive
-connection. The report gives per app and mode the medians over rounds (heartbeats/s, p50, p99)
-and each round's heartbeats/s, and the targets, ``MET`` or ``MISSED``, on those medians (each
-ratio is also printed per round, pairing the runs of one round, to show the noise):
+How: rounds (default 3) each run every (worker class, app) pair once, the order rotated by one
+each round. Each pair starts a fresh gunicorn in each round (no process carries memory, pools or
+threads from an earlier round), which serves its connection modes one after the other: per
+mode, one second of the same wrk load warms it up, then it is measured. On gthread workers in
+keep-alive mode, B and D (``--single-apps``) are first measured one heartbeat at a time at low
+load: ``wrk -t1 -c1`` for 2 s on one kept-alive connection.
 
-* D >= 0.85 x B and F >= 0.75 x A, heartbeats/s, in each mode;
-* D >= 2 x C, heartbeats/s, in each mode;
-* a single heartbeat at low load: D's p50 <= 1.2 x B's p50.
+Beside heartbeats/s the table gives what gunicorn's worker processes spent per heartbeat during
+wrk's measured window (read from ``/proc`` just before and just after it, divided by wrk's
+requests): **CPU µs** (utime + stime of each worker process, every thread's, summed over the
+workers) and **context switches**, voluntary + involuntary (``voluntary_ctxt_switches`` and
+``nonvoluntary_ctxt_switches`` of ``/proc/PID/task/*/status``, every thread of every worker;
+a thread that ends in the window loses its switches in it, and the run says so). They are
+steadier than the rates on a shared machine. The report gives per worker class, app and mode
+the medians over rounds (heartbeats/s, CPU µs per heartbeat, context switches per heartbeat,
+p50, p99) and each round's heartbeats/s and CPU µs, and the targets, ``MET`` or ``MISSED``, on
+those medians (each ratio is also printed per round, pairing the runs of one round, to show the
+noise):
+
+* F >= 0.60 x A on gthread workers, F >= 0.70 x A on sync workers, H >= 0.75 x A on both,
+  heartbeats/s, in each mode;
+* G <= 1.2 x F in CPU µs per heartbeat, and G >= 0.83 x F in heartbeats/s, in each mode;
+* D >= 0.85 x B and D >= 1.8 x C, heartbeats/s, in each mode (gthread);
+* a single heartbeat at low load: D's p50 <= 1.15 x B's p50 (gthread).
+
+A target is judged wherever both of its apps ran (``--sync-apps`` can add B, C, D or G to sync
+workers, and their targets with them).
 
 Every heartbeat must answer 200: the non-2xx count is printed and any non-zero count warned of.
 B runs ``SELECT 1`` for every request; ours runs a check at most once at a time per process and
@@ -52,6 +81,7 @@ install -y wrk`` (after ``apt-get update`` if that fails), printing what it does
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import importlib.metadata
 import json
@@ -82,11 +112,23 @@ CHECK_QUERY = r"^\s*select \$1\s*;?\s*$"
 SHARED_DISTRIBUTIONS = ("flask", "werkzeug", "sqlalchemy", "gunicorn", "psycopg2-binary")
 #: wrk's connections: kept alive (wrk's default), or one per request as kubelet's probes do.
 MODES = {"keep-alive": [], "close": ["-H", "Connection: close"]}
+#: gunicorn's worker classes. A sync worker closes every connection after its answer (gunicorn's
+#: sync worker does not keep connections alive), so it is measured with ``Connection: close`` only.
+WORKER_CLASSES = ("gthread", "sync")
+SYNC_MODES = ("close",)
 TRIVIAL_CHECKS = 10
-#: Heartbeats/s targets: (ours, the app it is held against, the least ratio).
-RATE_TARGETS = (("D", "B", 0.85), ("F", "A", 0.75), ("D", "C", 2.0))
+#: Heartbeats/s targets, per worker class: (ours, the app it is held against, the least ratio).
+#: Each is judged wherever both apps ran.
+RATE_TARGETS = {
+    "gthread": (("D", "B", 0.85), ("D", "C", 1.8), ("F", "A", 0.60), ("H", "A", 0.75)),
+    "sync": (("D", "B", 0.85), ("D", "C", 1.8), ("F", "A", 0.70), ("H", "A", 0.75)),
+}
+#: G against F, both worker classes: the most CPU per heartbeat, as a multiple of F's, and the
+#: least heartbeats/s (the same bound as a rate: 1 / 1.2).
+ASYNC_CPU_TARGET = 1.2
+ASYNC_RATE_TARGET = 0.83
 #: The most D's p50 at low load may be, as a multiple of B's.
-SINGLE_TARGET = 1.2
+SINGLE_TARGET = 1.15
 
 
 # -- the apps, in each gunicorn worker -------------------------------------------------------------
@@ -101,6 +143,8 @@ def create_app() -> Any:
         "D": _ours_database_app,
         "E": _ours_database_app,
         "F": _ours_trivial_checks_app,
+        "H": _ours_one_trivial_check_app,
+        "G": _ours_trivial_async_checks_app,
     }
     return factories[os.environ["STORM_APP"]]()
 
@@ -171,8 +215,30 @@ def _ours_database_app() -> Any:
     return app
 
 
-def _ours_trivial_checks_app() -> Any:
+def _ours_trivial_checks_app(count: int = TRIVIAL_CHECKS) -> Any:
     """F: our extension with :data:`TRIVIAL_CHECKS` ``def`` checks that return ``[]``."""
+    from flask import Flask
+
+    from dockerflow.flask import Dockerflow
+
+    app = Flask(__name__)
+    dockerflow = Dockerflow(app)
+    for number in range(count):
+        # A function of its own per check: the engine keys runs by function.
+        def trivial() -> list[Any]:
+            return []
+
+        dockerflow.check(trivial, name=f"trivial_{number}")
+    return app
+
+
+def _ours_one_trivial_check_app() -> Any:
+    """H: our extension with one ``def`` check that returns ``[]``."""
+    return _ours_trivial_checks_app(1)
+
+
+def _ours_trivial_async_checks_app() -> Any:
+    """G: our extension with :data:`TRIVIAL_CHECKS` ``async def`` checks, each yielding once."""
     from flask import Flask
 
     from dockerflow.flask import Dockerflow
@@ -181,10 +247,11 @@ def _ours_trivial_checks_app() -> Any:
     dockerflow = Dockerflow(app)
     for number in range(TRIVIAL_CHECKS):
 
-        def trivial() -> list[Any]:
+        async def trivial() -> list[Any]:
+            await asyncio.sleep(0)
             return []
 
-        dockerflow.check(trivial, name=f"trivial_{number}")
+        dockerflow.check(trivial, name=f"trivial_async_{number}")
     return app
 
 
@@ -209,9 +276,19 @@ APPS = {
         App("D", "ours, DB check, no cache", env=NO_CACHE),
         App("E", "ours, DB check, cache TTL 1 s", env={"DOCKERFLOW_HEARTBEAT_CACHE_TTL": "1"}),
         App("F", f"ours, {TRIVIAL_CHECKS} trivial checks, no cache", env=NO_CACHE, uses_db=False),
+        App("H", "ours, 1 trivial check, no cache", env=NO_CACHE, uses_db=False),
+        App(
+            "G",
+            f"ours, {TRIVIAL_CHECKS} trivial async checks, no cache",
+            env=NO_CACHE,
+            uses_db=False,
+        ),
     )
 }
-DEFAULT_APPS = "ABCDF"
+#: The apps each worker class serves by default: sync workers serve only those of their targets.
+DEFAULT_APPS = {"gthread": "ABCDFHG", "sync": "AFH"}
+#: The apps measured one heartbeat at a time at low load (gthread, keep-alive): the target's.
+DEFAULT_SINGLE_APPS = "BD"
 
 
 # -- set-up: wrk, the reference venv, a private PostgreSQL ------------------------------------------
@@ -402,9 +479,23 @@ def get(url: str) -> tuple[int, Any]:
         return status, None
 
 
+def gunicorn_workers(kind: str, args: Any) -> list[str]:
+    """gunicorn's options for the worker class ``kind``: ``gthread`` or ``sync``."""
+    if kind == "gthread":
+        return ["-w", str(args.gthread_workers), "-k", "gthread", "--threads", str(args.threads)]
+    # No --threads: gunicorn turns a sync worker with more than one thread into a gthread worker.
+    return ["-w", str(args.sync_workers), "-k", "sync"]
+
+
 @contextlib.contextmanager
-def gunicorn(app: App, python: Path | str, env: dict[str, str], args: Any) -> Iterator[str]:
-    """Serve ``app`` with gunicorn under ``python``; yield its heartbeat URL once it answers 200."""
+def gunicorn(
+    app: App, kind: str, python: Path | str, env: dict[str, str], args: Any
+) -> Iterator[tuple[str, int]]:
+    """Serve ``app`` with gunicorn's ``kind`` workers under ``python``.
+
+    :returns: (as a context manager) the heartbeat's URL, once it answers 200, and the PID of
+        gunicorn's master process.
+    """
     port = free_port()
     url = f"http://127.0.0.1:{port}/__heartbeat__"
     with tempfile.TemporaryDirectory(prefix="dockerflow-storm-") as tmp:
@@ -418,7 +509,7 @@ def gunicorn(app: App, python: Path | str, env: dict[str, str], args: Any) -> It
             server = subprocess.Popen(
                 [
                     *(str(python), "-m", "gunicorn", "--bind", f"127.0.0.1:{port}"),
-                    *("-w", str(args.workers), "-k", "gthread", "--threads", str(args.threads)),
+                    *gunicorn_workers(kind, args),
                     *("--pythonpath", str(HERE), "--graceful-timeout", "3"),
                     "probe_storm_bench:create_app()",
                 ],
@@ -429,7 +520,7 @@ def gunicorn(app: App, python: Path | str, env: dict[str, str], args: Any) -> It
             )
             try:
                 wait_until_ok(url, server, log_path)
-                yield url
+                yield url, server.pid
             finally:
                 server.terminate()
                 try:
@@ -497,53 +588,166 @@ def run_wrk(
     )
 
 
+# -- what gunicorn's workers spend: /proc ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What gunicorn's worker processes have spent so far, read from ``/proc``."""
+
+    #: The worker processes' PIDs.
+    workers: tuple[int, ...]
+    #: User + system CPU time of every worker process (every thread's), in clock ticks.
+    ticks: int
+    #: Per thread of a worker (thread ID): voluntary and involuntary context switches.
+    switches: dict[int, tuple[int, int]]
+
+
+def _read(path: str) -> str | None:
+    """The text of ``path`` under ``/proc``, ``None`` if its process or thread has gone."""
+    try:
+        return Path(path).read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
+def read_usage(master: int) -> Usage:
+    """The CPU time and context switches of the worker processes of gunicorn's ``master``."""
+    workers: list[int] = []
+    for children in Path(f"/proc/{master}/task").glob("*/children"):
+        workers += [int(pid) for pid in (_read(str(children)) or "").split()]
+    ticks = 0
+    switches: dict[int, tuple[int, int]] = {}
+    for pid in workers:
+        stat = _read(f"/proc/{pid}/stat")
+        if stat is not None:
+            # The fields after the command's closing parenthesis: utime and stime are 14th and
+            # 15th of all, the 12th and 13th after it.
+            fields = stat.rpartition(")")[2].split()
+            ticks += int(fields[11]) + int(fields[12])
+        # /proc/PID/status counts the main thread's switches only: every thread's, one by one.
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            status = _read(str(task / "status"))
+            if status is None:
+                continue
+            found = dict(re.findall(r"^(\w*ctxt_switches):\s+(\d+)$", status, re.MULTILINE))
+            voluntary = int(found["voluntary_ctxt_switches"])
+            switches[int(task.name)] = (voluntary, int(found["nonvoluntary_ctxt_switches"]))
+    return Usage(tuple(sorted(workers)), ticks, switches)
+
+
+@dataclass(frozen=True)
+class Spent:
+    """What the workers spent per request in one measured window."""
+
+    cpu_us: float
+    voluntary: float
+    involuntary: float
+    #: Threads that ended in the window (their switches in it are not counted), and whether the
+    #: set of worker processes changed (a worker died or was replaced: the figures are wrong).
+    threads_ended: int = 0
+    workers_changed: bool = False
+
+    @property
+    def switches(self) -> float:
+        """Voluntary and involuntary context switches per request."""
+        return self.voluntary + self.involuntary
+
+
+def spent(before: Usage, after: Usage, requests: int) -> Spent:
+    """Per request, what the workers spent between ``before`` and ``after``."""
+    requests = max(requests, 1)
+    tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
+    voluntary = involuntary = 0
+    for tid, (vol, invol) in after.switches.items():
+        # A thread started in the window counts from zero.
+        vol_before, invol_before = before.switches.get(tid, (0, 0))
+        voluntary += vol - vol_before
+        involuntary += invol - invol_before
+    return Spent(
+        cpu_us=(after.ticks - before.ticks) * tick_us / requests,
+        voluntary=voluntary / requests,
+        involuntary=involuntary / requests,
+        threads_ended=len(before.switches.keys() - after.switches.keys()),
+        workers_changed=before.workers != after.workers,
+    )
+
+
 # -- one app in one round: a fresh gunicorn; per mode warm-up, low load, the storm --------------
 
 
 @dataclass
 class Run:
-    """One app in one mode in one round."""
+    """One app on one worker class in one mode in one round."""
 
+    kind: str
     app: str
     mode: str
     round: int
     storm: Wrk
     queries: int
+    #: What the workers spent per request during the storm.
+    spent: Spent
     #: The single-connection measurement (keep-alive runs only).
     single: Wrk | None = None
     #: Non-2xx answers during warm-up and the single-connection measurement.
     other_non_2xx: int = 0
 
 
+def modes_of(kind: str, modes: Sequence[str]) -> list[str]:
+    """The connection modes ``kind`` workers are measured in: ``modes``, or close for sync."""
+    return list(modes) if kind == "gthread" else list(SYNC_MODES)
+
+
 def measure_app(
-    app: App, number: int, python: Path | str, postgres: PrivatePostgres, wrk: str, args: Any
+    app: App,
+    kind: str,
+    number: int,
+    python: Path | str,
+    postgres: PrivatePostgres,
+    wrk: str,
+    args: Any,
 ) -> list[Run]:
-    """Start a fresh gunicorn for ``app`` and measure it in every mode; stop it."""
+    """Start a fresh gunicorn of ``kind`` workers for ``app``, measure every mode; stop it."""
     env = {"STORM_DB_URL": postgres.url, **app.env}
-    with gunicorn(app, python, env, args) as url:
-        return [measure_mode(app, mode, number, url, postgres, wrk, args) for mode in args.modes]
+    with gunicorn(app, kind, python, env, args) as (url, master):
+        return [
+            measure_mode(app, kind, mode, number, url, master, postgres, wrk, args)
+            for mode in modes_of(kind, args.modes)
+        ]
 
 
 def measure_mode(
-    app: App, mode: str, number: int, url: str, postgres: PrivatePostgres, wrk: str, args: Any
+    app: App,
+    kind: str,
+    mode: str,
+    number: int,
+    url: str,
+    master: int,
+    postgres: PrivatePostgres,
+    wrk: str,
+    args: Any,
 ) -> Run:
     """Warm up in ``mode``, check the heartbeat passes, measure low load (keep-alive), the storm."""
-    print(f"round {number}: {app.key} ({app.label}), {mode}", flush=True)
+    print(f"round {number}: {app.key} ({app.label}), {kind}, {mode}", flush=True)
     load = {"threads": args.wrk_threads, "connections": args.connections, "mode": mode}
     warm = run_wrk(wrk, url, seconds=args.warmup, **load)
     status, body = get(url)
     if status != 200 or not isinstance(body, dict) or body.get("status") != "ok":
         sys.exit(f"{app.key} {app.label}: the heartbeat does not pass: {status} {body}")
     single = None
-    if mode == "keep-alive":
+    if kind == "gthread" and mode == "keep-alive" and app.key in args.single_apps:
         single = run_wrk(
             wrk, url, threads=1, connections=1, seconds=args.single_duration, mode=mode
         )
     postgres.reset_counts()
+    before = read_usage(master)
     storm = run_wrk(wrk, url, seconds=args.duration, **load)
+    after = read_usage(master)
     queries = postgres.check_queries() if app.uses_db else 0
     other = warm.non_2xx + (single.non_2xx if single else 0)
-    return Run(app.key, mode, number, storm, queries, single, other)
+    used = spent(before, after, storm.requests)
+    return Run(kind, app.key, mode, number, storm, queries, used, single, other)
 
 
 # -- the report -------------------------------------------------------------------------------------
@@ -555,26 +759,37 @@ def median(values: Sequence[float]) -> float:
 
 
 class Results:
-    """Every run, looked up by app and mode."""
+    """Every run, looked up by worker class, app and mode."""
 
     def __init__(self, runs: Sequence[Run]) -> None:
         self.runs = list(runs)
 
-    def of(self, app: str, mode: str) -> list[Run]:
-        """The runs of ``app`` in ``mode``, in round order (the order they ran in)."""
-        return [r for r in self.runs if r.app == app and r.mode == mode]
+    def of(self, kind: str, app: str, mode: str) -> list[Run]:
+        """The runs of ``app`` on ``kind`` workers in ``mode``, in round order."""
+        return [r for r in self.runs if r.kind == kind and r.app == app and r.mode == mode]
 
-    def rps(self, app: str, mode: str) -> float:
-        """The median heartbeats/s of ``app`` in ``mode``."""
-        return median([r.storm.rps for r in self.of(app, mode)])
+    def rps(self, kind: str, app: str, mode: str) -> float:
+        """The median heartbeats/s."""
+        return median([r.storm.rps for r in self.of(kind, app, mode)])
+
+    def cpu_us(self, kind: str, app: str, mode: str) -> float:
+        """The median CPU µs per heartbeat of the workers."""
+        return median([r.spent.cpu_us for r in self.of(kind, app, mode)])
 
     def single_p50(self, app: str) -> float:
-        """The median over rounds of ``app``'s p50 at low load."""
-        return median([r.single.p50_ms for r in self.of(app, "keep-alive") if r.single])
+        """The median over rounds of ``app``'s p50 at low load (gthread, keep-alive)."""
+        return median([r.single.p50_ms for r in self.of("gthread", app, "keep-alive") if r.single])
 
 
-def print_header(args: Any, apps: Sequence[App], reference: Path | None, pg: str) -> None:
-    """The set-up: machine, load, versions, sizes, apps."""
+def plan(args: Any) -> list[tuple[str, App]]:
+    """The (worker class, app) pairs a round runs, in their first round's order."""
+    return [(kind, APPS[key]) for kind in args.workers for key in args.apps_of[kind]]
+
+
+def print_header(
+    args: Any, pairs: Sequence[tuple[str, App]], reference: Path | None, pg: str
+) -> None:
+    """The set-up: machine, versions, sizes, worker classes and their apps."""
     ours = installed_versions(sys.executable, SHARED_DISTRIBUTIONS)
     versions = ", ".join(f"{name} {ours[name]}" for name in SHARED_DISTRIBUTIONS)
     print(f"Python {ours['python']} ({platform.machine()}), {os.cpu_count()} CPUs; {versions}")
@@ -589,54 +804,75 @@ def print_header(args: Any, apps: Sequence[App], reference: Path | None, pg: str
     ).stdout.strip()
     print(f"ours: dockerflow-async at {commit or 'unknown commit'}; PostgreSQL {pg} (private)")
     print(
-        f"gunicorn -w {args.workers} -k gthread --threads {args.threads}; "
         f"wrk -t{args.wrk_threads} -c{args.connections} -d{args.duration:g}s --latency "
         f"(warm-up {args.warmup:g}s of the same); low load: wrk -t1 -c1 "
-        f"-d{args.single_duration:g}s keep-alive; {args.rounds} interleaved round(s), "
-        "a fresh gunicorn per app and round"
+        f"-d{args.single_duration:g}s keep-alive ({', '.join(args.single_apps) or 'none'}); "
+        f"{args.rounds} interleaved round(s), a fresh gunicorn per app and round"
     )
-    for app in apps:
-        print(f"  {app.key}: {app.label}")
-
-
-def print_storm_table(results: Results, apps: Sequence[App], modes: Sequence[str]) -> None:
-    """Per app and mode: medians over rounds, each round's heartbeats/s, non-2xx, DB queries."""
-    print(
-        "\n| app | connections | heartbeats/s (median) | per round | p50 | p99 "
-        "| non-2xx | DB queries/request |"
-    )
-    print("|---|---|---:|---|---:|---:|---:|---:|")
-    for mode in modes:
-        for app in apps:
-            runs = results.of(app.key, mode)
-            requests = sum(r.storm.requests for r in runs)
-            per_request = sum(r.queries for r in runs) / max(requests, 1)
-            print(
-                f"| {app.key}: {app.label} | {mode} | {results.rps(app.key, mode):.0f} "
-                f"| {', '.join(f'{r.storm.rps:.0f}' for r in runs)} "
-                f"| {median([r.storm.p50_ms for r in runs]):.2f} ms "
-                f"| {median([r.storm.p99_ms for r in runs]):.2f} ms "
-                f"| {sum(r.storm.non_2xx for r in runs)} "
-                f"| {f'{per_request:.3f}' if app.uses_db else '-'} |"
-            )
-
-
-def print_single_table(results: Results, apps: Sequence[App]) -> None:
-    """Per app: one heartbeat at a time on one kept-alive connection."""
-    print(
-        "\n| app | low load p50 (median) | per round p50 | p99 (median) | heartbeats/s (median) |"
-    )
-    print("|---|---:|---|---:|---:|")
-    for app in apps:
-        singles = [r.single for r in results.of(app.key, "keep-alive") if r.single]
-        if not singles:
-            continue
+    for kind in args.workers:
         print(
-            f"| {app.key}: {app.label} | {results.single_p50(app.key):.3f} ms "
-            f"| {', '.join(f'{s.p50_ms:.3f}' for s in singles)} "
-            f"| {median([s.p99_ms for s in singles]):.3f} ms "
-            f"| {median([s.rps for s in singles]):.0f} |"
+            f"gunicorn {' '.join(gunicorn_workers(kind, args))}: apps "
+            f"{', '.join(args.apps_of[kind]) or 'none'}; wrk connections "
+            f"{', '.join(modes_of(kind, args.modes))}"
         )
+    for key in dict.fromkeys(app.key for _, app in pairs):
+        print(f"  {key}: {APPS[key].label}")
+    print(
+        "CPU µs and context switches per heartbeat: the gunicorn workers' (every thread's) "
+        "during wrk's measured window, from /proc, divided by the requests"
+    )
+
+
+def print_storm_table(results: Results, pairs: Sequence[tuple[str, App]], args: Any) -> None:
+    """Per worker class, mode and app: medians over rounds and each round's figures."""
+    print(
+        "\n| workers | app | connections | heartbeats/s (median) | per round "
+        "| CPU µs/request (median) | per round | context switches/request: vol. + invol. (medians) "
+        "| p50 | p99 | non-2xx | DB queries/request |"
+    )
+    print("|---|---|---|---:|---|---:|---|---:|---:|---:|---:|---:|")
+    for kind in args.workers:
+        for mode in modes_of(kind, args.modes):
+            for app in (app for pair_kind, app in pairs if pair_kind == kind):
+                runs = results.of(kind, app.key, mode)
+                requests = sum(r.storm.requests for r in runs)
+                per_request = sum(r.queries for r in runs) / max(requests, 1)
+                switches = median([r.spent.switches for r in runs])
+                voluntary = median([r.spent.voluntary for r in runs])
+                involuntary = median([r.spent.involuntary for r in runs])
+                print(
+                    f"| {kind} | {app.key}: {app.label} | {mode} "
+                    f"| {results.rps(kind, app.key, mode):.0f} "
+                    f"| {', '.join(f'{r.storm.rps:.0f}' for r in runs)} "
+                    f"| {results.cpu_us(kind, app.key, mode):.0f} "
+                    f"| {', '.join(f'{r.spent.cpu_us:.0f}' for r in runs)} "
+                    f"| {switches:.2f}: {voluntary:.2f} + {involuntary:.2f} "
+                    f"| {median([r.storm.p50_ms for r in runs]):.2f} ms "
+                    f"| {median([r.storm.p99_ms for r in runs]):.2f} ms "
+                    f"| {sum(r.storm.non_2xx for r in runs)} "
+                    f"| {f'{per_request:.3f}' if app.uses_db else '-'} |"
+                )
+
+
+def print_single_table(results: Results, args: Any) -> None:
+    """Per app: one heartbeat at a time on one kept-alive connection (gthread workers)."""
+    rows = []
+    for key in args.single_apps:
+        singles = [r.single for r in results.of("gthread", key, "keep-alive") if r.single]
+        if singles:
+            rows.append(
+                f"| {key}: {APPS[key].label} | {results.single_p50(key):.3f} ms "
+                f"| {', '.join(f'{s.p50_ms:.3f}' for s in singles)} "
+                f"| {median([s.p99_ms for s in singles]):.3f} ms "
+                f"| {median([s.rps for s in singles]):.0f} |"
+            )
+    if rows:
+        print(
+            "\n| app (gthread) | low load p50 (median) | per round p50 | p99 (median) "
+            "| heartbeats/s (median) |"
+        )
+        print("|---|---:|---|---:|---:|")
+        print("\n".join(rows))
 
 
 def target_line(
@@ -649,22 +885,50 @@ def target_line(
     return f"{name}: {value:.2f} ({'<=' if at_most else '>='} {bound:g}; rounds {rounds}) {verdict}"
 
 
-def print_targets(results: Results, keys: str, modes: Sequence[str]) -> None:
+def ratio_per_round(ours: Sequence[Run], other: Sequence[Run], figure: str) -> list[float]:
+    """``figure`` (``rps`` or ``cpu_us``) of ``ours`` over ``other``'s, pairing runs by round."""
+
+    def value(run: Run) -> float:
+        return run.storm.rps if figure == "rps" else run.spent.cpu_us
+
+    others = {run.round: run for run in other}
+    return [
+        value(run) / value(others[run.round])
+        for run in ours
+        if run.round in others and value(others[run.round])
+    ]
+
+
+def print_targets(results: Results, args: Any) -> None:
     """Each target whose apps ran, on the medians, with the ratio per round to show the noise."""
     lines = []
-    for mode in modes:
-        for ours, ceiling, bound in RATE_TARGETS:
-            if ours in keys and ceiling in keys:
-                pairs = zip(results.of(ours, mode), results.of(ceiling, mode), strict=False)
-                per_round = [a.storm.rps / b.storm.rps for a, b in pairs]
-                value = results.rps(ours, mode) / results.rps(ceiling, mode)
-                name = f"{ours}/{ceiling} heartbeats/s, {mode}"
-                lines.append(target_line(name, value, bound, per_round, at_most=False))
-    if "D" in keys and "B" in keys and "keep-alive" in modes:
-        pairs = zip(results.of("D", "keep-alive"), results.of("B", "keep-alive"), strict=False)
-        per_round = [a.single.p50_ms / b.single.p50_ms for a, b in pairs if a.single and b.single]
+    for kind in args.workers:
+        keys = args.apps_of[kind]
+        rates = [*RATE_TARGETS[kind], ("G", "F", ASYNC_RATE_TARGET)]
+        for mode in modes_of(kind, args.modes):
+            for ours, ceiling, bound in rates:
+                if ours in keys and ceiling in keys:
+                    a, b = results.of(kind, ours, mode), results.of(kind, ceiling, mode)
+                    value = results.rps(kind, ours, mode) / results.rps(kind, ceiling, mode)
+                    name = f"{kind}: {ours}/{ceiling} heartbeats/s, {mode}"
+                    per_round = ratio_per_round(a, b, "rps")
+                    lines.append(target_line(name, value, bound, per_round, at_most=False))
+            if "G" in keys and "F" in keys:
+                a, b = results.of(kind, "G", mode), results.of(kind, "F", mode)
+                value = results.cpu_us(kind, "G", mode) / results.cpu_us(kind, "F", mode)
+                name = f"{kind}: G/F CPU µs per heartbeat, {mode}"
+                per_round = ratio_per_round(a, b, "cpu_us")
+                lines.append(target_line(name, value, ASYNC_CPU_TARGET, per_round, at_most=True))
+    singles_ran = "gthread" in args.workers and "keep-alive" in args.modes
+    if singles_ran and {"D", "B"} <= set(args.single_apps):
+        b_singles = {r.round: r.single for r in results.of("gthread", "B", "keep-alive")}
+        per_round = [
+            r.single.p50_ms / b_single.p50_ms
+            for r in results.of("gthread", "D", "keep-alive")
+            if r.single and (b_single := b_singles.get(r.round))
+        ]
         value = results.single_p50("D") / results.single_p50("B")
-        name = "D/B p50 of one heartbeat at low load"
+        name = "gthread: D/B p50 of one heartbeat at low load"
         lines.append(target_line(name, value, SINGLE_TARGET, per_round, at_most=True))
     if lines:
         print("\nTargets (ratios of medians over rounds):")
@@ -672,9 +936,9 @@ def print_targets(results: Results, keys: str, modes: Sequence[str]) -> None:
 
 
 def print_warnings(results: Results) -> None:
-    """Heartbeats that did not answer 200, and wrk's socket errors."""
+    """Heartbeats that did not answer 200, wrk's socket errors, workers that changed."""
     for run in results.runs:
-        where = f"{run.app}, {run.mode}, round {run.round}"
+        where = f"{run.kind} {run.app}, {run.mode}, round {run.round}"
         if run.storm.non_2xx or run.other_non_2xx:
             print(
                 f"WARNING {where}: {run.storm.non_2xx} non-2xx answers under load, "
@@ -683,13 +947,20 @@ def print_warnings(results: Results) -> None:
         if run.storm.socket_errors:
             # wrk counts a request unanswered after 2 s as a timeout, outside the percentiles.
             print(f"note {where}: wrk socket errors: {run.storm.socket_errors}")
+        if run.spent.workers_changed:
+            print(f"WARNING {where}: gunicorn's workers changed in the window: CPU figures wrong")
+        if run.spent.threads_ended:
+            print(
+                f"note {where}: {run.spent.threads_ended} worker thread(s) ended in the window "
+                "(their context switches in it are not counted)"
+            )
 
 
 # -- main -------------------------------------------------------------------------------------------
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    """The command line: sizes, apps, modes; ``--quick`` for a smoke run."""
+    """The command line: sizes, worker classes, apps, modes; ``--quick`` for a smoke run."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     parser.add_argument("--duration", type=float, default=5, help="seconds of wrk per run")
@@ -698,25 +969,64 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--single-duration", type=float, default=2, help="seconds of wrk -c1 at low load"
     )
     parser.add_argument("--quick", action="store_true", help="1 round of 2 s: a smoke run")
-    parser.add_argument("--apps", default=DEFAULT_APPS, help=f"letters of {''.join(APPS)}")
     parser.add_argument(
-        "--modes", default="keep-alive,close", help="wrk connection modes: keep-alive, close"
+        "--workers",
+        default=",".join(WORKER_CLASSES),
+        help="gunicorn worker classes: gthread, sync (default both)",
     )
-    parser.add_argument("--workers", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument(
+        "--apps",
+        default=DEFAULT_APPS["gthread"],
+        help=f"letters of {''.join(APPS)} (default {DEFAULT_APPS['gthread']}); sync workers "
+        "serve those of them that are also in --sync-apps",
+    )
+    parser.add_argument(
+        "--sync-apps",
+        default=DEFAULT_APPS["sync"],
+        help=f"the apps sync workers serve (default {DEFAULT_APPS['sync']})",
+    )
+    parser.add_argument(
+        "--single-apps",
+        default=DEFAULT_SINGLE_APPS,
+        help=f"the apps measured at low load (default {DEFAULT_SINGLE_APPS}; '' for none)",
+    )
+    parser.add_argument(
+        "--modes",
+        default="keep-alive,close",
+        help="wrk connection modes of gthread workers: keep-alive, close (sync: close)",
+    )
+    parser.add_argument("--gthread-workers", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=8, help="threads per gthread worker")
+    parser.add_argument("--sync-workers", type=int, default=4)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--wrk-threads", type=int, default=2)
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.duration, args.single_duration = 1, 2, 1
-    args.apps = args.apps.upper()
-    if not args.apps or set(args.apps) - set(APPS):
-        parser.error(f"--apps takes letters of {''.join(APPS)}, not {args.apps!r}")
+    args.workers = [kind.strip() for kind in args.workers.split(",") if kind.strip()]
+    if not args.workers or set(args.workers) - set(WORKER_CLASSES):
+        parser.error(f"--workers takes a comma-separated subset of {', '.join(WORKER_CLASSES)}")
+    letters = {}
+    for option in ("apps", "sync_apps", "single_apps"):
+        value = getattr(args, option).upper()
+        if set(value) - set(APPS) or (option == "apps" and not value):
+            flag = "--" + option.replace("_", "-")
+            parser.error(f"{flag} takes letters of {''.join(APPS)}, not {value!r}")
+        letters[option] = value
+    args.apps_of = {
+        "gthread": letters["apps"],
+        "sync": "".join(key for key in letters["apps"] if key in letters["sync_apps"]),
+    }
+    args.single_apps = "".join(key for key in letters["single_apps"] if key in letters["apps"])
     args.modes = [mode.strip() for mode in args.modes.split(",") if mode.strip()]
     if not args.modes or set(args.modes) - set(MODES):
         parser.error(f"--modes takes a comma-separated subset of {', '.join(MODES)}")
     if args.rounds < 1 or min(args.duration, args.warmup, args.single_duration) <= 0:
         parser.error("--rounds must be at least 1 and every duration positive")
+    if min(args.gthread_workers, args.threads, args.sync_workers) < 1:
+        parser.error("--gthread-workers, --threads and --sync-workers must be at least 1")
+    if not plan(args):
+        parser.error("no app to serve: --workers sync needs an app of --apps in --sync-apps")
     return args
 
 
@@ -725,28 +1035,27 @@ def main(argv: Sequence[str] | None = None) -> None:
     started = time.monotonic()
     load_start = os.getloadavg()
     args = parse_args(argv)
-    apps = [APPS[key] for key in args.apps]
+    pairs = plan(args)
     wrk = ensure_wrk()
-    reference = ensure_reference_venv() if "C" in args.apps else None
+    reference = ensure_reference_venv() if any(app.reference for _, app in pairs) else None
     postgres = PrivatePostgres()
     runs = []
     try:
         pg_version = postgres.server_version()
         for number in range(1, args.rounds + 1):
-            shift = (number - 1) % len(apps)
-            for app in apps[shift:] + apps[:shift]:
+            shift = (number - 1) % len(pairs)
+            for kind, app in pairs[shift:] + pairs[:shift]:
                 python = reference if app.reference and reference else sys.executable
-                runs += measure_app(app, number, python, postgres, wrk, args)
+                runs += measure_app(app, kind, number, python, postgres, wrk, args)
     finally:
         postgres.stop()
 
     results = Results(runs)
     print()
-    print_header(args, apps, reference, pg_version)
-    print_storm_table(results, apps, args.modes)
-    if "keep-alive" in args.modes:
-        print_single_table(results, apps)
-    print_targets(results, args.apps, args.modes)
+    print_header(args, pairs, reference, pg_version)
+    print_storm_table(results, pairs, args)
+    print_single_table(results, args)
+    print_targets(results, args)
     print_warnings(results)
     load_end = os.getloadavg()
     print(
