@@ -359,9 +359,11 @@ class Scheduler:
         batch = _TimedBatch(loop, self._batches)
         for run in runs:
             try:
-                batch.add(run, loop.create_task(self._execute_native(run, batch)))
+                task = _new_task(self._execute_native(run, batch), loop)
             except BaseException as exc:
                 self._not_started(run, exc)
+            else:
+                batch.add(run, task)
         batch.arm()
 
     async def _run_together(self, runs: list[Run]) -> None:
@@ -518,8 +520,6 @@ class Scheduler:
         inside the check does not hold it back, and a check that swallows it is not cancelled
         again (the heartbeat answers at the deadline all the same; the run counts as stuck).
         Raises only the loop's own cancellation (it is shutting down)."""
-        task = asyncio.current_task()
-        assert task is not None
         try:
             if self._context is None:
                 run.value = await _Stepped(run.check.func(), self, run)
@@ -527,6 +527,8 @@ class Scheduler:
                 with self._context():
                     run.value = await _Stepped(run.check.func(), self, run)
         except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            assert task is not None
             # Cancellations counted on the task beyond the timer's own: the loop's shutdown.
             if _cancellations(task) > run.timed_out:
                 batch.done(run)
@@ -605,21 +607,8 @@ class Scheduler:
             }
         self._latest[key] = run
 
-    def _step_started(self, run: Run) -> None:
-        # Called on the run's loop thread only: one step runs at a time per loop.
-        run.step_started = time.monotonic()
-        assert run.host is not None
-        self._stepping[run.host] = run
-
-    def _step_ended(self, run: Run) -> None:
-        started = run.step_started
-        run.step_started = None
-        assert run.host is not None
-        if self._stepping.get(run.host) is run:
-            del self._stepping[run.host]
-        if started is None:
-            return
-        blocked = time.monotonic() - started
+    def _blocked(self, run: Run, blocked: float) -> None:
+        # A step of ``run`` ran ``blocked`` seconds without awaiting: noted, and logged once.
         if blocked >= BLOCKING_STEP and blocked > run.blocked_for:
             if not run.warned:
                 run.warned = True
@@ -723,16 +712,28 @@ class _Stepped:
     def __await__(self) -> Generator[Any, Any, Any]:
         inner = self._awaitable.__await__()
         scheduler, run = self._scheduler, self._run
+        host = run.host
+        assert host is not None
+        # On the run's loop thread only: one step runs at a time per loop.
+        stepping = scheduler._stepping
+        monotonic = time.monotonic
+        send, throw = inner.send, inner.throw
         sent: Any = None
         thrown: BaseException | None = None
         while True:
-            scheduler._step_started(run)
+            started = run.step_started = monotonic()
+            stepping[host] = run
             try:
-                yielded = inner.throw(thrown) if thrown is not None else inner.send(sent)
+                yielded = send(sent) if thrown is None else throw(thrown)
             except StopIteration as stop:
                 return stop.value
             finally:
-                scheduler._step_ended(run)
+                run.step_started = None
+                if stepping.get(host) is run:
+                    del stepping[host]
+                blocked = monotonic() - started
+                if blocked >= BLOCKING_STEP:
+                    scheduler._blocked(run, blocked)
             sent, thrown = None, None
             try:
                 sent = yield yielded
@@ -768,19 +769,19 @@ class _TimedBatch:
     timeout, and is set again for the next. Holds the runs' tasks until they end. Used on that
     loop's thread only."""
 
-    __slots__ = ("_loop", "_owner", "_pending", "_tasks", "_timer")
+    __slots__ = ("_loop", "_owner", "_tasks", "_timer")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, owner: set[_TimedBatch]) -> None:
         self._loop = loop
         self._owner = owner
         self._tasks: dict[Run, asyncio.Task[None]] = {}
-        self._pending = 0
         self._timer: asyncio.TimerHandle | None = None
 
     def add(self, run: Run, task: asyncio.Task[None]) -> None:
-        """Hold ``task``, which executes ``run``, until it ends."""
-        self._tasks[run] = task
-        self._pending += 1
+        """Hold ``task``, which executes ``run``, until it ends: a task started eagerly may
+        have ended already (and called :meth:`done`)."""
+        if not task.done():
+            self._tasks[run] = task
 
     def arm(self) -> None:
         """Set the timer for the earliest timeout of a run not ended or cancelled yet."""
@@ -794,9 +795,8 @@ class _TimedBatch:
 
     def done(self, run: Run) -> None:
         """``run``'s task is ending: let it go, and the timer once no run is left."""
-        self._tasks.pop(run, None)
-        self._pending -= 1
-        if self._pending == 0:
+        self._tasks.pop(run, None)  # not held yet if it ends in its eager first step
+        if not self._tasks:
             if self._timer is not None:
                 self._timer.cancel()
             self._owner.discard(self)
@@ -808,6 +808,19 @@ class _TimedBatch:
                 run.timed_out = True
                 task.cancel()
         self.arm()
+
+
+if sys.version_info >= (3, 12):
+
+    def _new_task(coro: Coroutine[Any, Any, None], loop: asyncio.AbstractEventLoop) -> asyncio.Task[None]:
+        # Started eagerly: its first step runs now rather than in the loop's next iteration
+        # (~1 µs a run less); a check that returns without suspending ends here.
+        return asyncio.Task(coro, loop=loop, eager_start=True)
+
+else:
+
+    def _new_task(coro: Coroutine[Any, Any, None], loop: asyncio.AbstractEventLoop) -> asyncio.Task[None]:
+        return asyncio.Task(coro, loop=loop)
 
 
 def _cancelled_from_outside() -> bool:
