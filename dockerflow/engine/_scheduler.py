@@ -11,7 +11,8 @@ A heartbeat's checks cost little each: they are started under one hold of the re
 (:meth:`Scheduler.start_many`), its sync runs are handed to one thread
 (:meth:`Scheduler.start_batch`), its async runs to the loop thread in one hand-off, as plain
 tasks under one timer for all their timeouts (:class:`_TimedBatch`, on asyncio from Python
-3.11), and the heartbeat waits for all of them with one :class:`~._runs.Waiter`.
+3.11; started eagerly from 3.12), and the heartbeat waits for all of them with one
+:class:`~._runs.Waiter`.
 
 Each run executes in a fresh context of its own: a new :mod:`contextvars` context and whatever the
 engine's ``context`` factory returns (the Flask layer passes ``app.app_context``), entered where
