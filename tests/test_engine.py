@@ -1122,3 +1122,42 @@ def test_checks_run_in_a_fresh_context_not_the_callers(engine: Engine) -> None:
     )
     # The caller's context (a Flask request's, say) never travels to the check's thread or task.
     assert seen == ["unset", "unset", "unset"]
+
+
+def test_async_checks_ending_in_their_first_step_each_have_a_context_of_their_own(
+    engine: Engine,
+) -> None:
+    # Python 3.12+ starts a sync caller's async runs eagerly: those that never suspend end
+    # one after another in the hand-off to the loop, before the batch's timer is set.
+    import contextvars
+
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
+    seen: list[str] = []
+    cancelled = threading.Event()
+
+    def writer(name: str) -> Callable[[], Any]:
+        async def check() -> None:
+            seen.append(var.get())
+            var.set(name)
+
+        return check
+
+    async def hangs() -> None:
+        try:
+            await anyio.sleep(30)
+        finally:
+            cancelled.set()
+
+    checks = [Check(f"w{i}", writer(f"w{i}")) for i in range(3)]
+    checks.insert(1, Check("hangs", hangs, timeout=0.1))
+    started = time.perf_counter()
+    report = engine.run_sync(checks)
+    assert time.perf_counter() - started < 0.1 + PROMPT
+    assert report.checks == {"w0": "ok", "hangs": "error", "w1": "ok", "w2": "ok"}
+    assert message_ids(report, "hangs") == [E011]
+    assert seen == ["unset"] * 3
+    # The batch's timer cancelled the run that hung, though the others ended before it was set.
+    assert cancelled.wait(10)
+    # Its task's step ends before the loop takes this heartbeat's hand-off: the run has ended.
+    assert engine.run_sync(checks[:1]).checks == {"w0": "ok"}
+    assert engine.stuck_runs() == {}

@@ -216,10 +216,11 @@ class Waiter:
             overdue: list[Run] = []
             for run in self._runs:
                 if not run.ended:
-                    if run.deadline <= now:
+                    deadline = run.deadline
+                    if deadline <= now:
                         overdue.append(run)
-                    elif run.deadline < first:
-                        first = run.deadline
+                    elif deadline < first:
+                        first = deadline
             if overdue:
                 self._leave(overdue)
             if first == math.inf or self.wait(first):
