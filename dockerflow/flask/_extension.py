@@ -906,15 +906,17 @@ class Dockerflow:
     def _after_request(
         self, app: Flask, state: _AppState, response: flask.Response
     ) -> flask.Response:
-        request = flask.request._get_current_object()  # type: ignore[attr-defined]
         values = flask.g._get_current_object().__dict__
         rid = values.get("_request_id") or request_id_context.get()
         started = values.get("_dockerflow")
+        # Resolved where it is needed: most responses of a service with the summary off never do.
+        request: flask.Request | None = None
         if started is None or rid is None:
             # Our before_request hook did not run: a hook placed ahead of it answered, or the
             # response was made without dispatching (app.process_response). Still give the
             # request an id and its summary line, without a duration.
             settings = state.live.for_request()
+            request = flask.request._get_current_object()  # type: ignore[attr-defined]
             rid = rid or sanitize_request_id(request.environ.get(settings.request_id_environ_key))
             rid = rid or self._request_ids.new()
             values["_dockerflow_rid_token"] = request_id_context.set(rid)
@@ -929,11 +931,13 @@ class Dockerflow:
         if code < 400:
             # Probes that pass may be quieter; an error status (a failing heartbeat) is not.
             mode = settings.summary_log_dockerflow_endpoints
-            if mode is not True and _is_own_endpoint(request):
+            if mode is not True and _is_own_endpoint():
                 level = logging.DEBUG if mode == SUMMARY_DEBUG else 0
         logger = self.summary_logger
         if level and logger.isEnabledFor(level) and "_dockerflow_failed" not in values:
             if type(self).summary_extra is Dockerflow.summary_extra:
+                if request is None:
+                    request = flask.request._get_current_object()  # type: ignore[attr-defined]
                 extra = self._summary_fields(app, request, values, settings)
             else:
                 extra = self.summary_extra()
@@ -1065,8 +1069,8 @@ def _group_members(state: _AppState, checks: Iterable[Check]) -> dict[str, set[s
     return members
 
 
-def _is_own_endpoint(request: flask.Request) -> bool:
-    endpoint = request.endpoint
+def _is_own_endpoint() -> bool:
+    endpoint = flask.request.endpoint
     return endpoint is not None and endpoint.startswith("dockerflow.")
 
 
