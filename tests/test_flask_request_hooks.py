@@ -141,6 +141,41 @@ def test_summary_record_still_mozlog_with_every_field(
     assert "lineno" not in fields and "pathname" not in fields
 
 
+def test_summary_calls_an_overridden_user_id_alone(
+    tmp_path: Path, summary_lines: Callable[[logging.Formatter], io.StringIO]
+) -> None:
+    # The hook skips user_id() when it is Dockerflow's own and no login manager is set up;
+    # a subclass's user_id is still asked, with summary_extra left as it is.
+    class Custom(Dockerflow):
+        def user_id(self) -> int:
+            return 7
+
+    app = Flask(__name__, root_path=str(tmp_path))
+    app.add_url_rule("/", "hello", lambda: "hello")
+    ext = Custom(app)
+    try:
+        stream = summary_lines(JsonLogFormatter(logger_name="test"))
+        app.test_client().get("/")
+        assert json.loads(stream.getvalue())["Fields"]["uid"] == 7
+    finally:
+        ext.close()
+
+
+def test_summary_extra_in_a_request_gives_what_the_summary_logs(
+    app: Flask, summary_lines: Callable[[logging.Formatter], io.StringIO]
+) -> None:
+    seen: list[dict[str, Any]] = []
+    ext = app.extensions["dockerflow"]
+    app.after_request(lambda response: seen.append(ext.summary_extra()) or response)
+    stream = summary_lines(JsonLogFormatter(logger_name="test"))
+    app.test_client().get("/?q=1", headers={"X-Request-ID": "abc-123", "User-Agent": "ua"})
+    fields = json.loads(stream.getvalue())["Fields"]
+    (extra,) = seen
+    assert extra.keys() == fields.keys() - {"code"}
+    for key in extra.keys() - {"t"}:
+        assert extra[key] == fields[key]
+
+
 def test_log_record_refuses_an_extra_that_overwrites_the_record() -> None:
     logger = logging.getLogger("test.records")
     site = CallSite(__file__, 1, "here")

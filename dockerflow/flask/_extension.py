@@ -272,12 +272,12 @@ class Dockerflow:
         app.register_blueprint(self._blueprint)
         self._bind_migrations()
 
-        # Per-app hooks that know their app's state: no lookup of it on every request.
+        # Per-app hooks that know their app and its state: no lookup of either per request.
         def before_request() -> None:
             self._before_request(state)
 
         def after_request(response: flask.Response) -> flask.Response:
-            return self._after_request(state, response)
+            return self._after_request(app, state, response)
 
         # First of the app's before_request hooks, even of those registered earlier: a hook
         # that answers the request itself (a rate limiter's 429, a CSRF 400, a maintenance
@@ -969,18 +969,21 @@ class Dockerflow:
         values["_start_timestamp"] = time.time()
         values["_dockerflow"] = (time.monotonic_ns(), state, settings)
 
-    def _after_request(self, state: _AppState, response: flask.Response) -> flask.Response:
+    def _after_request(
+        self, app: Flask, state: _AppState, response: flask.Response
+    ) -> flask.Response:
         values = flask.g._get_current_object().__dict__
         rid = values.get("_request_id") or request_id_context.get()
         started = values.get("_dockerflow")
+        # Resolved where it is needed: most responses of a service with the summary off never do.
+        request: flask.Request | None = None
         if started is None or rid is None:
             # Our before_request hook did not run: a hook placed ahead of it answered, or the
             # response was made without dispatching (app.process_response). Still give the
             # request an id and its summary line, without a duration.
             settings = state.live.for_request()
-            rid = rid or sanitize_request_id(
-                flask.request.environ.get(settings.request_id_environ_key)
-            )
+            request = flask.request._get_current_object()  # type: ignore[attr-defined]
+            rid = rid or sanitize_request_id(request.environ.get(settings.request_id_environ_key))
             rid = rid or self._request_ids.new()
             values["_dockerflow_rid_token"] = request_id_context.set(rid)
             values["_request_id"] = rid
@@ -988,7 +991,7 @@ class Dockerflow:
                 values["request_id"] = rid
         else:
             settings = started[2]
-        response.headers[settings.request_id_header] = rid
+        response.headers.set(settings.request_id_header, rid)
         level = logging.INFO
         code = response.status_code
         if code < 400:
@@ -996,10 +999,16 @@ class Dockerflow:
             mode = settings.summary_log_dockerflow_endpoints
             if mode is not True and _is_own_endpoint():
                 level = logging.DEBUG if mode == SUMMARY_DEBUG else 0
-        if level and self.summary_logger.isEnabledFor(level) and "_dockerflow_failed" not in values:
-            extra = self.summary_extra()
+        logger = self.summary_logger
+        if level and logger.isEnabledFor(level) and "_dockerflow_failed" not in values:
+            if type(self).summary_extra is Dockerflow.summary_extra:
+                if request is None:
+                    request = flask.request._get_current_object()  # type: ignore[attr-defined]
+                extra = self._summary_fields(app, request, values, settings)
+            else:
+                extra = self.summary_extra()
             extra["code"] = code
-            log_record(self.summary_logger, level, "", extra, _SUMMARY_SITE)
+            log_record(logger, level, "", extra, _SUMMARY_SITE)
         _forget_request_id(values)
         return response
 
@@ -1022,16 +1031,37 @@ class Dockerflow:
             ``t`` (left out when the request's start time is unknown) and, with
             ``DOCKERFLOW_SUMMARY_LOG_QUERYSTRING``, ``querystring``.
         """
-        request = flask.request._get_current_object()  # type: ignore[attr-defined]
+        return self._summary_fields(
+            flask.current_app._get_current_object(),  # type: ignore[attr-defined]
+            flask.request._get_current_object(),  # type: ignore[attr-defined]
+            flask.g._get_current_object().__dict__,
+            None,
+        )
+
+    def _summary_fields(
+        self,
+        app: Flask,
+        request: flask.Request,
+        values: dict[str, Any],
+        settings: RequestSettings | None,
+    ) -> dict[str, Any]:
+        """What :meth:`summary_extra` returns, from the request's objects already at hand.
+
+        :param values: ``flask.g.__dict__``.
+        :param settings: the request's settings, or ``None`` to find them.
+        """
         environ = request.environ
-        values = flask.g._get_current_object().__dict__
         entry: tuple[int, _AppState, RequestSettings] | None = values.get("_dockerflow")
         if entry is None:
             started = None
-            settings = self._state().live.for_request()
+            if settings is None:
+                settings = self._state(app).live.for_request()
         else:
             started, _, settings = entry
-        user_id = self.user_id()
+        if type(self).user_id is Dockerflow.user_id and getattr(app, "login_manager", None) is None:
+            user_id = None  # what user_id() returns here, without the call
+        else:
+            user_id = self.user_id()
         out: dict[str, Any] = {
             "errno": 0,
             "agent": environ.get("HTTP_USER_AGENT", ""),
