@@ -15,14 +15,23 @@ import flask
 #: Passing bodies kept per app (one per selection of checks seen) before starting again.
 MAX_KEPT = 64
 
-_Key = tuple[tuple[str, ...], Any, bool]
+_Key = tuple[tuple[str, ...], bool, Any, Any, tuple[Any, ...]]
+#: The config keys Flask's ``jsonify`` read before its JSON providers (Flask < 2.3).
+_JSON_CONFIG = (
+    "JSON_SORT_KEYS",
+    "JSON_AS_ASCII",
+    "JSONIFY_PRETTYPRINT_REGULAR",
+    "JSONIFY_MIMETYPE",
+)
 
 
 class PassingBodies:
     """The encoded responses of passing reports, by check names and the app's JSON encoding.
 
-    The app's JSON provider object and ``app.debug`` (which indents Flask's JSON) are part of the
-    key: an app that replaces ``app.json`` gets bodies of the new provider. A setting changed on
+    What Flask's ``jsonify`` output depends on is part of the key: ``app.debug`` (which indents
+    it), the app's JSON provider object (``app.json``, Flask 2.2+), and, for Flask before 2.3,
+    ``app.json_encoder`` and the ``JSON_*``/``JSONIFY_*`` config keys. An app that replaces
+    ``app.json`` or changes one of those keys gets bodies made the new way. A setting changed on
     the same provider object after the first heartbeat (``app.json.sort_keys``) is not seen.
     """
 
@@ -35,7 +44,11 @@ class PassingBodies:
         depends on its messages then, and is made anew)."""
         if report_level:
             return None
-        return (names, app.json, app.debug)
+        config = app.config
+        provider = getattr(app, "json", None)
+        # Read only where there is no provider: Flask 2.2 warns that json_encoder is deprecated.
+        encoder = getattr(app, "json_encoder", None) if provider is None else None
+        return (names, app.debug, provider, encoder, tuple(map(config.get, _JSON_CONFIG)))
 
     def response(self, app: flask.Flask, key: _Key, status: int) -> flask.Response | None:
         """Return a new response with the body and headers kept for ``key``, or ``None``."""
