@@ -453,3 +453,84 @@ def test_the_latest_runs_of_check_functions_made_per_call_are_let_go(engine: Eng
     for _ in range(MAX_LATEST + 50):
         engine.run_sync([Check("made_per_call", lambda: None, timeout=0.01)])
     assert len(engine.scheduler._latest) <= MAX_LATEST
+
+
+@pytest.mark.parametrize("closed", [False, True], ids=["open", "closed"])
+def test_a_closed_engine_retries_nothing_in_the_background(closed: bool) -> None:
+    """A check failing slowly is retried in the background, but not once its engine is closed:
+    a retry of an async check would start the stopped loop thread again, and go on running
+    (and logging) for the retry window after the engine's owner is gone."""
+    from dockerflow.engine._runs import RUNS
+
+    engine = Engine()
+    first_ends, retried, retry_ends = threading.Event(), threading.Event(), threading.Event()
+    calls: list[int] = []
+
+    def slow() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            first_ends.wait(PATIENCE)  # overruns its timeout: failing slowly
+        else:
+            retried.set()
+            retry_ends.wait(PATIENCE)  # in progress while the test looks for it
+
+    check = Check("slow", slow, timeout=0.1)
+    try:
+        assert list(engine.run_sync([check]).details["slow"]["messages"]) == [E011]
+        with RUNS.lock:
+            first = RUNS.newest(check, 0.1, None, engine.scheduler)
+        assert first is not None
+        if closed:
+            engine.close()
+        first_ends.set()
+        deadline = time.monotonic() + PATIENCE
+        while not first.ended and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert first.ended
+        # A retry is counted in before the run it replaces is marked ended: no race here.
+        with RUNS.lock:
+            retry = RUNS.newest(check, 0.1, None, engine.scheduler)
+        if closed:
+            assert retry is None
+            assert not engine.bridge.running
+        else:
+            assert retry is not None
+            assert retried.wait(PATIENCE)
+    finally:
+        first_ends.set()
+        retry_ends.set()
+        engine.close()
+
+
+def test_a_closed_engines_async_retry_does_not_start_its_loop_again() -> None:
+    """The case that showed it: an async check that blocks the loop past its timeout ends
+    after close(); its background retry started the loop thread again."""
+    engine = Engine()
+    blocking, unblock = threading.Event(), threading.Event()
+    calls: list[int] = []
+
+    async def blocks() -> None:
+        calls.append(1)
+        blocking.set()
+        unblock.wait(PATIENCE)  # never awaits: holds the loop past the timeout
+
+    try:
+        report = engine.run_sync([Check("blocks", blocks, timeout=0.1)])
+        assert list(report.details["blocks"]["messages"]) == [E011]
+        assert blocking.wait(PATIENCE)
+        thread = engine.bridge.thread
+        assert thread is not None
+        closer = threading.Thread(target=engine.close)
+        closer.start()  # waits (bounded) for the blocked loop thread
+        deadline = time.monotonic() + PATIENCE
+        while engine.bridge.running and time.monotonic() < deadline:
+            time.sleep(0.01)
+        unblock.set()
+        closer.join(PATIENCE)
+        thread.join(PATIENCE)
+        assert not thread.is_alive()
+        assert not engine.bridge.running
+        assert calls == [1]
+    finally:
+        unblock.set()
+        engine.close()

@@ -702,6 +702,40 @@ def test_close_stops_the_loop_and_heartbeats_still_work(app: Flask, dockerflow: 
     assert client.get("/__heartbeat__").status_code == 200
 
 
+def test_close_ends_the_background_retries_of_a_check_failing_slowly(
+    app: Flask, dockerflow: Dockerflow
+) -> None:
+    """A slow failure is retried in the background; after close() it is not, and its retry
+    does not start the stopped loop again."""
+    unblock = threading.Event()
+    calls: list[int] = []
+
+    @dockerflow.check(timeout=0.1)
+    async def blocks_the_loop() -> None:
+        calls.append(1)
+        unblock.wait(10)  # never awaits: holds the loop past its timeout
+
+    try:
+        assert app.test_client().get("/__heartbeat__").status_code == 500
+        thread = dockerflow._bridge.thread
+        assert thread is not None
+        closer = threading.Thread(target=dockerflow.close, kwargs={"timeout": 10})
+        closer.start()
+        # close() tells the app's engine first, then waits (bounded) for the blocked loop.
+        scheduler = dockerflow._state(app).engine.scheduler
+        deadline = time.monotonic() + 10
+        while scheduler.retrying and time.monotonic() < deadline:
+            time.sleep(0.01)
+        unblock.set()
+        closer.join(10)
+        thread.join(10)
+        assert not thread.is_alive()
+        assert not dockerflow._bridge.running
+        assert calls == [1]
+    finally:
+        unblock.set()
+
+
 def test_empty_check_selection_is_refused(app: Flask, dockerflow: Dockerflow) -> None:
     dockerflow.check(lambda: [Error("down", id="x.E1")], name="down")
     response = app.test_client().get("/__heartbeat__?check=")

@@ -421,8 +421,10 @@ class Engine:
         self.damper.clear()
 
     def close(self) -> None:
-        """Stop the engine's loop thread, unless it was given one to share (its owner stops
-        that). The loop starts again if the engine is used later."""
+        """Stop retrying failing checks in the background, and stop the engine's loop thread,
+        unless it was given one to share (its owner stops that). The loop starts again, and
+        failing checks are retried again, if the engine is used later."""
+        self.scheduler.retrying = False
         if self._owns_bridge:
             self.bridge.stop()
 

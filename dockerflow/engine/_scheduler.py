@@ -150,6 +150,10 @@ class Scheduler:
         self._hosts: weakref.WeakKeyDictionary[object, _LoopHost] = weakref.WeakKeyDictionary()
         self._trio_hosts: dict[object, _LoopHost] = {}
         self._pool = WorkerPool()
+        # False once the owner closed: a run ending then is not retried in the background (a
+        # retry on the loop thread would start the stopped loop again). A heartbeat asking for
+        # a check makes it true again.
+        self.retrying = True
         # The batches of sync callers' async runs on the loop thread (asyncio) with runs in
         # progress: they hold the runs' tasks (the loop holds tasks weakly). That thread only.
         self._batches: set[_TimedBatch] = set()
@@ -213,6 +217,8 @@ class Scheduler:
         :returns: per check of ``wanted``, in order, what :meth:`start` returns.
         """
         now = time.monotonic()
+        if not background:
+            self.retrying = True
         with RUNS.lock:
             decided = [
                 self._decide(check, timeout, restart_after, host, now, background)
@@ -580,6 +586,7 @@ class Scheduler:
             if (
                 # A cancellation: the run's loop may be shutting down; nothing to retry on.
                 isinstance(run.error, asyncio.CancelledError)
+                or not self.retrying
                 or now - self._asked.get(key, -math.inf) > retry_window(run.timeout)
                 or RUNS.newest(run.check, run.timeout, run.host, self) is not None
                 or len(RUNS.stuck_of(run.check, now)) >= MAX_STUCK_RUNS

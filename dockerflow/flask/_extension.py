@@ -452,7 +452,8 @@ class Dockerflow:
         return self._bridge.call(func, *args)
 
     def close(self, timeout: float = 5.0) -> None:
-        """Close the connections the built-in checks opened and stop the loop thread.
+        """Stop retrying failing checks in the background, close the connections the built-in
+        checks opened and stop the loop thread.
 
         Call it when the app shuts down (tests, or a worker exit hook). The extension stays
         usable: the next heartbeat starts the loop again and reconnects.
@@ -462,6 +463,8 @@ class Dockerflow:
             a worker's exit hook must not hang on it.
         """
         deadline = time.monotonic() + timeout
+        for state in list(self._apps.values()):
+            state.engine.close()  # no more background retries; the loop is ours to stop
         checks = [*self.registry, *owned_checks(self)]
         if checks:
             from ..integrations import release
