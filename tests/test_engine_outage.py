@@ -455,6 +455,26 @@ def test_the_latest_runs_of_check_functions_made_per_call_are_let_go(engine: Eng
     assert len(engine.scheduler._latest) <= MAX_LATEST
 
 
+def test_heartbeats_asking_for_check_functions_made_per_call_are_let_go(engine: Engine) -> None:
+    """When each heartbeat was asked for (what background retries go by) is kept per check
+    function: past its bound, the functions not asked for within their retry window are let
+    go, and those asked for recently are kept."""
+    kept = Check("kept", lambda: None, timeout=0.01)
+    engine.run_sync([kept])
+    # Asked for "long ago": more than the retry window (30 s at this timeout) before now.
+    key = next(iter(engine.scheduler._asked))
+    engine.scheduler._asked[key] -= 3600
+    recent = Check("recent", lambda: None, timeout=0.01)
+    engine.run_sync([recent])
+    for _ in range(3 * MAX_LATEST):
+        engine.run_sync([Check("made_per_call", lambda: None, timeout=0.01)])
+        engine.run_sync([recent])
+    asked = engine.scheduler._asked
+    assert len(asked) <= 2 * MAX_LATEST + 1
+    assert key not in asked
+    assert any(k[0] == id(recent.func) for k in asked)
+
+
 @pytest.mark.parametrize("closed", [False, True], ids=["open", "closed"])
 def test_a_closed_engine_retries_nothing_in_the_background(closed: bool) -> None:
     """A check failing slowly is retried in the background, but not once its engine is closed:

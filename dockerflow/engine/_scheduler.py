@@ -138,6 +138,9 @@ class Scheduler:
         # heartbeat to report rather than run the check once more.
         self._recovered: dict[RunKey, Run] = {}
         self._asked: dict[RunKey, float] = {}
+        # Past this many checks asked for, those asked for too long ago to be retried are let
+        # go (see _forget_old_asks): a check function made per call leaves one each.
+        self._asked_bound = MAX_LATEST
         # The latest run of each check that ended, if it ended within its timeout: what a
         # heartbeat joining a newer run is answered with (see _served_instead).
         self._latest: dict[RunKey, Run] = {}
@@ -240,6 +243,8 @@ class Scheduler:
         where = host if check.is_async else None
         key: RunKey = (id(check.func), timeout, where)
         if not background:
+            if len(self._asked) >= self._asked_bound and key not in self._asked:
+                self._forget_old_asks(now)
             self._asked[key] = now
         failing = self._failing.get(key)
         if failing is not None and failing.ended and now - failing.finished > retry_window(timeout):
@@ -275,6 +280,21 @@ class Scheduler:
             self._failing[key] = current
             failing = current
         return (None, _NONE, run, current, failing, False)
+
+    def _forget_old_asks(self, now: float) -> None:
+        """Let go of the checks no heartbeat asked for within their retry window, and of their
+        slow failures that ended before it: nothing is retried or served for them any more.
+        Called with ``RUNS.lock`` held, when the table reaches its bound; the bound then
+        doubles past what is left, so that many checks asked for at once cost one pass."""
+        self._asked = {
+            key: asked for key, asked in self._asked.items() if now - asked <= retry_window(key[1])
+        }
+        self._failing = {
+            key: run
+            for key, run in self._failing.items()
+            if key in self._asked or not run.ended or now - run.finished <= retry_window(key[1])
+        }
+        self._asked_bound = max(MAX_LATEST, 2 * len(self._asked))
 
     def _act(
         self,
