@@ -61,7 +61,7 @@ class _CheckSet:
         )
 
 
-@dataclass
+@dataclass(slots=True)
 class _Plan:
     """What one heartbeat does about one check: wait for a run, or serve a result at once.
 
@@ -332,7 +332,11 @@ class Engine:
 
     def _failed(self, run: Run) -> bool:
         """Whether ``run``, which ended, failed (reported ``fail_level`` or above)."""
-        return any(m.level >= self.fail_level for m in run_result(run).messages)
+        messages = run_result(run).messages
+        if not messages:
+            return False  # most runs
+        fail_level = self.fail_level
+        return any(m.level >= fail_level for m in messages)
 
     def _observe(
         self, check: Check, run: Run, overdue: bool, since: float, stuck: list[Run] | None = None
@@ -364,10 +368,14 @@ class Engine:
 
     def _settle(self, plan: _Plan, started: float) -> CheckResult:
         check = plan.check
-        if plan.run is not None:
-            raw = self._observe(check, plan.run, plan.overdue, started, plan.stuck)
+        run = plan.run
+        if run is not None:
+            if run.ended:  # most runs: their result was made when they ended
+                raw = run_result(run)
+            else:
+                raw = self._observe(check, run, plan.overdue, started, plan.stuck)
             # The key matters to damping only (most checks are not damped).
-            key: Hashable | None = run_key(plan.run, time.monotonic()) if check.damped else None
+            key: Hashable | None = run_key(run, time.monotonic()) if check.damped else None
         else:
             assert plan.result is not None
             raw, key = plan.result, plan.key

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import time
 import traceback
 from collections.abc import Iterable
 
@@ -57,19 +58,22 @@ def run_key(run: Run, now: float) -> tuple[Run, int]:
 
 def _outcome(run: Run) -> CheckResult:
     check = run.check
+    # The run has ended, or is ending (its end time is set first).
+    duration = (run.finished or time.monotonic()) - run.started
     if run.abandoned:
         message = Error(
-            f"Check was cancelled after {run.duration:.2f}s, before it finished: the event "
+            f"Check was cancelled after {duration:.2f}s, before it finished: the event "
             "loop it ran on stopped",
             id=health.ERROR_CHECK_EXCEPTION,
         )
-        return CheckResult(check.name, (message,), run.duration)
-    if run.start_error and run.error is not None:
+        return CheckResult(check.name, (message,), duration)
+    error = run.error
+    if run.start_error and error is not None:
         message = Error(
-            f"Check could not be started: {short_error(run.error)}",
+            f"Check could not be started: {short_error(error)}",
             id=health.ERROR_CHECK_EXCEPTION,
         )
-        return CheckResult(check.name, (message,), run.duration, run.error)
+        return CheckResult(check.name, (message,), duration, error)
     if run.blocked_for > run.timeout:
         # An async check that blocked the loop past its timeout: its timeout could not fire.
         message = Error(
@@ -77,21 +81,23 @@ def _outcome(run: Run) -> CheckResult:
             f"(timeout {run.timeout:g}s)",
             id=health.ERROR_CHECK_TIMEOUT,
         )
-        return CheckResult(check.name, (message,), run.duration)
+        return CheckResult(check.name, (message,), duration)
     if run.timed_out:
-        return timed_out(check, run.timeout, run.duration)
-    if run.duration > run.timeout:
+        return timed_out(check, run.timeout, duration)
+    if duration > run.timeout:
         # It finished, but too late: every heartbeat that shared it answered without it.
         message = Error(
-            f"Check timed out: it took {run.duration:.2f}s (timeout {run.timeout:g}s)",
+            f"Check timed out: it took {duration:.2f}s (timeout {run.timeout:g}s)",
             id=health.ERROR_CHECK_TIMEOUT,
         )
-        return CheckResult(check.name, (message,), run.duration)
-    if run.error is not None:
-        message = Error(f"Check raised {short_error(run.error)}", id=health.ERROR_CHECK_EXCEPTION)
-        return CheckResult(check.name, (message,), run.duration, run.error)
+        return CheckResult(check.name, (message,), duration)
+    if error is not None:
+        message = Error(f"Check raised {short_error(error)}", id=health.ERROR_CHECK_EXCEPTION)
+        return CheckResult(check.name, (message,), duration, error)
+    if run.value is None:
+        return CheckResult(check.name, (), duration)  # the common case: it passed
     messages, data = _to_messages(check, run.value)
-    return CheckResult(check.name, messages, run.duration, data=data)
+    return CheckResult(check.name, messages, duration, data=data)
 
 
 def timed_out(check: Check, timeout: float, duration: float, why: str = "") -> CheckResult:

@@ -31,6 +31,8 @@ CANCEL_WAIT = 0.1
 #: Most runs of one check function past their timeout (stuck) in progress at a time in the
 #: process, whichever engines and loops started them; for a sync check, the threads it may hold.
 MAX_STUCK_RUNS = 2
+#: What :meth:`RunRegistry.runs_of` returns for a function with no run in progress (shared).
+_NO_RUNS: list[Run] = []
 
 
 class Host(Protocol):
@@ -92,8 +94,8 @@ class Run:
         # The waiters of sync heartbeats counting on this run; under RUNS.lock.
         self._joined: list[Waiter] | None = None
         # Callbacks of async waiters, each removed again by its waiter: a waiter's loop must not
-        # be kept alive by a run that outlives it.
-        self._waiters: list[Callable[[], object]] = []
+        # be kept alive by a run that outlives it. Made by the first; under RUNS.lock.
+        self._waiters: list[Callable[[], object]] | None = None
         self.value: Any = None
         self.error: BaseException | None = None
         self.timed_out = False
@@ -267,6 +269,11 @@ class RunRegistry:
 
     # Called with the lock held ------------------------------------------------------------
 
+    def runs_of(self, check: Check) -> list[Run]:
+        """Return the runs of ``check``'s function in progress, oldest first (empty if none).
+        The list is the registry's own: read it under the lock, never change it."""
+        return self._runs.get(id(check.func), _NO_RUNS)
+
     def newest(self, check: Check, timeout: float, host: Host | None, owner: object) -> Run | None:
         """Return the newest run in progress of ``check``'s function started by ``owner`` with
         this timeout on this host (the run a heartbeat may share), or ``None``."""
@@ -308,10 +315,14 @@ class RunRegistry:
         :returns: what ``update`` returned.
         """
         with self.lock:
-            self._drop(run)
+            runs = self._runs.get(id(run.check.func))
+            if runs is not None and run in runs:
+                runs.remove(run)
+                if not runs:
+                    del self._runs[id(run.check.func)]
             out = update() if update is not None else None
             run.ended = True
-            waiters, run._waiters = run._waiters, []
+            waiters, run._waiters = run._waiters, None
             joined, run._joined = run._joined, None
             woken = [w for w in joined if w._one_ended()] if joined else ()
             event = run._event
@@ -319,8 +330,9 @@ class RunRegistry:
             event.set()
         for waiter in woken:
             waiter._wake()
-        for wake in waiters:
-            wake()
+        if waiters:
+            for wake in waiters:
+                wake()
         return out
 
     def add_waiter(self, run: Run, wake: Callable[[], object]) -> bool:
@@ -328,13 +340,16 @@ class RunRegistry:
         with self.lock:
             if run.ended:
                 return False
+            if run._waiters is None:
+                run._waiters = []
             run._waiters.append(wake)
             return True
 
     def remove_waiter(self, run: Run, wake: Callable[[], object]) -> None:
         """Forget ``wake`` (its waiter stopped waiting)."""
         with self.lock, contextlib.suppress(ValueError):
-            run._waiters.remove(wake)
+            if run._waiters is not None:
+                run._waiters.remove(wake)
 
     def stuck(self, owner: object) -> dict[str, int]:
         """Return check name → runs started by ``owner`` in progress past their timeout."""

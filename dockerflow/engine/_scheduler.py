@@ -246,7 +246,8 @@ class Scheduler:
             if len(self._asked) >= self._asked_bound and key not in self._asked:
                 self._forget_old_asks(now)
             self._asked[key] = now
-        failing = self._failing.get(key)
+        # Most checks are not failing, and have no run in progress: two look-ups tell.
+        failing = self._failing.get(key) if self._failing else None
         if failing is not None and failing.ended and now - failing.finished > retry_window(timeout):
             failing = None  # too old to speak for the check now
             del self._failing[key]
@@ -259,17 +260,19 @@ class Scheduler:
                 and failing is None
             ):
                 return (recovered, _NONE, None, None, None, False)
-        current = RUNS.newest(check, timeout, where, self)
+        in_progress = RUNS.runs_of(check)
+        current = RUNS.newest(check, timeout, where, self) if in_progress else None
         if current is not None and now - current.started < restart_after:
             if failing is not None and not background and failing is not current:
                 return (failing, _NONE, None, None, None, False)
             served = None if background else self._served_instead(key, current, now)
             return (served if served is not None else current, _NONE, None, None, None, False)
-        stuck = RUNS.stuck_of(check, now)
-        if len(stuck) >= MAX_STUCK_RUNS:
-            log = id(check.func) not in self._refusal_logged
-            self._refusal_logged.add(id(check.func))
-            return (current, stuck, None, None, None, log)
+        if in_progress:
+            stuck = RUNS.stuck_of(check, now)
+            if len(stuck) >= MAX_STUCK_RUNS:
+                log = id(check.func) not in self._refusal_logged
+                self._refusal_logged.add(id(check.func))
+                return (current, stuck, None, None, None, log)
         if self._refusal_logged:
             self._refusal_logged.discard(id(check.func))
         run = Run(check, timeout, where, self)
@@ -512,13 +515,17 @@ class Scheduler:
             self._finish(run)
 
     def _call_sync(self, run: Run) -> Any:
-        with self._enter():
-            value = run.check.func()
-            if hasattr(value, "__await__"):
-                # A def that returned an awaitable (``lambda: client.ping()``): awaited on the
-                # loop thread, within the run's timeout.
-                value = self.bridge.call(_await_within, value, run.started + run.timeout)
-            return value
+        if self._context is None:
+            return self._returned(run, run.check.func())
+        with self._context():
+            return self._returned(run, run.check.func())
+
+    def _returned(self, run: Run, value: Any) -> Any:
+        if hasattr(value, "__await__"):
+            # A def that returned an awaitable (``lambda: client.ping()``): awaited on the
+            # loop thread, within the run's timeout (the run's context is still entered).
+            return self.bridge.call(_await_within, value, run.started + run.timeout)
+        return value
 
     async def _execute_async(self, run: Run) -> None:
         """Run an async check as this task, under its timeout; raises only the host's own
@@ -593,6 +600,8 @@ class Scheduler:
             # Under RUNS.lock, before anyone waiting for the run is woken: the heartbeats
             # woken by it find the check's state as the run left it.
             self._keep_latest(key, run)
+            if not slow and not self._failing:
+                return None  # most runs: a pass, and nothing was failing
             failing = self._failing.get(key)
             if not slow:
                 # A pass, or a fast failure (refused connection): heartbeats wait for runs again.
