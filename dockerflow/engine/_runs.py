@@ -64,6 +64,7 @@ class Run:
         "abandoned",
         "blocked_for",
         "check",
+        "deadline",
         "ended",
         "error",
         "finished",
@@ -86,6 +87,9 @@ class Run:
         self.host = host
         self.owner = owner
         self.started = time.monotonic()
+        #: The ``time.monotonic()`` value by which every heartbeat sharing the run answers:
+        #: its start plus its timeout (plus :data:`CANCEL_WAIT` for an async run).
+        self.deadline = self.started + timeout + (CANCEL_WAIT if check.is_async else 0.0)
         self.finished = 0.0
         self.ended = False
         # Made by the first thread that waits for this run alone (most runs are waited for by
@@ -114,12 +118,6 @@ class Run:
     def done(self) -> bool:
         """Whether the run has ended."""
         return self.ended
-
-    @property
-    def deadline(self) -> float:
-        """The ``time.monotonic()`` value by which every heartbeat sharing the run answers:
-        its start plus its timeout (plus :data:`CANCEL_WAIT` for an async run)."""
-        return self.started + self.timeout + (CANCEL_WAIT if self.check.is_async else 0.0)
 
     @property
     def duration(self) -> float:
@@ -307,11 +305,12 @@ class RunRegistry:
 
     # Taking the lock themselves -----------------------------------------------------------
 
-    def end(self, run: Run, update: Callable[[], T] | None = None) -> T | None:
+    def end(self, run: Run, update: Callable[..., T] | None = None, *args: Any) -> T | None:
         """Take ``run`` out and wake whoever waits for it; ``run`` has ended (its ``finished``
         is set).
 
-        :param update: called under the lock once the run is out, before anyone is woken.
+        :param update: called with ``args`` under the lock once the run is out, before anyone
+            is woken.
         :returns: what ``update`` returned.
         """
         with self.lock:
@@ -320,7 +319,7 @@ class RunRegistry:
                 runs.remove(run)
                 if not runs:
                     del self._runs[id(run.check.func)]
-            out = update() if update is not None else None
+            out = update(*args) if update is not None else None
             run.ended = True
             waiters, run._waiters = run._waiters, None
             joined, run._joined = run._joined, None

@@ -309,6 +309,15 @@ class Scheduler:
     ) -> tuple[Run | None, list[Run]]:
         # Outside the lock: log, and start (or collect) the new run that was decided on.
         answer, stuck, run, current, failing, log = decision
+        if current is None and failing is None and run is not None:
+            # Most checks: a new run, nobody else's in progress.
+            if batch is not None and run.host is None:
+                batch.append(run)
+            elif async_batch is not None and run.host is self.bridge_host:
+                async_batch.append(run)
+            else:
+                self._launch(run)
+            return run, _NONE
         if run is None:
             if log:
                 logger.warning(
@@ -516,16 +525,16 @@ class Scheduler:
 
     def _call_sync(self, run: Run) -> Any:
         if self._context is None:
-            return self._returned(run, run.check.func())
+            value = run.check.func()
+            return self._awaited(run, value) if hasattr(value, "__await__") else value
         with self._context():
-            return self._returned(run, run.check.func())
+            value = run.check.func()
+            return self._awaited(run, value) if hasattr(value, "__await__") else value
 
-    def _returned(self, run: Run, value: Any) -> Any:
-        if hasattr(value, "__await__"):
-            # A def that returned an awaitable (``lambda: client.ping()``): awaited on the
-            # loop thread, within the run's timeout (the run's context is still entered).
-            return self.bridge.call(_await_within, value, run.started + run.timeout)
-        return value
+    def _awaited(self, run: Run, value: Awaitable[Any]) -> Any:
+        # A def that returned an awaitable (``lambda: client.ping()``): awaited on the loop
+        # thread, within the run's timeout (the run's context is still entered).
+        return self.bridge.call(_await_within, value, run.started + run.timeout)
 
     async def _execute_async(self, run: Run) -> None:
         """Run an async check as this task, under its timeout; raises only the host's own
@@ -591,43 +600,47 @@ class Scheduler:
         """End ``run``, update its check's slow-failure state, and retry it in the background
         if it failed slowly while heartbeats ask for it. In the thread or task that ran it."""
         run.finished = time.monotonic()
-        slow = self._failed(run) and (
-            run.timed_out or run.finished - run.started >= SLOW_FAILURE * run.timeout
+        slow = (
+            (run.timed_out or run.finished - run.started >= SLOW_FAILURE * run.timeout)
+            # Judged only then: the judge makes the run's result (kept on it), as heartbeats
+            # would anyway.
+            and self._failed(run)
         )
-        key: RunKey = (id(run.check.func), run.timeout, run.host)
-
-        def update() -> Run | None:
-            # Under RUNS.lock, before anyone waiting for the run is woken: the heartbeats
-            # woken by it find the check's state as the run left it.
-            self._keep_latest(key, run)
-            if not slow and not self._failing:
-                return None  # most runs: a pass, and nothing was failing
-            failing = self._failing.get(key)
-            if not slow:
-                # A pass, or a fast failure (refused connection): heartbeats wait for runs again.
-                if failing is not None and failing.started <= run.started:
-                    del self._failing[key]
-                    self._recovered[key] = run
-                return None
-            if failing is None or failing.started <= run.started or not failing.ended:
-                self._failing[key] = run
-            now = time.monotonic()
-            if (
-                # A cancellation: the run's loop may be shutting down; nothing to retry on.
-                isinstance(run.error, asyncio.CancelledError)
-                or not self.retrying
-                or now - self._asked.get(key, -math.inf) > retry_window(run.timeout)
-                or RUNS.newest(run.check, run.timeout, run.host, self) is not None
-                or len(RUNS.stuck_of(run.check, now)) >= MAX_STUCK_RUNS
-            ):
-                return None
-            retry = Run(run.check, run.timeout, run.host, self)
-            RUNS.add(retry)
-            return retry
-
-        retry = RUNS.end(run, update)
+        retry = RUNS.end(run, self._ended, run, slow)
         if retry is not None:
             self._launch(retry)
+
+    def _ended(self, run: Run, slow: bool) -> Run | None:
+        """Update the check's state for ``run``, which is ending, and return the run that
+        retries it in the background, if one is needed (the caller starts it). Called with
+        ``RUNS.lock`` held, before anyone waiting for the run is woken: the heartbeats woken
+        by it find the check's state as the run left it."""
+        key: RunKey = (id(run.check.func), run.timeout, run.host)
+        self._keep_latest(key, run)
+        if not slow and not self._failing:
+            return None  # most runs: a pass, and nothing was failing
+        failing = self._failing.get(key)
+        if not slow:
+            # A pass, or a fast failure (refused connection): heartbeats wait for runs again.
+            if failing is not None and failing.started <= run.started:
+                del self._failing[key]
+                self._recovered[key] = run
+            return None
+        if failing is None or failing.started <= run.started or not failing.ended:
+            self._failing[key] = run
+        now = time.monotonic()
+        if (
+            # A cancellation: the run's loop may be shutting down; nothing to retry on.
+            isinstance(run.error, asyncio.CancelledError)
+            or not self.retrying
+            or now - self._asked.get(key, -math.inf) > retry_window(run.timeout)
+            or RUNS.newest(run.check, run.timeout, run.host, self) is not None
+            or len(RUNS.stuck_of(run.check, now)) >= MAX_STUCK_RUNS
+        ):
+            return None
+        retry = Run(run.check, run.timeout, run.host, self)
+        RUNS.add(retry)
+        return retry
 
     def _keep_latest(self, key: RunKey, run: Run) -> None:
         """Make ``run``, which ended, its check's latest run, unless a newer one ended before
