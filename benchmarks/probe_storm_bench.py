@@ -935,6 +935,30 @@ def print_targets(results: Results, args: Any) -> None:
         print("\n".join(f"  {line}" for line in lines))
 
 
+def print_cost_split(results: Results, args: Any) -> None:
+    """Where a heartbeat's CPU goes, from the medians of A, H (1 check) and F (10 checks): the
+    cost of each further check, and the fixed cost of a heartbeat over a bare view (the
+    extension's work, the engine's once per heartbeat and the hand-off to a worker thread that
+    the deadline needs). With them, the best F/A a heartbeat with free checks could reach, read
+    as A's CPU over F's (the rates follow the CPU when the cores are the limit)."""
+    lines = []
+    for kind in args.workers:
+        if not {"A", "H", "F"} <= set(args.apps_of[kind]):
+            continue
+        for mode in modes_of(kind, args.modes):
+            a, h, f = (results.cpu_us(kind, key, mode) for key in "AHF")
+            per_check = (f - h) / 9
+            fixed = h - a - per_check
+            lines.append(
+                f"{kind}, {mode}: A {a:.0f}, H {h:.0f}, F {f:.0f} CPU µs; per further check "
+                f"{per_check:.1f} µs, fixed per heartbeat {fixed:.0f} µs; F/A by CPU with free "
+                f"checks {a / (a + fixed):.2f}, now {a / f:.2f}"
+            )
+    if lines:
+        print("\nCost split (CPU µs per heartbeat, medians):")
+        print("\n".join(f"  {line}" for line in lines))
+
+
 def print_warnings(results: Results) -> None:
     """Heartbeats that did not answer 200, wrk's socket errors, workers that changed."""
     for run in results.runs:
@@ -1056,6 +1080,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print_storm_table(results, pairs, args)
     print_single_table(results, args)
     print_targets(results, args)
+    print_cost_split(results, args)
     print_warnings(results)
     load_end = os.getloadavg()
     print(
