@@ -62,6 +62,26 @@ def test_a_passing_body_served_again_is_the_one_jsonify_makes(app: Flask) -> Non
         assert response.headers["Vary"] == "Accept"
 
 
+def test_a_passing_response_served_again_has_the_first_ones_headers_in_order(
+    app: Flask,
+) -> None:
+    ext = Dockerflow(app)
+    ext.check(lambda: [], name="up")
+    first, *again = [heartbeat(app) for _ in range(3)]
+
+    def headers(response: Any) -> list[tuple[str, str]]:
+        return [(k, v) for k, v in response.headers if k != "X-Request-ID"]
+
+    length = str(len(first.data))
+    assert headers(first)[:2] == [("Content-Type", "application/json"), ("Content-Length", length)]
+    for response in again:
+        assert headers(response) == headers(first)
+        assert response.data == first.data
+        # A hook may still replace the body: the length follows it.
+        response.set_data(b"{}")
+        assert response.headers["Content-Length"] == "2"
+
+
 def test_each_response_is_a_new_object_with_its_own_request_id(app: Flask) -> None:
     ext = Dockerflow(app)
     ext.check(lambda: [], name="up")

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import flask
+from werkzeug.datastructures import Headers
 
 #: Passing bodies kept per app (one per selection of checks seen) before starting again.
 MAX_KEPT = 64
@@ -55,15 +56,17 @@ class PassingBodies:
         kept = self._kept.get(key)
         if kept is None:
             return None
-        body, headers = kept
-        response: flask.Response = app.response_class(body, status, headers)
+        body, kept_headers = kept
+        # Given as a Headers object and a one-item list, both are taken as they are: the
+        # headers are not walked one add() at a time, nor is Content-Length (kept with them)
+        # set again, as headers given as pairs and a body given as bytes would be.
+        headers = Headers()
+        headers[:] = kept_headers
+        response: flask.Response = app.response_class([body], status, headers)
         return response
 
     def keep(self, key: _Key, response: flask.Response) -> None:
         """Keep the body and headers of ``response``, made the usual way, for ``key``."""
         if len(self._kept) >= MAX_KEPT:
             self._kept.clear()  # many selections: start again rather than grow
-        headers = [
-            (name, value) for name, value in response.headers.items() if name != "Content-Length"
-        ]
-        self._kept[key] = (response.get_data(), headers)
+        self._kept[key] = (response.get_data(), list(response.headers.items()))
