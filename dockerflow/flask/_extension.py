@@ -442,12 +442,12 @@ class Dockerflow:
         self._version_callback = func
         return func
 
-    def _all_checks(self) -> list[Check]:
-        checks = list(self.registry)
+    def _all_checks(self) -> tuple[Check, ...]:
+        registry = self.registry
         module_checks = checks_for(self)
-        if module_checks:
-            checks.extend(c for c in module_checks if c.name not in self.registry)
-        return checks
+        if not module_checks:
+            return tuple(registry)
+        return (*registry, *(c for c in module_checks if c.name not in registry))
 
     def call_in_loop(self, func: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Run ``await func(*args)`` on the loop the async checks run on; return its result.
@@ -591,14 +591,18 @@ class Dockerflow:
         group: str | None = None,
         record_metrics: bool = True,
         settings: HeartbeatSettings | None = None,
+        shown: bool | None = None,
     ) -> Report:
         """Run a heartbeat's checks, record them and send the signals (see :meth:`run_checks`).
 
         :param settings: the heartbeat's settings, if the caller has read them already.
+        :param shown: whether the heartbeat shows its details, if the caller knows already.
         """
         if settings is None:
             settings = state.live.for_heartbeat()
-        every_check = tuple(self._all_checks())
+        if shown is None:
+            shown = settings.details_shown(app)
+        every_check = self._all_checks()
         if not state.noncritical_checked:
             state.noncritical_checked = True
             self._warn_unknown_noncritical(state, every_check)
@@ -622,7 +626,7 @@ class Dockerflow:
         if grace and not state.startup.over:
             names = [check.name for check in every_check]
             report = state.startup.apply(report, state.settings.fail_level, names)
-        if settings.heartbeat_page and settings.details_shown(app):
+        if shown and settings.heartbeat_page:
             state.history.record(report)
         whole = wanted is None and not excluded and group is None
         self._send_signals(app, state, report, whole)
@@ -821,12 +825,13 @@ class Dockerflow:
         request = flask.request._get_current_object()  # type: ignore[attr-defined]
         # Read once per heartbeat, at its start: the run and the response agree on them.
         settings = state.live.for_heartbeat()
+        shown = settings.details_shown(app)
         drain = self._drain
         drain.check()
         if drain.active:
             report = self._drain_report(state)
             return self._heartbeat_response(
-                app, state, request, settings, report, DRAINING_STATUS_CODE
+                app, state, request, settings, shown, report, DRAINING_STATUS_CODE
             )
         try:
             selection = read_selection(request)
@@ -838,6 +843,7 @@ class Dockerflow:
                 grace=True,
                 group=group,
                 settings=settings,
+                shown=shown,
             )
         except BadQueryError as exc:
             return _json_response({"error": str(exc)}, 400)
@@ -851,7 +857,7 @@ class Dockerflow:
             return _json_response({"error": str(exc)}, 400)
         failed = report.level >= state.settings.fail_level
         status = settings.failed_status_code if failed else 200
-        return self._heartbeat_response(app, state, request, settings, report, status, group)
+        return self._heartbeat_response(app, state, request, settings, shown, report, status, group)
 
     def _heartbeat_response(
         self,
@@ -859,11 +865,11 @@ class Dockerflow:
         state: _AppState,
         request: flask.Request,
         settings: HeartbeatSettings,
+        show: bool,
         report: Report,
         status: int,
         group: str | None = None,
     ) -> flask.Response:
-        show = settings.details_shown(app)
         accept = request.environ.get("HTTP_ACCEPT")
         if (
             show
