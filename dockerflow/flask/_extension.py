@@ -93,6 +93,8 @@ class _AppState:
     version_path: str
     status_lock: threading.Lock = field(default_factory=threading.Lock)
     last_status: str | None = None
+    #: The level last_status was made from (set with it, under status_lock).
+    last_level: int | None = None
     #: Whether DOCKERFLOW_NONCRITICAL_CHECKS was compared with the registered checks yet.
     noncritical_checked: bool = False
     #: The checks already told the timeout they run under in this app (weakly: a check that
@@ -745,12 +747,13 @@ class Dockerflow:
             self._send(heartbeat_checked, app, level=level, report=report, passed=not failed)
         if not whole:  # a subset's status says nothing about the service's status
             return
-        status = report.status
-        if state.last_status == status:
-            # Swapping it for the same would change nothing: no lock taken.
+        if state.last_level == level:
+            # The same level is the same status: swapping it would change nothing, no lock.
             return
+        status = report.status
         with state.status_lock:
             previous, state.last_status = state.last_status, status
+            state.last_level = level
         # A worker's first status is no change: there was none before it in this process.
         if previous is not None and previous != report.status:
             self._send(
