@@ -17,7 +17,7 @@ import pytest
 from flask import Flask
 
 from dockerflow.checks import Error, Warning, clear_checks, register
-from dockerflow.flask import Dockerflow, signals
+from dockerflow.flask import Dockerflow, NotInitializedError, signals
 from dockerflow.flask._bodies import MAX_KEPT
 from dockerflow.flask._extension import MAX_SELECTIONS
 from dockerflow.health_json import MEDIA_TYPE as HEALTH_JSON
@@ -307,3 +307,21 @@ def test_receivers_connected_after_heartbeats_get_the_signals(app: Flask) -> Non
         ("failed", 40),
         ("checked", False),
     ]
+
+
+def test_one_extension_serving_two_apps_in_turn_uses_each_ones_state(
+    app: Flask, tmp_path: Path
+) -> None:
+    other = Flask("other", root_path=str(tmp_path / "other"))
+    app.config["DOCKERFLOW_HEARTBEAT_FAILED_STATUS_CODE"] = 503
+    ext = Dockerflow()
+    ext.init_app(app)
+    ext.init_app(other)
+    ext.check(lambda: [Error("down", id="x.E1")], name="down")
+    for _ in range(2):  # the state last looked up is never another app's
+        assert heartbeat(app).status_code == 503
+        assert heartbeat(other).status_code == 500
+    assert ext._state(app) is not ext._state(other)
+    with pytest.raises(NotInitializedError):
+        ext._state(Flask("never-set-up"))
+    assert heartbeat(app).status_code == 503

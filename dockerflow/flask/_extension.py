@@ -192,6 +192,7 @@ class Dockerflow:
         # One loop thread per extension, shared by the engines of all its apps.
         self._bridge = LoopThread()
         self._apps: weakref.WeakKeyDictionary[Flask, _AppState] = weakref.WeakKeyDictionary()
+        self._last_state: tuple[weakref.ref[Flask], weakref.ref[_AppState]] | None = None
         self._version_callback: VersionCallback = get_version
         self._request_ids = RequestIds()
         self._blueprint = self._make_blueprint()
@@ -275,6 +276,7 @@ class Dockerflow:
             startup=StartupGrace(settings.startup_grace_seconds),
         )
         self._apps[app] = state
+        self._last_state = None  # it may be of this app, set up again
         app.register_blueprint(self._blueprint)
         self._bind_migrations()
 
@@ -378,12 +380,23 @@ class Dockerflow:
     def _state(self, app: Flask | None = None) -> _AppState:
         if app is None:
             app = flask.current_app._get_current_object()  # type: ignore[attr-defined]
+        # The app asked for last and its state, both held weakly: most processes serve one
+        # app, found without making a weak reference to look it up by.
+        last = self._last_state
+        if last is not None:
+            state = last[1]()
+            if state is not None and last[0]() is app:
+                return state
+        assert app is not None
         try:
-            return self._apps[app]
+            state = self._apps[app]
         except KeyError:
             raise NotInitializedError(
                 f"Dockerflow is not initialised on app {app.name!r}; call init_app(app) first"
             ) from None
+        # One tuple, replaced whole, for every thread.
+        self._last_state = (weakref.ref(app), weakref.ref(state))
+        return state
 
     # -- registering checks ---------------------------------------------------------------------
 
