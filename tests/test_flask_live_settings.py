@@ -97,3 +97,21 @@ def test_failed_status_code_emptied_at_run_time_is_the_default(
         assert client.get("/__heartbeat__").status_code == 500
     assert not [r for r in caplog.records if "not valid" in r.getMessage()]
     dockerflow.close()
+
+
+def test_heartbeat_settings_are_kept_while_the_config_holds_the_same_values() -> None:
+    config: dict[str, Any] = {}
+    live = LiveSettings(config, load_settings(config, {}))
+    first = live.for_heartbeat()
+    assert live.for_heartbeat() is first  # nothing changed: nothing parsed again
+    config["DOCKERFLOW_HEARTBEAT_DETAILS"] = "never"
+    changed = live.for_heartbeat()
+    assert (changed.details, first.details) == ("never", "always")
+    assert live.for_heartbeat() is changed
+    # A list edited in place is never taken as unchanged.
+    config["DOCKERFLOW_SILENCED_CHECKS"] = ["x.E1"]
+    assert live.for_heartbeat().silenced_checks == ("x.E1",)
+    config["DOCKERFLOW_SILENCED_CHECKS"].append("x.E2")
+    assert live.for_heartbeat().silenced_checks == ("x.E1", "x.E2")
+    config["DOCKERFLOW_SILENCED_CHECKS"].clear()
+    assert live.for_heartbeat().silenced_checks == ()

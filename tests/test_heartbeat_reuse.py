@@ -1,6 +1,7 @@
-"""What a heartbeat works out once and reuses: which checks a query selects, and the encoded
-body of a passing report. Reuse must never make the heartbeat lie: every change of the checks,
-their outcome, the query or the app's JSON encoding shows in the next heartbeat."""
+"""What a heartbeat works out once and reuses: which checks a query selects, the encoded
+body of a passing report, the settings it reads and the silenced IDs made of them. Reuse must
+never make the heartbeat lie: every change of the checks, their outcome, the query, the
+settings, the signals' receivers or the app's JSON encoding shows in the next heartbeat."""
 
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ import flask
 import pytest
 from flask import Flask
 
-from dockerflow.checks import Error, clear_checks, register
-from dockerflow.flask import Dockerflow
+from dockerflow.checks import Error, Warning, clear_checks, register
+from dockerflow.flask import Dockerflow, NotInitializedError, signals
 from dockerflow.flask._bodies import MAX_KEPT
 from dockerflow.flask._extension import MAX_SELECTIONS
 from dockerflow.health_json import MEDIA_TYPE as HEALTH_JSON
@@ -59,6 +60,26 @@ def test_a_passing_body_served_again_is_the_one_jsonify_makes(app: Flask) -> Non
         assert response.headers["Content-Length"] == str(len(expected))
         assert response.headers["Cache-Control"] == "no-store"
         assert response.headers["Vary"] == "Accept"
+
+
+def test_a_passing_response_served_again_has_the_first_ones_headers_in_order(
+    app: Flask,
+) -> None:
+    ext = Dockerflow(app)
+    ext.check(lambda: [], name="up")
+    first, *again = [heartbeat(app) for _ in range(3)]
+
+    def headers(response: Any) -> list[tuple[str, str]]:
+        return [(k, v) for k, v in response.headers if k != "X-Request-ID"]
+
+    length = str(len(first.data))
+    assert headers(first)[:2] == [("Content-Type", "application/json"), ("Content-Length", length)]
+    for response in again:
+        assert headers(response) == headers(first)
+        assert response.data == first.data
+        # A hook may still replace the body: the length follows it.
+        response.set_data(b"{}")
+        assert response.headers["Content-Length"] == "2"
 
 
 def test_each_response_is_a_new_object_with_its_own_request_id(app: Flask) -> None:
@@ -192,3 +213,115 @@ def test_a_body_served_again_keeps_its_reports_time_for_health_json(app: Flask) 
     (entry,) = body["checks"]["up:responseTime"]
     made = datetime.fromisoformat(entry["time"].replace("Z", "+00:00"))
     assert before.replace(microsecond=before.microsecond // 1000 * 1000) <= made <= after
+
+
+def test_heartbeat_settings_changed_between_heartbeats_are_seen(app: Flask) -> None:
+    ext = Dockerflow(app)
+    ext.check(lambda: [Error("down", id="x.E1"), Warning("meh", id="x.W1")], name="down")
+    browser = {"Accept": "text/html"}
+    for _ in range(2):  # whatever is worked out once is worked out by now
+        assert heartbeat(app).status_code == 500
+    app.config["DOCKERFLOW_HEARTBEAT_FAILED_STATUS_CODE"] = 503
+    assert heartbeat(app).status_code == 503
+    assert heartbeat(app, **browser).content_type.startswith("text/html")
+    app.config["DOCKERFLOW_HEARTBEAT_PAGE"] = False
+    assert heartbeat(app, **browser).content_type == "application/json"
+    app.config["DOCKERFLOW_HEARTBEAT_PAGE"] = True
+    assert heartbeat(app, **browser).content_type.startswith("text/html")
+    assert heartbeat(app).json["details"]
+    app.config["DOCKERFLOW_HEARTBEAT_DETAILS"] = "debug"
+    assert heartbeat(app).json["details"] == {}
+    assert heartbeat(app, **browser).content_type == "application/json"
+    app.debug = True  # read on every heartbeat too
+    assert heartbeat(app).json["details"]
+    app.debug = False
+    assert heartbeat(app).json["details"] == {}
+    app.config["DOCKERFLOW_HEARTBEAT_DETAILS"] = "always"
+    app.config["DOCKERFLOW_SILENCED_CHECKS"] = "x.E1"
+    response = heartbeat(app)
+    assert (response.status_code, response.json["status"]) == (200, "warning")
+    app.config["DOCKERFLOW_SILENCED_CHECKS"] = "x.E1,x.W1"
+    assert heartbeat(app).json["status"] == "ok"
+    app.config["DOCKERFLOW_SILENCED_CHECKS"] = ""
+    assert heartbeat(app).status_code == 503
+
+
+def test_silenced_checks_of_the_extension_replaced_or_edited_are_seen(app: Flask) -> None:
+    ext = Dockerflow(app, silenced_checks=["x.E1"])
+    ext.check(lambda: [Error("one", id="x.E1"), Error("two", id="x.E2")], name="e")
+    assert heartbeat(app).status_code == 500
+    ext.silenced_checks.append("x.E2")
+    assert heartbeat(app).status_code == 200
+    ext.silenced_checks = ["x.E2"]
+    assert heartbeat(app).status_code == 500
+    ext.silenced_checks[0] = "x.E1"
+    ext.silenced_checks.append("x.E2")
+    assert heartbeat(app).status_code == 200
+    # Another set given to the engine meanwhile is put right at the next heartbeat.
+    ext._state(app).engine.silenced_ids = frozenset()
+    assert heartbeat(app).status_code == 200
+
+
+def test_receivers_connected_after_heartbeats_get_the_signals(app: Flask) -> None:
+    ext = Dockerflow(app)
+    failing = {"now": False}
+    ext.check(lambda: [Error("down", id="x.E1")] if failing["now"] else [], name="flaky")
+    for _ in range(3):  # nobody listens yet: nothing is sent
+        assert heartbeat(app).status_code == 200
+    got: list[tuple[str, Any]] = []
+
+    def on_passed(sender: Flask, level: int) -> None:
+        got.append(("passed", level))
+
+    def on_failed(sender: Flask, level: int) -> None:
+        got.append(("failed", level))
+
+    def on_checked(sender: Flask, **kwargs: Any) -> None:
+        got.append(("checked", kwargs["passed"]))
+
+    def on_changed(sender: Flask, **kwargs: Any) -> None:
+        got.append(("changed", (kwargs["previous_status"], kwargs["report"].status)))
+
+    pairs = [
+        (signals.heartbeat_passed, on_passed),
+        (signals.heartbeat_failed, on_failed),
+        (signals.heartbeat_checked, on_checked),
+        (signals.heartbeat_status_changed, on_changed),
+    ]
+    for signal, receiver in pairs:
+        signal.connect(receiver, app)
+    try:
+        assert heartbeat(app).status_code == 200
+        failing["now"] = True
+        assert heartbeat(app).status_code == 500
+        assert heartbeat(app).status_code == 500
+    finally:
+        for signal, receiver in pairs:
+            signal.disconnect(receiver, app)
+    assert got == [
+        ("passed", 0),
+        ("checked", True),
+        ("failed", 40),
+        ("checked", False),
+        ("changed", ("ok", "error")),
+        ("failed", 40),
+        ("checked", False),
+    ]
+
+
+def test_one_extension_serving_two_apps_in_turn_uses_each_ones_state(
+    app: Flask, tmp_path: Path
+) -> None:
+    other = Flask("other", root_path=str(tmp_path / "other"))
+    app.config["DOCKERFLOW_HEARTBEAT_FAILED_STATUS_CODE"] = 503
+    ext = Dockerflow()
+    ext.init_app(app)
+    ext.init_app(other)
+    ext.check(lambda: [Error("down", id="x.E1")], name="down")
+    for _ in range(2):  # the state last looked up is never another app's
+        assert heartbeat(app).status_code == 503
+        assert heartbeat(other).status_code == 500
+    assert ext._state(app) is not ext._state(other)
+    with pytest.raises(NotInitializedError):
+        ext._state(Flask("never-set-up"))
+    assert heartbeat(app).status_code == 503

@@ -15,7 +15,7 @@ from werkzeug.http import parse_accept_header
 
 from dockerflow.checks import CheckData, Error, Warning
 from dockerflow.engine import CheckResult as Result
-from dockerflow.engine import History, Report, aggregate
+from dockerflow.engine import Entry, History, Report, aggregate
 from dockerflow.flask import Dockerflow
 from dockerflow.flask._page import wants_html
 
@@ -255,3 +255,19 @@ def test_history_records_a_report_served_again_once_and_keeps_text_short() -> No
     long = aggregate([Result("c", (Error("y" * 5000, id="x.E9"),), 0.1)])
     history.record(long, at=4.0)
     assert len(history.snapshot()["c"].entries[-1].messages[0][1]) == 200
+
+
+def test_history_of_a_result_reported_again_is_one_entry_per_heartbeat() -> None:
+    history = History()
+    for at in (1.0, 2.0, 3.0):  # the same outcome each time, each a report of its own
+        history.record(_report("error"), at=at)
+    before = history.snapshot()
+    history.record(_report("ok"), at=4.0)
+    (entries,) = [record.entries for record in before.values()]
+    assert [(e.at, e.level, e.status) for e in entries] == [(t, 40, "error") for t in (1, 2, 3)]
+    assert all(isinstance(e, Entry) for e in entries)
+    assert entries[0].messages == entries[2].messages == (("x.E9", "x"),)
+    assert entries[1].messages is entries[0].messages  # the texts are shared, not cut again
+    record = history.snapshot()["c"]
+    assert [(e.at, e.messages) for e in record.entries[2:]] == [(3.0, (("x.E9", "x"),)), (4.0, ())]
+    assert before["c"].changed_at is None and record.changed_at == 4.0  # a copy, not a view

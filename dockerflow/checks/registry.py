@@ -169,6 +169,10 @@ def checks_for(owner: object) -> list[Check]:
     :param owner: the extension asking.
     :returns: the checks to run.
     """
+    if not _REGISTERED:
+        # Nothing registered at module level (the usual case in new code): no check to run,
+        # owned ones included, as each owned check is run only while it is in the registry.
+        return []
     own = {id(check.func): check for check in _OWNED.get(owner, ())}
     out: list[Check] = []
     taken: set[str] = set()

@@ -32,8 +32,7 @@ MAX_VALUE_TEXT = 64
 
 
 class Entry(NamedTuple):
-    """One result of one check, as a heartbeat reported it (a named tuple: cheap to make, as
-    every heartbeat makes one per check).
+    """One result of one check, as a heartbeat reported it.
 
     :param at: when the report was made, in seconds since the epoch.
     :param level: the check's level in the report (``0`` when it passed).
@@ -69,11 +68,18 @@ class CheckHistory:
     changed_at: float | None
 
 
+#: What a record keeps of each result: the fields of an :class:`Entry`, as a plain tuple (every
+#: heartbeat adds one per check; the named tuples are made when a snapshot is taken).
+_Fields = tuple[
+    float, int, float, tuple[tuple[str, str], ...], tuple[tuple[str, object, str | None], ...]
+]
+
+
 class _Record:
     __slots__ = ("changed_at", "data", "entries", "first_seen", "messages")
 
     def __init__(self, at: float) -> None:
-        self.entries: deque[Entry] = deque(maxlen=History.size)
+        self.entries: deque[_Fields] = deque(maxlen=History.size)
         self.first_seen = at
         self.changed_at: float | None = None
         # The messages and values the newest entry was made from: a check that reports the
@@ -122,28 +128,34 @@ class History:
                 elif len(self._records) > 1:
                     self._records.move_to_end(name)
                 entries = record.entries
-                last = entries[-1] if entries else None
-                if last is None:
-                    entry = _entry(detail, when)
+                if not entries:
+                    entries.append(_entry(detail, when))
                 else:
-                    if last.level != detail.level:
+                    last = entries[-1]
+                    level = detail.level
+                    if last[1] != level:
                         record.changed_at = when
-                    if record.messages == detail.messages and record.data == detail.data:
-                        entry = Entry(
-                            when, detail.level, detail.duration, last.messages, last.values
-                        )
+                    messages, data = detail.messages, detail.data
+                    if (record.messages is messages or record.messages == messages) and (
+                        record.data is data or record.data == data
+                    ):
+                        entries.append((when, level, detail.duration, last[3], last[4]))
                     else:
-                        entry = _entry(detail, when)
+                        entries.append(_entry(detail, when))
                 record.messages, record.data = detail.messages, detail.data
-                entries.append(entry)
 
     def snapshot(self) -> Mapping[str, CheckHistory]:
         """Return check name → its :class:`CheckHistory`, a copy safe to read at leisure."""
         with self._lock:
-            return {
-                name: CheckHistory(tuple(r.entries), r.first_seen, r.changed_at)
+            copied = [
+                (name, tuple(r.entries), r.first_seen, r.changed_at)
                 for name, r in self._records.items()
-            }
+            ]
+        # The named tuples are made outside the lock: heartbeats need not wait for them.
+        return {
+            name: CheckHistory(tuple([Entry(*fields) for fields in entries]), first, changed)
+            for name, entries, first, changed in copied
+        }
 
     def clear(self) -> None:
         """Forget every result."""
@@ -156,7 +168,7 @@ def _cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _entry(detail: CheckDetail, at: float) -> Entry:
+def _entry(detail: CheckDetail, at: float) -> _Fields:
     messages = tuple(
         (key, _cut(str(text), MAX_TEXT))
         for key, text in list(detail.messages.items())[:MAX_MESSAGES]
@@ -169,4 +181,4 @@ def _entry(detail: CheckDetail, at: float) -> Entry:
         )
         for item in list(detail.data.values())[:MAX_VALUES]
     )
-    return Entry(at, detail.level, detail.duration, messages, values)
+    return (at, detail.level, detail.duration, messages, values)

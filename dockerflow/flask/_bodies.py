@@ -8,9 +8,11 @@ made from them without encoding JSON or parsing headers again.
 
 from __future__ import annotations
 
+import importlib.metadata
 from typing import Any
 
 import flask
+from werkzeug.datastructures import Headers
 
 #: Passing bodies kept per app (one per selection of checks seen) before starting again.
 MAX_KEPT = 64
@@ -25,12 +27,27 @@ _JSON_CONFIG = (
 )
 
 
+def _reads_json_config() -> bool:
+    """Whether this Flask's ``jsonify`` reads :data:`_JSON_CONFIG` (before 2.3); if its version
+    cannot be told, it is taken to."""
+    try:
+        major, minor = importlib.metadata.version("flask").split(".")[:2]
+        return (int(major), int(minor)) < (2, 3)
+    except Exception:
+        return True
+
+
+#: Read once: the installed Flask does not change while the process runs.
+_READS_JSON_CONFIG = _reads_json_config()
+
+
 class PassingBodies:
     """The encoded responses of passing reports, by check names and the app's JSON encoding.
 
     What Flask's ``jsonify`` output depends on is part of the key: ``app.debug`` (which indents
-    it), the app's JSON provider object (``app.json``, Flask 2.2+), and, for Flask before 2.3,
-    ``app.json_encoder`` and the ``JSON_*``/``JSONIFY_*`` config keys. An app that replaces
+    it), the app's JSON provider object (``app.json``, Flask 2.2+), and, for Flask before 2.3
+    (told by the installed version, once), ``app.json_encoder`` and the ``JSON_*``/``JSONIFY_*``
+    config keys. An app that replaces
     ``app.json`` or changes one of those keys gets bodies made the new way. A setting changed on
     the same provider object after the first heartbeat (``app.json.sort_keys``) is not seen.
     """
@@ -44,26 +61,28 @@ class PassingBodies:
         depends on its messages then, and is made anew)."""
         if report_level:
             return None
-        config = app.config
         provider = getattr(app, "json", None)
         # Read only where there is no provider: Flask 2.2 warns that json_encoder is deprecated.
         encoder = getattr(app, "json_encoder", None) if provider is None else None
-        return (names, app.debug, provider, encoder, tuple(map(config.get, _JSON_CONFIG)))
+        json_config = tuple(map(app.config.get, _JSON_CONFIG)) if _READS_JSON_CONFIG else ()
+        return (names, app.debug, provider, encoder, json_config)
 
     def response(self, app: flask.Flask, key: _Key, status: int) -> flask.Response | None:
         """Return a new response with the body and headers kept for ``key``, or ``None``."""
         kept = self._kept.get(key)
         if kept is None:
             return None
-        body, headers = kept
-        response: flask.Response = app.response_class(body, status, headers)
+        body, kept_headers = kept
+        # Given as a Headers object and a one-item list, both are taken as they are: the
+        # headers are not walked one add() at a time, nor is Content-Length (kept with them)
+        # set again, as headers given as pairs and a body given as bytes would be.
+        headers = Headers()
+        headers[:] = kept_headers
+        response: flask.Response = app.response_class([body], status, headers)
         return response
 
     def keep(self, key: _Key, response: flask.Response) -> None:
         """Keep the body and headers of ``response``, made the usual way, for ``key``."""
         if len(self._kept) >= MAX_KEPT:
             self._kept.clear()  # many selections: start again rather than grow
-        headers = [
-            (name, value) for name, value in response.headers.items() if name != "Content-Length"
-        ]
-        self._kept[key] = (response.get_data(), headers)
+        self._kept[key] = (response.get_data(), list(response.headers.items()))

@@ -160,8 +160,10 @@ class Drain:
         """Say once per process, at WARNING, that ``DOCKERFLOW_DRAIN_SECONDS`` has no effect
         when SIGTERM does not start the drain here. Called by every heartbeat: cheap once
         checked."""
+        if not self.seconds:
+            return  # no drain configured: nothing to say, and no system call per heartbeat
         pid = os.getpid()
-        if not self.seconds or self._checked_pid == pid:
+        if self._checked_pid == pid:
             return
         self._checked_pid = pid
         current = signal.getsignal(signal.SIGTERM)

@@ -50,7 +50,7 @@ from ._cli import CliExtension, dockerflow_cli
 from ._config import SUMMARY_DEBUG, Settings, load_settings
 from ._drain import Drain
 from ._health_json import ReportTimes, health_json_response, wants_media_type
-from ._live import LiveSettings, RequestSettings
+from ._live import HeartbeatSettings, LiveSettings, RequestSettings
 from ._page import asset_response, history_body, icon_response, page_response, wants_html
 from ._query import BadQueryError, echo_names, read_selection
 from ._records import call_site, log_record
@@ -93,6 +93,8 @@ class _AppState:
     version_path: str
     status_lock: threading.Lock = field(default_factory=threading.Lock)
     last_status: str | None = None
+    #: The level last_status was made from (set with it, under status_lock).
+    last_level: int | None = None
     #: Whether DOCKERFLOW_NONCRITICAL_CHECKS was compared with the registered checks yet.
     noncritical_checked: bool = False
     #: The checks already told the timeout they run under in this app (weakly: a check that
@@ -113,6 +115,10 @@ class _AppState:
     selections: tuple[tuple[Check, ...], dict[_SelectionKey, tuple[Check, ...]]] = field(
         default_factory=lambda: ((), {})
     )
+    #: What the engine's silenced IDs were last made from: the extension's silenced_checks
+    #: (a copy), DOCKERFLOW_SILENCED_CHECKS as parsed, and the set given to the engine. Made
+    #: again when either source changes, or someone else gave the engine another set.
+    silenced_from: tuple[list[str], tuple[str, ...], frozenset[str]] | None = None
 
     def __post_init__(self) -> None:
         # A thread of the parent may hold the lock at fork time: the child gets a new one.
@@ -186,6 +192,7 @@ class Dockerflow:
         # One loop thread per extension, shared by the engines of all its apps.
         self._bridge = LoopThread()
         self._apps: weakref.WeakKeyDictionary[Flask, _AppState] = weakref.WeakKeyDictionary()
+        self._last_state: tuple[weakref.ref[Flask], weakref.ref[_AppState]] | None = None
         self._version_callback: VersionCallback = get_version
         self._request_ids = RequestIds()
         self._blueprint = self._make_blueprint()
@@ -269,6 +276,7 @@ class Dockerflow:
             startup=StartupGrace(settings.startup_grace_seconds),
         )
         self._apps[app] = state
+        self._last_state = None  # it may be of this app, set up again
         app.register_blueprint(self._blueprint)
         self._bind_migrations()
 
@@ -372,12 +380,23 @@ class Dockerflow:
     def _state(self, app: Flask | None = None) -> _AppState:
         if app is None:
             app = flask.current_app._get_current_object()  # type: ignore[attr-defined]
+        # The app asked for last and its state, both held weakly: most processes serve one
+        # app, found without making a weak reference to look it up by.
+        last = self._last_state
+        if last is not None:
+            state = last[1]()
+            if state is not None and last[0]() is app:
+                return state
+        assert app is not None
         try:
-            return self._apps[app]
+            state = self._apps[app]
         except KeyError:
             raise NotInitializedError(
                 f"Dockerflow is not initialised on app {app.name!r}; call init_app(app) first"
             ) from None
+        # One tuple, replaced whole, for every thread.
+        self._last_state = (weakref.ref(app), weakref.ref(state))
+        return state
 
     # -- registering checks ---------------------------------------------------------------------
 
@@ -438,10 +457,12 @@ class Dockerflow:
         self._version_callback = func
         return func
 
-    def _all_checks(self) -> list[Check]:
-        checks = list(self.registry)
-        checks.extend(c for c in checks_for(self) if c.name not in self.registry)
-        return checks
+    def _all_checks(self) -> tuple[Check, ...]:
+        registry = self.registry
+        module_checks = checks_for(self)
+        if not module_checks:
+            return tuple(registry)
+        return (*registry, *(c for c in module_checks if c.name not in registry))
 
     def call_in_loop(self, func: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Run ``await func(*args)`` on the loop the async checks run on; return its result.
@@ -584,8 +605,19 @@ class Dockerflow:
         grace: bool = False,
         group: str | None = None,
         record_metrics: bool = True,
+        settings: HeartbeatSettings | None = None,
+        shown: bool | None = None,
     ) -> Report:
-        every_check = tuple(self._all_checks())
+        """Run a heartbeat's checks, record them and send the signals (see :meth:`run_checks`).
+
+        :param settings: the heartbeat's settings, if the caller has read them already.
+        :param shown: whether the heartbeat shows its details, if the caller knows already.
+        """
+        if settings is None:
+            settings = state.live.for_heartbeat()
+        if shown is None:
+            shown = settings.details_shown(app)
+        every_check = self._all_checks()
         if not state.noncritical_checked:
             state.noncritical_checked = True
             self._warn_unknown_noncritical(state, every_check)
@@ -604,15 +636,12 @@ class Dockerflow:
             if len(selections) >= MAX_SELECTIONS:
                 selections.clear()  # many distinct queries: start again rather than grow
             selections[key] = checks
-        silenced = frozenset((*self.silenced_checks, *state.live.get("silenced_checks")))
-        if silenced != state.engine.silenced_ids:
-            # IDs added to silenced_checks or DOCKERFLOW_SILENCED_CHECKS after init_app.
-            state.engine.silenced_ids = silenced
+        self._follow_silenced(state, settings)
         report = state.engine.run_sync(checks)
         if grace and not state.startup.over:
             names = [check.name for check in every_check]
             report = state.startup.apply(report, state.settings.fail_level, names)
-        if self._page_on(app, state):
+        if shown and settings.heartbeat_page:
             state.history.record(report)
         whole = wanted is None and not excluded and group is None
         self._send_signals(app, state, report, whole)
@@ -624,6 +653,26 @@ class Dockerflow:
                     "The heartbeat's metrics could not be recorded; the heartbeat is not affected"
                 )
         return report
+
+    def _follow_silenced(self, state: _AppState, settings: HeartbeatSettings) -> None:
+        # IDs added to silenced_checks or DOCKERFLOW_SILENCED_CHECKS after init_app. The set
+        # is made again only when one of them (or the engine's own set) is not what it was.
+        own = self.silenced_checks
+        from_config = settings.silenced_checks
+        engine = state.engine
+        last = state.silenced_from
+        if (
+            last is not None
+            and last[1] is from_config
+            and last[2] is engine.silenced_ids
+            and last[0] == own
+        ):
+            return
+        silenced = frozenset((*own, *from_config))
+        if silenced != engine.silenced_ids:
+            engine.silenced_ids = silenced
+        # One tuple, replaced whole, for every thread.
+        state.silenced_from = (list(own), from_config, engine.silenced_ids)
 
     def _select(
         self,
@@ -698,16 +747,26 @@ class Dockerflow:
             )
 
     def _send_signals(self, app: Flask, state: _AppState, report: Report, whole: bool) -> None:
-        failed = report.level >= state.settings.fail_level
+        level = report.level
+        failed = level >= state.settings.fail_level
         # python-dockerflow's two signals take exactly its keyword arguments, so receivers
         # written for it (``def count(sender, level)``) keep working; the report goes out on
-        # heartbeat_checked and heartbeat_status_changed.
-        self._send(heartbeat_failed if failed else heartbeat_passed, app, level=report.level)
-        self._send(heartbeat_checked, app, level=report.level, report=report, passed=not failed)
+        # heartbeat_checked and heartbeat_status_changed. Nobody listens, the usual case:
+        # nothing is sent (blinker keeps no other state).
+        outcome = heartbeat_failed if failed else heartbeat_passed
+        if outcome.receivers:
+            self._send(outcome, app, level=level)
+        if heartbeat_checked.receivers:
+            self._send(heartbeat_checked, app, level=level, report=report, passed=not failed)
         if not whole:  # a subset's status says nothing about the service's status
             return
+        if state.last_level == level:
+            # The same level is the same status: swapping it would change nothing, no lock.
+            return
+        status = report.status
         with state.status_lock:
-            previous, state.last_status = state.last_status, report.status
+            previous, state.last_status = state.last_status, status
+            state.last_level = level
         # A worker's first status is no change: there was none before it in this process.
         if previous is not None and previous != report.status:
             self._send(
@@ -779,15 +838,28 @@ class Dockerflow:
             # /__heartbeat__/history is the recent results, unless the app has a group of that
             # name: a probe's URL is the contract that must not change under it.
             return self._history_view()
-        self._drain.check()
-        if self._drain.active:
+        request = flask.request._get_current_object()  # type: ignore[attr-defined]
+        # Read once per heartbeat, at its start: the run and the response agree on them.
+        settings = state.live.for_heartbeat()
+        shown = settings.details_shown(app)
+        drain = self._drain
+        drain.check()
+        if drain.active:
+            report = self._drain_report(state)
             return self._heartbeat_response(
-                app, state, self._drain_report(state), DRAINING_STATUS_CODE
+                app, state, request, settings, shown, report, DRAINING_STATUS_CODE
             )
         try:
-            selection = read_selection(flask.request)
+            selection = read_selection(request)
             report = self._run(
-                app, state, selection.exclude, selection.only, grace=True, group=group
+                app,
+                state,
+                selection.exclude,
+                selection.only,
+                grace=True,
+                group=group,
+                settings=settings,
+                shown=shown,
             )
         except BadQueryError as exc:
             return _json_response({"error": str(exc)}, 400)
@@ -800,20 +872,27 @@ class Dockerflow:
         except ValueError as exc:
             return _json_response({"error": str(exc)}, 400)
         failed = report.level >= state.settings.fail_level
-        status = state.live.get("failed_status_code") if failed else 200
-        return self._heartbeat_response(app, state, report, status, group)
+        status = settings.failed_status_code if failed else 200
+        return self._heartbeat_response(app, state, request, settings, shown, report, status, group)
 
     def _heartbeat_response(
-        self, app: Flask, state: _AppState, report: Report, status: int, group: str | None = None
+        self,
+        app: Flask,
+        state: _AppState,
+        request: flask.Request,
+        settings: HeartbeatSettings,
+        show: bool,
+        report: Report,
+        status: int,
+        group: str | None = None,
     ) -> flask.Response:
-        show = self._details_shown(app, state)
-        accept = flask.request._get_current_object().environ.get("HTTP_ACCEPT")  # type: ignore[attr-defined]
+        accept = request.environ.get("HTTP_ACCEPT")
         if (
             show
             and accept
             and "html" in accept.lower()  # the usual */* and JSON never parse the header
-            and state.live.get("heartbeat_page")
-            and wants_html(flask.request.accept_mimetypes)
+            and settings.heartbeat_page
+            and wants_html(request.accept_mimetypes)
         ):
             response = self._page(app, state, report, status)
             response.vary.add("Accept")
@@ -843,13 +922,10 @@ class Dockerflow:
             state.passing_bodies.keep(key, response)
         return response
 
-    def _details_shown(self, app: Flask, state: _AppState) -> bool:
-        details = state.live.get("details")
-        return details == "always" or (details == "debug" and app.debug)
-
     def _page_on(self, app: Flask, state: _AppState) -> bool:
         """Whether the status page is served: it is on, and the details are shown."""
-        return bool(state.live.get("heartbeat_page")) and self._details_shown(app, state)
+        settings = state.live.for_heartbeat()
+        return settings.heartbeat_page and settings.details_shown(app)
 
     def _page(self, app: Flask, state: _AppState, report: Report, status: int) -> flask.Response:
         made_at = state.report_times.time_of(report, remember=state.engine.cache.enabled)

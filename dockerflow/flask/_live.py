@@ -14,9 +14,12 @@ import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._config import SETTINGS, Setting, Settings, _is_empty
+
+if TYPE_CHECKING:
+    from flask import Flask
 
 #: The settings read on use; the others configure the checks engine and are read in init_app.
 LIVE_KEYS = (
@@ -51,6 +54,25 @@ class RequestSettings:
     summary_log_dockerflow_endpoints: bool | str
 
 
+@dataclass(frozen=True)
+class HeartbeatSettings:
+    """The settings a heartbeat reads, parsed: one object per distinct set of values."""
+
+    #: DOCKERFLOW_HEARTBEAT_FAILED_STATUS_CODE.
+    failed_status_code: int
+    #: DOCKERFLOW_HEARTBEAT_DETAILS: "always", "debug" or "never".
+    details: str
+    #: DOCKERFLOW_HEARTBEAT_PAGE.
+    heartbeat_page: bool
+    #: DOCKERFLOW_SILENCED_CHECKS.
+    silenced_checks: tuple[str, ...]
+
+    def details_shown(self, app: Flask) -> bool:
+        """Whether the heartbeat of ``app`` shows its details (``app.debug`` is read live)."""
+        details = self.details
+        return details == "always" or (details == "debug" and app.debug)
+
+
 class LiveSettings:
     """The current value of each setting in :data:`LIVE_KEYS`, for one application.
 
@@ -69,6 +91,8 @@ class LiveSettings:
         self._environ_keys: dict[str, str] = {}
         # The raw values the request settings were last made from, then those settings.
         self._request: tuple[object, object, object, RequestSettings] | None = None
+        # The same for the heartbeat's settings.
+        self._heartbeat: tuple[object, object, object, object, HeartbeatSettings] | None = None
 
     def get(self, attr: str) -> Any:
         """Return the current parsed value of the setting with attribute name ``attr``.
@@ -137,6 +161,43 @@ class LiveSettings:
         # A value changed in place (a mutable one) would look the same: never remembered.
         if all(isinstance(value, _IMMUTABLE) or value is _MISSING for value in raw):
             self._request = (*raw, settings)
+        return settings
+
+    def for_heartbeat(self) -> HeartbeatSettings:
+        """Return the settings a heartbeat reads, as they are in the config now.
+
+        As :meth:`for_request`: four dict reads per heartbeat while the config holds the very
+        values seen last (immutable ones), else each is read with :meth:`get`.
+
+        :returns: the parsed settings.
+        """
+        config = self._config
+        status = config.get("DOCKERFLOW_HEARTBEAT_FAILED_STATUS_CODE", _MISSING)
+        details = config.get("DOCKERFLOW_HEARTBEAT_DETAILS", _MISSING)
+        page = config.get("DOCKERFLOW_HEARTBEAT_PAGE", _MISSING)
+        silenced = config.get("DOCKERFLOW_SILENCED_CHECKS", _MISSING)
+        # One tuple, replaced whole: a thread never sees new values with old settings.
+        last = self._heartbeat
+        if (
+            last is not None
+            and status is last[0]
+            and details is last[1]
+            and page is last[2]
+            and silenced is last[3]
+        ):
+            return last[4]
+        settings = HeartbeatSettings(
+            self.get("failed_status_code"),
+            self.get("details"),
+            self.get("heartbeat_page"),
+            self.get("silenced_checks"),
+        )
+        if last is not None and last[4] == settings:
+            settings = last[4]  # the same object while the values are the same
+        raw = (status, details, page, silenced)
+        # A value changed in place (a mutable one) would look the same: never remembered.
+        if all(isinstance(value, _IMMUTABLE) or value is _MISSING for value in raw):
+            self._heartbeat = (*raw, settings)
         return settings
 
     def request_id_environ_key(self) -> str:
