@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+import pytest
+
 from dockerflow.checks import CRITICAL, ERROR, INFO, WARNING, Critical, Error, Info, Warning
-from dockerflow.engine import CheckResult, Report, aggregate
+from dockerflow.engine import Check, CheckDetail, CheckResult, Report, aggregate
+from dockerflow.engine._results import run_result
+from dockerflow.engine._runs import Run
 
 
 def test_empty_input_is_ok() -> None:
@@ -151,3 +157,34 @@ def test_aggregate_accepts_any_iterable_and_does_not_mutate_inputs() -> None:
     assert report.details["a"]["messages"] == {"a.E1": "bad"}
     assert message.id == "a.E1"
     assert message.level == ERROR
+
+
+def _same(fast: object, made: object) -> None:
+    # Equal, with the same repr, holding exactly the dataclass's fields.
+    assert fast == made
+    assert repr(fast) == repr(made)
+    assert vars(fast).keys() == {f.name for f in dataclasses.fields(made)}  # type: ignore[arg-type]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fast.level = 1  # type: ignore[attr-defined]
+
+
+def test_a_passing_check_detail_is_the_one_its_constructor_makes() -> None:
+    # aggregate() builds the common detail without CheckDetail's __init__ (see built()).
+    report = aggregate([CheckResult("a", (), 0.25), CheckResult("b", (), 0.5)], (), ("b",))
+    _same(report.results["a"], CheckDetail(0, {}, 0.25))
+    _same(report.results["b"], CheckDetail(0, {}, 0.5, critical=False))
+
+
+def test_a_passing_run_s_result_is_the_one_its_constructor_makes() -> None:
+    # A run that returned None gets a CheckResult built without its __init__ (see built()).
+    check = Check("ok", lambda: None)
+    run = Run(check, 1.0, None, object())
+    run.finished = run.started + 0.125
+    result = run_result(run)
+    made = CheckResult("ok", (), result.duration)
+    assert result == made
+    assert repr(result) == repr(made)
+    assert result.error is None
+    assert vars(result).keys() == {f.name for f in dataclasses.fields(made)}
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        result.name = "other"  # type: ignore[misc]

@@ -17,7 +17,7 @@ from .. import health
 from ..health import CheckData, CheckMessage, Error
 from ..masking import mask_secrets, masked_repr, short_error
 from ._check import Check
-from ._report import CheckResult
+from ._report import CheckResult, built
 from ._runs import Run
 
 #: python-dockerflow's logger for check messages: one ``"<id>: <msg>"`` record per message.
@@ -94,8 +94,10 @@ def _outcome(run: Run) -> CheckResult:
     if error is not None:
         message = Error(f"Check raised {short_error(error)}", id=health.ERROR_CHECK_EXCEPTION)
         return CheckResult(check.name, (message,), duration, error)
-    if run.value is None:
-        return CheckResult(check.name, (), duration)  # the common case: it passed
+    if run.value is None:  # the common case: it passed
+        return built(
+            CheckResult, name=check.name, messages=(), duration=duration, error=None, data=()
+        )
     messages, data = _to_messages(check, run.value)
     return CheckResult(check.name, messages, duration, data=data)
 
