@@ -16,7 +16,17 @@ from test_engine import threads_inside
 
 from dockerflow import health
 from dockerflow.checks import Error
-from dockerflow.engine import Check, CheckRegistrationError, ConfigurationError, Engine, LoopThread
+from dockerflow.engine import (
+    Check,
+    CheckRegistrationError,
+    CheckResult,
+    ConfigurationError,
+    Engine,
+    LoopThread,
+)
+from dockerflow.engine._bridge import LoopStoppingError
+from dockerflow.engine._refresh import Refresher
+from dockerflow.engine._runs import Run
 
 
 class Unprintable(Exception):
@@ -213,5 +223,82 @@ def test_close_leaves_a_shared_loop_running() -> None:
         first.close()
         assert bridge.running
         assert second.run_sync([Check("b", on_loop)]).status == "ok"
+    finally:
+        bridge.stop()
+
+
+def test_work_handed_to_the_loop_by_its_own_task_while_it_stops_does_not_start_it_again() -> None:
+    # A background refresh whose sleep ends just as stop() begins hands the loop a run: that
+    # must not start a new loop thread, which would leave a loop running after stop().
+    bridge = LoopThread()
+    tried: list[BaseException | None] = []
+    on_loop = threading.Event()
+    ran: list[int] = []
+
+    async def more() -> None:
+        ran.append(1)
+
+    async def hands_over_when_cancelled() -> None:
+        on_loop.set()
+        try:
+            await anyio.sleep_forever()
+        finally:
+            try:
+                bridge.submit(more)
+            except RuntimeError as exc:
+                tried.append(exc)
+            else:
+                tried.append(None)
+
+    bridge.submit(hands_over_when_cancelled)
+    assert on_loop.wait(10)
+    old = bridge.thread
+    bridge.stop()
+    assert old is not None and not old.is_alive()
+    assert len(tried) == 1 and isinstance(tried[0], LoopStoppingError)
+    assert not bridge.running  # no new loop was started for it
+    assert ran == []
+    # Used again from outside, the loop starts as before.
+    assert bridge.call(anyio.sleep, 0) is None
+    assert bridge.running and bridge.thread is not old
+    bridge.stop()
+
+
+def test_a_refresh_whose_run_the_stopping_loop_refused_ends_and_keeps_no_result() -> None:
+    # What a refresh task does when the run it starts is refused with LoopStoppingError (the
+    # race above, from the refresher's side): it ends, waits for nothing and keeps no result
+    # that heartbeats after the engine is used again would report.
+    bridge = LoopThread()
+    check = Check("refreshed", lambda: None, interval=0.05)
+    settled: list[Run | None] = []
+    ended = threading.Event()
+
+    def start(check: Check, host: object) -> tuple[Run | None, list[Run]]:
+        run = Run(check, 1.0, None, bridge)
+        run.error = LoopStoppingError("the dockerflow event loop is stopping")
+        run.start_error = True
+        run.finished = run.started
+        run.ended = True
+        ended.set()
+        return run, []
+
+    async def settle(
+        check: Check, run: Run | None, stuck: list[Run], started: float
+    ) -> tuple[CheckResult, object]:
+        settled.append(run)
+        return CheckResult(check.name, (Error("refused", id="x.E1"),)), object()
+
+    refresher = Refresher(bridge, start, settle)
+    try:
+        assert refresher.latest(check) is None  # starts the refresh task
+        assert ended.wait(10)
+        deadline = time.monotonic() + 10
+        while refresher.pending(check) is None and time.monotonic() < deadline:
+            if check not in {where[0] for where in refresher._tasks}:
+                break  # the task ended
+            time.sleep(0.01)
+        assert settled == []
+        assert refresher.pending(check) is None
+        assert refresher.latest(check) is None  # nothing kept; a new task starts
     finally:
         bridge.stop()

@@ -33,6 +33,11 @@ class _Running:
     task_group: TaskGroup
 
 
+class LoopStoppingError(RuntimeError):
+    """Work was handed to the loop from its own thread while :meth:`LoopThread.stop` stops it:
+    the loop is not started again for it (``stop()`` would return with a new loop running)."""
+
+
 class LoopThread:
     """An event loop running in its own daemon thread, started on first use.
 
@@ -55,6 +60,8 @@ class LoopThread:
         self._running: _Running | None = None
         #: The start in progress, made by the caller that starts the loop.
         self._starting: concurrent.futures.Future[_Running] | None = None
+        #: The thread of the loop that stop() is stopping, until it has ended.
+        self._stopping: threading.Thread | None = None
         after_fork_in_child(self, LoopThread._forget)
 
     @property
@@ -72,6 +79,10 @@ class LoopThread:
         running = self._running
         if running is not None:
             return running
+        if self._stopping is threading.current_thread():
+            # A task of the loop being stopped (a background refresh between two runs) hands
+            # it more work: it ends with that loop instead of starting a new one.
+            raise LoopStoppingError("the dockerflow event loop is stopping")
         with self._lock:
             running, starting = self._running, self._starting
             starter = running is None and starting is None
@@ -166,12 +177,19 @@ class LoopThread:
         if running is None:
             return
         atexit.unregister(self._stop_at_exit)
+        with self._lock:
+            self._stopping = running.thread
         try:
             call_soon(running.token, running.task_group.cancel_scope.cancel)
         except anyio.RunFinishedError:
             return  # the loop already ended
         if running.thread is not threading.current_thread():
             running.thread.join(timeout)
+            with self._lock:
+                # Left set if the thread outlived the wait (a check blocks the loop): its
+                # tasks still must not start a new loop.
+                if self._stopping is running.thread and not running.thread.is_alive():
+                    self._stopping = None
 
     def _stop_at_exit(self) -> None:
         self.stop(timeout=1.0)
@@ -222,6 +240,7 @@ class LoopThread:
             atexit.unregister(self._stop_at_exit)
         self._running = None
         self._starting = None
+        self._stopping = None
 
 
 def call_soon(

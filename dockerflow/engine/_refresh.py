@@ -16,7 +16,7 @@ import anyio
 
 from .. import health
 from ..health import Error
-from ._bridge import LoopThread
+from ._bridge import LoopStoppingError, LoopThread
 from ._check import Check
 from ._fork import after_fork_in_child
 from ._report import CheckResult
@@ -144,6 +144,8 @@ class Refresher:
             while self._generation is generation:
                 started = time.monotonic()
                 run, stuck = self._start(check, host)
+                if run is not None and isinstance(run.error, LoopStoppingError):
+                    return  # the engine is closing: no result to keep, no loop to start
                 self._pending[where] = run
                 result, key = await self._settle(check, run, stuck, started)
                 if self._generation is not generation:
