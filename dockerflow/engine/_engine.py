@@ -274,11 +274,7 @@ class Engine:
                 plans.append(self._plan(check, started, host, batch, async_batch))
             else:
                 run, stuck = next(started_runs)
-                if run is not None:
-                    overdue = started >= run.deadline
-                    plans.append(_Plan(check, timeout, run, overdue, None, None, stuck or None))
-                else:
-                    plans.append(self._plan_of(check, timeout, started, run, stuck))
+                plans.append(self._plan_of(check, timeout, started, run, stuck))
         return plans
 
     def _plan(

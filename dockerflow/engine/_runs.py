@@ -314,11 +314,7 @@ class RunRegistry:
         :returns: what ``update`` returned.
         """
         with self.lock:
-            runs = self._runs.get(id(run.check.func))
-            if runs is not None and run in runs:
-                runs.remove(run)
-                if not runs:
-                    del self._runs[id(run.check.func)]
+            self._drop(run)
             out = update(*args) if update is not None else None
             run.ended = True
             waiters, run._waiters = run._waiters, None

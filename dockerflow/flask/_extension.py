@@ -38,7 +38,7 @@ from ..engine import (
     aggregate,
     callable_name,
 )
-from ..health import ERROR, ERROR_DRAINING, CheckMessage
+from ..health import ERROR, ERROR_DRAINING, CheckMessage, level_to_text
 from ..health_json import MEDIA_TYPE as HEALTH_JSON
 from ..health_json import health_json
 from ..integrations import UnboundMigrationsCheck, follow_timeout
@@ -92,8 +92,8 @@ class _AppState:
     #: The version.json directory of this app when the extension was given none.
     version_path: str
     status_lock: threading.Lock = field(default_factory=threading.Lock)
-    last_status: str | None = None
-    #: The level last_status was made from (set with it, under status_lock).
+    #: The level of the app's last whole heartbeat (its status is that level's), under
+    #: status_lock; ``None`` before the first.
     last_level: int | None = None
     #: Whether DOCKERFLOW_NONCRITICAL_CHECKS was compared with the registered checks yet.
     noncritical_checked: bool = False
@@ -763,18 +763,16 @@ class Dockerflow:
         if state.last_level == level:
             # The same level is the same status: swapping it would change nothing, no lock.
             return
-        status = report.status
         with state.status_lock:
-            previous, state.last_status = state.last_status, status
-            state.last_level = level
+            previous, state.last_level = state.last_level, level
         # A worker's first status is no change: there was none before it in this process.
-        if previous is not None and previous != report.status:
+        if previous is not None and level_to_text(previous) != report.status:
             self._send(
                 heartbeat_status_changed,
                 app,
-                level=report.level,
+                level=level,
                 report=report,
-                previous_status=previous,
+                previous_status=level_to_text(previous),
             )
 
     def _record_metrics(self, state: _AppState, report: Report, group: str | None) -> None:
